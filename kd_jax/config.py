@@ -1,0 +1,124 @@
+"""Defaults shared by every experiment config, and validation of a resolved config.
+
+A config file in configs/ starts from `default_config()` and changes what its experiment needs; every
+field is listed here once, with its meaning, so `--config.<key>=value` overrides have one reference.
+"""
+
+import ml_collections
+
+from kd_jax.errors import KdJaxError
+
+PRECISIONS = ("fp32", "bf16")
+OPTIMIZERS = ("sgd", "adam")
+LOSS_KINDS = ("forward_kl", "reverse_kl", "symmetric_kl", "brier", "hard_argmax", "hard_sample")
+ENSEMBLE_METHODS = ("auto", "vmap", "unroll", "scan")
+
+
+def optimizer_config(**overrides) -> ml_collections.ConfigDict:
+  cfg = ml_collections.ConfigDict(dict(
+      name="sgd",  # 'sgd' or 'adam'
+      learning_rate=0.1,
+      final_learning_rate=0.0,  # cosine schedule floor
+      warmup_epochs=0.0,  # linear warm-up before the cosine
+      momentum=0.9,
+      nesterov=False,
+      weight_decay=1e-4,  # coupled (PyTorch-style) L2 on all parameters
+  ))
+  cfg.update(overrides)
+  return cfg
+
+
+def model_config(**overrides) -> ml_collections.ConfigDict:
+  cfg = ml_collections.ConfigDict(dict(
+      name="preresnet",  # preresnet | lenet5 | vgg16 | digits_cnn | mlp
+      depth=20,  # preresnet: 6n+2 (basic) or 9n+2 (bottleneck)
+      block="auto",  # auto (bottleneck from depth 44, as the paper's code) | basic | bottleneck
+      norm="batch",  # batch | layer (preresnet only)
+      width=0,  # 0 = the model's default width
+  ))
+  cfg.update(overrides)
+  return cfg
+
+
+def default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # fixes teachers (member i uses seed's i-th stream), student and data order
+  c.precision = "fp32"  # fp32 | bf16 (bf16 compute; fp32 parameters, optimizer state and loss)
+  c.ensemble_method = "auto"  # how stacked teachers run in a step: auto | vmap | unroll | scan
+
+  c.data = ml_collections.ConfigDict(dict(
+      name="cifar100",  # cifar10 | cifar100 | mnist | fashion_mnist | svhn_cropped | digits
+      source="tfds",  # tfds | cifar_pickle | idx | image_folder | digits
+      path="",  # local directory (or .tar.gz for image_folder) for the non-tfds sources
+      data_dir="",  # tensorflow-datasets data_dir ('' = tfds default)
+      train_size=0,  # keep only the first N training examples (0 = all)
+      augment="crop_flip",  # augmentation policy applied on device (see kd_jax/data/augment.py)
+      train_split="train",  # tfds split names
+      test_split="test",
+      num_classes=0,  # idx: number of classes (0 = 10, as MNIST / Fashion-MNIST)
+      grayscale=False,  # image_folder: decode as 1-channel images
+      cache=True,  # image_folder: keep decoded arrays in ~/.cache/kd_jax (or $KD_JAX_CACHE)
+  ))
+
+  c.teacher = ml_collections.ConfigDict(dict(
+      model=model_config(depth=56),
+      ensemble_size=3,  # m
+      members_per_step=0,  # teachers trained together in one compiled step (0 = all m)
+      load_from="",  # a workdir (or its teachers/ folder) with trained teachers to reuse
+      epochs=200,
+      steps=0,  # if > 0, overrides epochs (short runs, tests)
+      batch_size=256,
+      optimizer=optimizer_config(learning_rate=0.1, final_learning_rate=0.0),
+  ))
+
+  c.student = ml_collections.ConfigDict(dict(
+      model=model_config(depth=56),
+      epochs=300,
+      steps=0,
+      batch_size=128,
+      optimizer=optimizer_config(learning_rate=5e-2, final_learning_rate=1e-6, nesterov=True),
+  ))
+
+  c.distill = ml_collections.ConfigDict(dict(
+      temperature=4.0,  # tau, shared by teacher and student
+      alpha=0.0,  # weight of the label NLL; 0 = pure distillation
+      loss=LOSS_KINDS[0],  # forward_kl (paper Eq. 1) | reverse_kl | symmetric_kl | brier | hard_*
+  ))
+
+  c.eval_batch_size = 1000
+  c.log_every_steps = 100  # progress line and metrics.jsonl record
+  c.checkpoint_every_steps = 1000  # also saved at the end of each phase and on Ctrl-C
+  return c
+
+
+def _check_choice(value, choices, key):
+  if value not in choices:
+    raise KdJaxError(f"config.{key}={value!r} is not valid; choose one of {', '.join(choices)}.")
+
+
+def _check_positive(value, key):
+  if not value > 0:
+    raise KdJaxError(f"config.{key}={value!r} must be > 0.")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises KdJaxError (one line) for values that would fail later or silently mean nothing."""
+  _check_choice(config.precision, PRECISIONS, "precision")
+  _check_choice(config.ensemble_method, ENSEMBLE_METHODS, "ensemble_method")
+  _check_choice(config.distill.loss, LOSS_KINDS, "distill.loss")
+  for phase in ("teacher", "student"):
+    cfg = config[phase]
+    _check_choice(cfg.optimizer.name, OPTIMIZERS, f"{phase}.optimizer.name")
+    _check_positive(cfg.batch_size, f"{phase}.batch_size")
+    _check_positive(cfg.optimizer.learning_rate, f"{phase}.optimizer.learning_rate")
+    if cfg.steps <= 0:
+      _check_positive(cfg.epochs, f"{phase}.epochs")
+  _check_positive(config.teacher.ensemble_size, "teacher.ensemble_size")
+  _check_positive(config.distill.temperature, "distill.temperature")
+  _check_positive(config.eval_batch_size, "eval_batch_size")
+  _check_positive(config.log_every_steps, "log_every_steps")
+  _check_positive(config.checkpoint_every_steps, "checkpoint_every_steps")
+  if not 0.0 <= config.distill.alpha <= 1.0:
+    raise KdJaxError(f"config.distill.alpha={config.distill.alpha} must lie in [0, 1].")
+  if config.teacher.members_per_step < 0:
+    raise KdJaxError("config.teacher.members_per_step must be >= 0 (0 = all members at once).")

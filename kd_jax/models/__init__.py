@@ -1,0 +1,108 @@
+"""Model zoo: `build_model(cfg, num_classes, dtype)` turns a model config into a flax.linen Module.
+
+Every model is called as `model.apply(variables, x, train=..., mutable=...)` with `x` a normalized
+float array (N, H, W, C) and returns float32 logits (N, num_classes), whatever the compute `dtype`
+(parameters always stay float32). BatchNorm models keep running statistics in 'batch_stats'. Each
+model sows the activation at the end of each stage as 'intermediates'/'stage{i}' (i = 1, 2, ...; a
+one-element tuple, as `Module.sow` stores it) for representation-similarity (CKA) analysis.
+
+Config fields (`cfg.name` required, the others optional):
+  name:  'preresnet' | 'lenet5' | 'vgg16' | 'digits_cnn' | 'mlp'
+  depth: preresnet depth, 6n+2 for basic blocks or 9n+2 for bottlenecks (default 20)
+  block: 'auto' | 'basic' | 'bottleneck' (preresnet; 'auto' = basic below depth 44, else bottleneck,
+         the switch of the original code, so PreResNet-56 is a bottleneck net)
+  norm:  'batch' | 'layer' (preresnet; 'layer' = LayerNorm over H, W, C of each example)
+  width: base width: preresnet first-stage planes (16), vgg16 first-block channels (64),
+         digits_cnn first conv channels (32), mlp hidden units (256); lenet5 has a fixed width.
+`depth`, `block` and `norm` are ignored by the other models.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kd_jax.errors import KdJaxError
+from kd_jax.models.lenet import LeNet5
+from kd_jax.models.preresnet import PreResNet, blocks_per_stage
+from kd_jax.models.small import MLP, DigitsCNN
+from kd_jax.models.vgg import VGG, VGG16_LAYOUT
+
+MODEL_NAMES = ('digits_cnn', 'lenet5', 'mlp', 'preresnet', 'vgg16')
+DEFAULT_WIDTH = {'preresnet': 16, 'vgg16': 64, 'digits_cnn': 32, 'mlp': 256}
+PRERESNET_BLOCKS = ('auto', 'basic', 'bottleneck')
+PRERESNET_NORMS = ('batch', 'layer')
+# The original pytorch-classification code switches to bottleneck blocks at this depth.
+AUTO_BOTTLENECK_MIN_DEPTH = 44
+
+
+def resolve_preresnet_block(depth: int, block: str) -> str:
+  """'basic' or 'bottleneck' for a PreResNet of `depth`; raises KdJaxError for an invalid pair."""
+  if block not in PRERESNET_BLOCKS:
+    raise KdJaxError(f'preresnet block {block!r} is unknown; valid blocks: '
+                     f'{", ".join(PRERESNET_BLOCKS)}')
+  resolved = block
+  if block == 'auto':
+    resolved = 'bottleneck' if depth >= AUTO_BOTTLENECK_MIN_DEPTH else 'basic'
+  try:
+    blocks_per_stage(depth, resolved)
+  except ValueError:
+    raise KdJaxError(
+        f'preresnet depth {depth} is invalid with block={block!r} (uses {resolved} blocks): '
+        'basic blocks need depth = 6n+2 (20, 32, 44, 56, 110), bottleneck blocks 9n+2 '
+        f"(29, 56, 110, ...); block='auto' picks basic below depth {AUTO_BOTTLENECK_MIN_DEPTH}, "
+        'bottleneck from it on'
+    ) from None
+  return resolved
+
+
+def _get_width(cfg, name: str) -> int:
+  width = cfg.get('width', None)
+  if width is None or width == 0:  # 0 is the config files' "model default"
+    return DEFAULT_WIDTH[name]
+  if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+    raise KdJaxError(f'{name} width must be a positive integer, got {width!r}')
+  return width
+
+
+def build_model(cfg, num_classes: int, dtype=jnp.float32) -> nn.Module:
+  """The model `cfg` describes (see the module docstring), computing in `dtype`."""
+  name = cfg.get('name', None)
+  if name not in MODEL_NAMES:
+    raise KdJaxError(f'unknown model name {name!r}; valid names: {", ".join(MODEL_NAMES)}')
+  if (isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer))
+      or num_classes < 1):
+    raise KdJaxError(f'num_classes must be a positive integer, got {num_classes!r}')
+  num_classes = int(num_classes)
+
+  if name == 'preresnet':
+    depth = cfg.get('depth', 20)
+    if isinstance(depth, bool) or not isinstance(depth, int):
+      raise KdJaxError(f'preresnet depth must be an integer, got {depth!r}')
+    block = resolve_preresnet_block(depth, cfg.get('block', 'auto'))
+    norm = cfg.get('norm', 'batch')
+    if norm not in PRERESNET_NORMS:
+      raise KdJaxError(f'preresnet norm {norm!r} is unknown; valid norms: '
+                       f'{", ".join(PRERESNET_NORMS)}')
+    return PreResNet(num_classes=num_classes, depth=depth, block=block,
+                     width=_get_width(cfg, name), norm=norm, dtype=dtype)
+  if name == 'lenet5':
+    if cfg.get('width', None) not in (None, 0):
+      # Refuse rather than silently ignore, so a width sweep cannot train the same net repeatedly.
+      raise KdJaxError('lenet5 has a fixed width; set model.width=0 (its default)')
+    return LeNet5(num_classes=num_classes, dtype=dtype)
+  if name == 'vgg16':
+    return VGG(num_classes=num_classes, layout=VGG16_LAYOUT, width=_get_width(cfg, name),
+               dtype=dtype)
+  if name == 'digits_cnn':
+    return DigitsCNN(num_classes=num_classes, width=_get_width(cfg, name), dtype=dtype)
+  return MLP(num_classes=num_classes, width=_get_width(cfg, name), dtype=dtype)
+
+
+def param_count(params) -> int:
+  """Number of scalars in a pytree; pass `variables['params']` to leave out batch_stats."""
+  return int(sum(np.prod(leaf.shape, dtype=np.int64) for leaf in jax.tree_util.tree_leaves(params)))
+
+
+__all__ = ['build_model', 'param_count', 'MODEL_NAMES', 'PreResNet', 'LeNet5', 'VGG', 'DigitsCNN',
+           'MLP']

@@ -1,0 +1,35 @@
+"""LeNet-5 for 28x28x1 images (MNIST / EMNIST), the paper's model for its LeNet-5 experiments.
+
+conv 6@5x5 'SAME' -> ReLU -> maxpool 2 -> conv 16@5x5 'VALID' -> ReLU -> maxpool 2 -> Dense 120 ->
+ReLU -> Dense 84 -> ReLU -> Dense num_classes; 61,706 parameters for 10 classes. ReLU and max
+pooling replace the 1998 tanh and trainable subsampling, as in common modern re-implementations.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+# kaiming_normal_(mode='fan_out'), as for the ResNets; JAX's 'normal' is untruncated like PyTorch's.
+conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+class LeNet5(nn.Module):
+  """LeNet-5; sows 'stage1' (14x14x6) and 'stage2' (5x5x16) after the conv blocks."""
+  num_classes: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train  # No dropout or batch statistics.
+    x = nn.Conv(6, (5, 5), padding='SAME', kernel_init=conv_init, dtype=self.dtype)(x)
+    x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
+    self.sow('intermediates', 'stage1', x)
+    x = nn.Conv(16, (5, 5), padding='VALID', kernel_init=conv_init, dtype=self.dtype)(x)
+    x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
+    self.sow('intermediates', 'stage2', x)
+    x = x.reshape((x.shape[0], -1))
+    x = nn.relu(nn.Dense(120, dtype=self.dtype)(x))
+    x = nn.relu(nn.Dense(84, dtype=self.dtype)(x))
+    x = nn.Dense(self.num_classes, dtype=self.dtype)(x)
+    return x.astype(jnp.float32)

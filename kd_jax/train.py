@@ -1,0 +1,215 @@
+"""Train state, optimizers and the compiled steps: supervised (teachers) and distillation (student).
+
+A step is a pure function of (state, on-device dataset): it derives its batch indices and augmentation
+from the state's RNG and step counter, so nothing crosses from host to device per step and a run resumed
+from a checkpoint replays exactly the batches the uninterrupted run would have drawn.
+"""
+
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from kd_jax import ensemble, losses, metrics, parallel
+from kd_jax.data import augment as augment_lib
+
+# fold_in tags that separate the RNG streams derived from one state key.
+_ORDER_STREAM, _STEP_STREAM = 0, 1
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar: optimizer steps taken
+  params: Any
+  batch_stats: Any  # {} for models without BatchNorm
+  opt_state: Any
+  rng: jax.Array  # raw uint32 key; data order and augmentation derive from it and `step`
+
+
+@flax.struct.dataclass
+class DeviceData:
+  """A whole small dataset, replicated on every device, as uint8 images and int32 labels."""
+  train_images: jax.Array
+  train_labels: jax.Array
+  test_images: jax.Array
+  test_labels: jax.Array
+  mean: jax.Array  # per-channel, of the training images scaled to [0, 1]
+  std: jax.Array
+
+
+def model_variables(state: TrainState) -> dict:
+  variables = {"params": state.params}
+  if state.batch_stats:
+    variables["batch_stats"] = state.batch_stats
+  return variables
+
+
+def learning_rate_schedule(cfg, total_steps: int, steps_per_epoch: int) -> optax.Schedule:
+  """Cosine from cfg.learning_rate to cfg.final_learning_rate, after an optional linear warm-up."""
+  warmup_steps = int(cfg.get("warmup_epochs", 0) * steps_per_epoch)
+  if warmup_steps:
+    return optax.warmup_cosine_decay_schedule(
+        0.0, cfg.learning_rate, warmup_steps, max(total_steps, warmup_steps + 1),
+        end_value=cfg.final_learning_rate)
+  return optax.cosine_decay_schedule(
+      cfg.learning_rate, max(total_steps, 1), alpha=cfg.final_learning_rate / cfg.learning_rate)
+
+
+def make_optimizer(cfg, total_steps: int, steps_per_epoch: int) -> optax.GradientTransformation:
+  """SGD (momentum / Nesterov) or Adam with PyTorch-style (coupled, L2) weight decay on all parameters.
+
+  The paper's recipes come from PyTorch, whose `weight_decay` adds wd * param to the gradient before
+  momentum; optax.add_decayed_weights in front of the optimizer does the same.
+  """
+  schedule = learning_rate_schedule(cfg, total_steps, steps_per_epoch)
+  if cfg.name == "sgd":
+    opt = optax.sgd(schedule, momentum=cfg.momentum or None, nesterov=cfg.nesterov)
+  elif cfg.name == "adam":
+    opt = optax.adam(schedule)
+  else:
+    raise ValueError(f"optimizer {cfg.name!r} is not 'sgd' or 'adam'")
+  return optax.chain(optax.add_decayed_weights(cfg.weight_decay), opt)
+
+
+def create_state(model, tx, rng, image_shape) -> TrainState:
+  """Initializes a model and its optimizer from `rng` (init and training keys are split from it)."""
+  init_rng, train_rng = jax.random.split(rng)
+  variables = model.init(init_rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+  params = variables["params"]
+  return TrainState(
+      step=jnp.zeros((), jnp.int32), params=params,
+      batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params), rng=train_rng)
+
+
+def sample_batch(rng, step, images, labels, batch_size: int):
+  """The step's batch of a fresh random permutation per epoch (last partial batch dropped)."""
+  num_examples = images.shape[0]
+  steps_per_epoch = num_examples // batch_size
+  epoch, position = step // steps_per_epoch, step % steps_per_epoch
+  order = jax.random.permutation(jax.random.fold_in(jax.random.fold_in(rng, _ORDER_STREAM), epoch),
+                                 num_examples)
+  indices = jax.lax.dynamic_slice_in_dim(order, position * batch_size, batch_size)
+  return images[indices], labels[indices]
+
+
+def step_key(state: TrainState):
+  return jax.random.fold_in(jax.random.fold_in(state.rng, _STEP_STREAM), state.step)
+
+
+def _apply_gradients(state: TrainState, tx, grads, batch_stats) -> TrainState:
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                       batch_stats=batch_stats, opt_state=opt_state)
+
+
+def _training_forward(model, state: TrainState, params, x):
+  """Train-mode forward that also returns the updated BatchNorm statistics (if any)."""
+  variables = {"params": params}
+  if state.batch_stats:
+    variables["batch_stats"] = state.batch_stats
+    logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    return logits, updates["batch_stats"]
+  return model.apply(variables, x, train=True), state.batch_stats
+
+
+def make_supervised_step(model, tx, *, batch_size: int, augment: Callable, mesh,
+                         compute_dtype=jnp.float32, method: str = "auto"):
+  """Compiled cross-entropy step for a stack of k independently seeded models (teachers).
+
+  Each member draws its own batches and augmentations from its own key, exactly as if trained alone;
+  stacking them only amortizes dispatch and compilation across members.
+  """
+
+  def member_step(state: TrainState, data: DeviceData):
+    images, labels = sample_batch(state.rng, state.step, data.train_images, data.train_labels,
+                                  batch_size)
+    x = augment_lib.normalize(augment(step_key(state), images), data.mean, data.std, compute_dtype)
+    x = parallel.shard_batch(x, mesh)
+
+    def loss_fn(params):
+      logits, batch_stats = _training_forward(model, state, params, x)
+      return losses.cross_entropy(logits, labels), (logits, batch_stats)
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    new_state = _apply_gradients(state, tx, grads, batch_stats)
+    return new_state, {"loss": loss, "accuracy": metrics.accuracy(logits, labels)}
+
+  def step(stacked_state, data):
+    return ensemble.map_members(lambda s: member_step(s, data), stacked_state, method=method)
+
+  replicated = parallel.replicated_sharding(mesh)
+  return jax.jit(step, donate_argnums=0, out_shardings=(replicated, replicated))
+
+
+def teacher_logits_fn(teacher, method: str):
+  """(stacked teacher variables, x) -> ensemble logits log(mean_i softmax(z_i)), eval-mode BatchNorm."""
+
+  def ensemble_logits(stacked_variables, x):
+    member_logits = ensemble.map_members(lambda v: teacher.apply(v, x, train=False),
+                                         stacked_variables, method=method)
+    return losses.ensemble_log_probs(member_logits)
+
+  return ensemble_logits
+
+
+def make_distill_step(student, teacher, tx, *, batch_size: int, augment: Callable, mesh,
+                      temperature: float, alpha: float, loss_kind: str = "forward_kl",
+                      compute_dtype=jnp.float32, method: str = "auto"):
+  """Compiled distillation step: teacher-ensemble forward + student forward/backward + update, fused.
+
+  The teachers see the same augmented batch as the student and receive no gradient.
+  """
+  ensemble_logits = teacher_logits_fn(teacher, method)
+
+  def step(state: TrainState, teacher_variables, data: DeviceData):
+    images, labels = sample_batch(state.rng, state.step, data.train_images, data.train_labels,
+                                  batch_size)
+    augment_key, loss_key = jax.random.split(step_key(state))
+    x = augment_lib.normalize(augment(augment_key, images), data.mean, data.std, compute_dtype)
+    x = parallel.shard_batch(x, mesh)
+    teacher_logits = jax.lax.stop_gradient(ensemble_logits(teacher_variables, x))
+
+    def loss_fn(params):
+      logits, batch_stats = _training_forward(student, state, params, x)
+      loss = losses.distillation_loss(logits, teacher_logits, labels, alpha=alpha,
+                                      temperature=temperature, kind=loss_kind, rng=loss_key)
+      return loss, (logits, batch_stats)
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    new_state = _apply_gradients(state, tx, grads, batch_stats)
+    step_metrics = {"loss": loss, "accuracy": metrics.accuracy(logits, labels),
+                    **metrics.fidelity_metrics(teacher_logits, logits)}
+    return new_state, step_metrics
+
+  replicated = parallel.replicated_sharding(mesh)
+  return jax.jit(step, donate_argnums=0, out_shardings=(replicated, replicated))
+
+
+def make_predict_fn(apply_fn: Callable, *, batch_size: int, mesh, compute_dtype=jnp.float32):
+  """Returns predict(variables, images, mean, std) -> logits for every image (clean, eval mode).
+
+  `apply_fn(variables, x)` gives (..., B, C) logits for a normalized batch; the images stay on device
+  and are cut into fixed-size chunks inside one compiled function (the last chunk overlaps the one
+  before it instead of being padded, so there is a single compilation).
+  """
+
+  @jax.jit
+  def predict_chunk(variables, images, start, mean, std):
+    x = jax.lax.dynamic_slice_in_dim(images, start, batch_size)
+    x = parallel.shard_batch(augment_lib.normalize(x, mean, std, compute_dtype), mesh)
+    return apply_fn(variables, x).astype(jnp.float32)
+
+  def predict(variables, images, mean, std):
+    num_images = images.shape[0]
+    if num_images < batch_size:
+      raise ValueError(f"{num_images} images are fewer than the evaluation batch size {batch_size}")
+    chunks = []
+    for start in range(0, num_images, batch_size):
+      clamped = min(start, num_images - batch_size)
+      logits = predict_chunk(variables, images, clamped, mean, std)
+      chunks.append(logits[..., start - clamped:, :])
+    return jnp.concatenate(chunks, axis=-2)
+
+  return predict

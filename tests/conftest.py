@@ -1,0 +1,51 @@
+"""Shared helpers: tiny configs on scikit-learn digits and a way to run `run.py` as a user would."""
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from kd_jax import config as kd_config
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def tiny_config(teacher_steps=12, student_steps=12, ensemble_size=2):
+  """Seconds-long study on digits: small CNN teachers -> MLP student."""
+  config = kd_config.default_config()
+  config.data.name = "digits"
+  config.data.source = "digits"
+  config.data.augment = "none"
+  config.teacher.model = kd_config.model_config(name="digits_cnn", width=8)
+  config.teacher.ensemble_size = ensemble_size
+  config.teacher.steps = teacher_steps
+  config.teacher.batch_size = 32
+  config.teacher.optimizer = kd_config.optimizer_config(learning_rate=0.05)
+  config.student.model = kd_config.model_config(name="mlp", width=32)
+  config.student.steps = student_steps
+  config.student.batch_size = 32
+  config.student.optimizer = kd_config.optimizer_config(
+      learning_rate=0.05, final_learning_rate=1e-6, nesterov=True)
+  config.eval_batch_size = 120
+  config.log_every_steps = 4
+  config.checkpoint_every_steps = 4
+  return config
+
+
+def run_cli(args, env_extra=None, timeout=300):
+  """Runs `python run.py ARGS` in the repo; returns the CompletedProcess."""
+  env = dict(os.environ)
+  # Processes of one test session share compiled programs (the cache is keyed by program and devices).
+  env.setdefault("KD_JAX_COMPILATION_CACHE", os.path.join(tempfile.gettempdir(), "kd_jax_test_xla"))
+  env.update(env_extra or {})
+  return subprocess.run([sys.executable, str(REPO / "run.py"), *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def tiny():
+  return tiny_config()

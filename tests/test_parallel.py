@@ -1,0 +1,50 @@
+"""The same study on 1 and on 4 (forced host) devices gives the same loss curve within float tolerance.
+
+Data parallelism must not change the math: the batch is sharded, gradients and BatchNorm statistics are
+reduced across devices, so only the order of floating-point sums differs. The model here has BatchNorm
+and the data crop+flip augmentation, so both cross-device reductions and on-device augmentation of a
+sharded batch are exercised.
+"""
+
+import json
+import os
+
+import numpy as np
+
+from conftest import run_cli
+
+OVERRIDES = [
+    "--config=tests/tiny_config.py",
+    "--config.teacher.model.name=preresnet", "--config.teacher.model.depth=8",
+    "--config.teacher.model.width=4", "--config.data.augment=crop_flip",
+    "--config.log_every_steps=1", "--config.teacher.steps=8", "--config.student.steps=8",
+]
+
+
+def _losses(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    records = [json.loads(line) for line in f]
+  curve = {}
+  for r in records:
+    if "loss" in r:
+      curve.setdefault(r["phase"], []).append(r["loss"])
+  devices = [r["devices"] for r in records if r.get("event") == "start"]
+  with open(os.path.join(workdir, "results.json")) as f:
+    return curve, devices, json.load(f)
+
+
+def test_one_and_four_devices_give_the_same_loss_curves(tmp_path):
+  curves = {}
+  for devices in (1, 4):
+    workdir = tmp_path / f"d{devices}"
+    env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+    result = run_cli([*OVERRIDES, f"--workdir={workdir}"], env_extra=env)
+    assert result.returncode == 0, result.stderr
+    curves[devices] = _losses(workdir)
+  (one, one_devices, one_results), (four, four_devices, four_results) = curves[1], curves[4]
+  assert one_devices == [1] and four_devices == [4]
+  assert one.keys() == four.keys() and len(one["student"]) == 8
+  for phase in one:
+    np.testing.assert_allclose(one[phase], four[phase], rtol=2e-4, atol=2e-5)
+  np.testing.assert_allclose(one_results["student"]["test_accuracy"],
+                             four_results["student"]["test_accuracy"], atol=0.01)
