@@ -64,7 +64,10 @@ def parse_flags(argv):
   try:
     flags.FLAGS(argv)
   except flags.Error as e:
-    _fail(f"{e}")
+    # A config file that raised (e.g. get_config refusing an unknown variant) arrives as a flag error
+    # carrying the whole traceback; its last line is the message.
+    last_line = str(e).strip().splitlines()[-1]
+    _fail(last_line.split("Error: ", 1)[1] if "Error: " in last_line else last_line)
   except (AttributeError, KeyError) as e:
     unknown = _first_unknown_override(argv, config_path)
     if unknown is None:

@@ -10,6 +10,8 @@ from kd_jax.errors import KdJaxError
 
 PRECISIONS = ("fp32", "bf16")
 OPTIMIZERS = ("sgd", "adam")
+DATA_SPLITS = ("all", "d0", "d1")
+STUDENT_INITS = ("random", "interpolate", "teacher_initial")
 LOSS_KINDS = ("forward_kl", "reverse_kl", "symmetric_kl", "brier", "hard_argmax", "hard_sample")
 ENSEMBLE_METHODS = ("auto", "vmap", "unroll", "scan")
 
@@ -40,31 +42,41 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
   return cfg
 
 
-def default_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.seed = 0  # fixes teachers (member i uses seed's i-th stream), student and data order
-  c.precision = "fp32"  # fp32 | bf16 (bf16 compute; fp32 parameters, optimizer state and loss)
-  c.ensemble_method = "auto"  # how stacked teachers run in a step: auto | vmap | unroll | scan
-
-  c.data = ml_collections.ConfigDict(dict(
+def data_config(**overrides) -> ml_collections.ConfigDict:
+  cfg = ml_collections.ConfigDict(dict(
       name="cifar100",  # cifar10 | cifar100 | mnist | fashion_mnist | svhn_cropped | digits
       source="tfds",  # tfds | cifar_pickle | idx | image_folder | digits
       path="",  # local directory (or .tar.gz for image_folder) for the non-tfds sources
       data_dir="",  # tensorflow-datasets data_dir ('' = tfds default)
       train_size=0,  # keep only the first N training examples (0 = all)
-      augment="crop_flip",  # augmentation policy applied on device (see kd_jax/data/augment.py)
       train_split="train",  # tfds split names
       test_split="test",
       num_classes=0,  # idx: number of classes (0 = 10, as MNIST / Fashion-MNIST)
       grayscale=False,  # image_folder: decode as 1-channel images
       cache=True,  # image_folder: keep decoded arrays in ~/.cache/kd_jax (or $KD_JAX_CACHE)
   ))
+  cfg.update(overrides)
+  return cfg
+
+
+def default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # fixes teachers (member i uses seed's i-th stream), student and data order
+  c.precision = "fp32"  # fp32 | bf16 (bf16 compute; fp32 parameters, optimizer state and loss)
+  c.ensemble_method = "auto"  # how stacked teachers run in a step: auto | vmap | unroll | scan
+
+  c.data = data_config()
+  c.data.augment = "crop_flip"  # teacher-training policy, on device (kd_jax/data/augment.py)
+  # Data recycling: a seeded split of the train set into halves D0 / D1 (teacher.data_split and
+  # distill.data_split pick 'all', 'd0' or 'd1').
+  c.data.split_seed = 0
 
   c.teacher = ml_collections.ConfigDict(dict(
       model=model_config(depth=56),
       ensemble_size=3,  # m
       members_per_step=0,  # teachers trained together in one compiled step (0 = all m)
       load_from="",  # a workdir (or its teachers/ folder) with trained teachers to reuse
+      data_split="all",  # all | d0 | d1: the part of the train set the teachers learn from
       epochs=200,
       steps=0,  # if > 0, overrides epochs (short runs, tests)
       batch_size=256,
@@ -73,6 +85,10 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.student = ml_collections.ConfigDict(dict(
       model=model_config(depth=56),
+      # random | interpolate (lambda * teacher + (1 - lambda) * random, self-distillation) |
+      # teacher_initial (the teacher's own initial weights; paper Table 1)
+      init="random",
+      init_lambda=0.0,
       epochs=300,
       steps=0,
       batch_size=128,
@@ -83,6 +99,24 @@ def default_config() -> ml_collections.ConfigDict:
       temperature=4.0,  # tau, shared by teacher and student
       alpha=0.0,  # weight of the label NLL; 0 = pure distillation
       loss=LOSS_KINDS[0],  # forward_kl (paper Eq. 1) | reverse_kl | symmetric_kl | brier | hard_*
+      augment="",  # distillation-data policy, e.g. crop_flip+rotate, mixup, noise ('' = data.augment)
+      rotate_degrees=20.0,  # policy parameters (kd_jax/data/augment.py)
+      color_jitter=0.2,
+      mixup_alpha=0.0,  # 0 = lambda ~ U[0, 1], else Beta(a, a)
+      cutmix_alpha=0.0,
+      noise_prob=0.2,
+      data_split="all",  # all | d0 | d1: the part of the train set the student is distilled on
+      # Out-of-distribution images mixed into each batch (e.g. SVHN): a fraction ood_ratio of the batch.
+      ood_ratio=0.0,
+      ood_data=data_config(name="", source=""),
+  ))
+
+  c.evaluation = ml_collections.ConfigDict(dict(
+      augmented_batches=10,  # fidelity on this many batches of the distillation stream (0 = skip)
+      cka_examples=0,  # linear CKA of stage activations on this many test images (0 = skip)
+      # Distill a second student from an independently trained teacher ensemble and report its
+      # agreement with the first ensemble: the baseline for reading agreement.
+      independent_student=False,
   ))
 
   c.eval_batch_size = 1000
@@ -120,5 +154,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_positive(config.checkpoint_every_steps, "checkpoint_every_steps")
   if not 0.0 <= config.distill.alpha <= 1.0:
     raise KdJaxError(f"config.distill.alpha={config.distill.alpha} must lie in [0, 1].")
+  _check_choice(config.teacher.data_split, DATA_SPLITS, "teacher.data_split")
+  _check_choice(config.distill.data_split, DATA_SPLITS, "distill.data_split")
+  _check_choice(config.student.init, STUDENT_INITS, "student.init")
+  if not 0.0 <= config.student.init_lambda <= 1.0:
+    raise KdJaxError(f"config.student.init_lambda={config.student.init_lambda} must lie in [0, 1].")
+  if not 0.0 <= config.distill.ood_ratio < 1.0:
+    raise KdJaxError(f"config.distill.ood_ratio={config.distill.ood_ratio} must lie in [0, 1).")
+  if config.distill.ood_ratio > 0 and not config.distill.ood_data.source:
+    raise KdJaxError("config.distill.ood_ratio > 0 needs config.distill.ood_data.source (and name, "
+                     "path or data_dir) naming the out-of-distribution dataset.")
+  if config.distill.ood_ratio > 0 and config.distill.alpha > 0:
+    raise KdJaxError("out-of-distribution images have no labels: use config.distill.alpha=0 with "
+                     "config.distill.ood_ratio > 0.")
   if config.teacher.members_per_step < 0:
     raise KdJaxError("config.teacher.members_per_step must be >= 0 (0 = all members at once).")

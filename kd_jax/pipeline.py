@@ -1,7 +1,7 @@
 """One study, resumable: train (or load) the teacher ensemble, distill the student, evaluate, report.
 
     teachers (m, trained k at a time in one compiled step) -> student (fused distillation step)
-      -> clean evaluation of teachers, ensemble and student on the test and train sets -> results.json
+      -> evaluation of teachers, ensemble and student (kd_jax/evaluation.py) -> results.json
 
 Every phase checkpoints with Orbax; rerunning the same command continues at the teacher group and step
 where it stopped, and replays the same batches, so the result equals an uninterrupted run's.
@@ -15,15 +15,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kd_jax import checkpoint, ensemble, losses, metrics, parallel, report, train, workdir as workdir_lib
+from kd_jax import checkpoint, evaluation, parallel, report, train, workdir as workdir_lib
 from kd_jax import config as config_lib
 from kd_jax.data import augment as augment_lib
 from kd_jax.data import load_dataset
 from kd_jax.errors import KdJaxError
 from kd_jax.models import build_model
 
-# fold_in tags under the seed's key: teacher i uses (TEACHERS, i), the student STUDENT.
-_TEACHERS_STREAM, _STUDENT_STREAM = 0, 1
+# fold_in tags under the seed's key. Teacher i of the main ensemble uses (TEACHERS, i); the independent
+# baseline's ensemble and student get streams of their own.
+_TEACHERS, _STUDENT, _INDEPENDENT_TEACHERS, _INDEPENDENT_STUDENT, _SPLIT, _EVALUATION = range(6)
 
 
 @dataclasses.dataclass
@@ -32,20 +33,35 @@ class Context:
   config: object
   workdir: str
   mesh: object
-  data: train.DeviceData
+  teacher_data: train.DeviceData  # the teachers' part of the train set (data recycling) + test set
+  distill_data: train.DeviceData  # the student's part of the train set + test set
+  ood_images: object  # uint8 out-of-distribution images on device, or None
   image_shape: tuple
-  num_train: int
-  num_classes: int
   compute_dtype: object
   log: workdir_lib.MetricsLog
 
 
-def device_data(dataset, mesh) -> train.DeviceData:
+def _seed_key(config, stream: int):
+  return jax.random.fold_in(jax.random.PRNGKey(config.seed), stream)
+
+
+def split_indices(num_examples: int, split: str, split_seed: int) -> np.ndarray:
+  """Indices of 'all' the train set, or of its seeded half 'd0' or 'd1' (data recycling)."""
+  if split == "all":
+    return np.arange(num_examples)
+  order = np.random.default_rng(split_seed).permutation(num_examples)
+  half = num_examples // 2
+  return np.sort(order[:half] if split == "d0" else order[half:])
+
+
+def device_data(dataset, train_indices, mesh) -> train.DeviceData:
+  """The dataset on device, with normalization statistics of the full training set."""
   scaled = dataset.train_images.astype(np.float32) / 255.0
   mean = scaled.mean(axis=(0, 1, 2))
   std = scaled.std(axis=(0, 1, 2)) + 1e-8
   return parallel.replicate(train.DeviceData(
-      train_images=dataset.train_images, train_labels=dataset.train_labels.astype(np.int32),
+      train_images=dataset.train_images[train_indices],
+      train_labels=dataset.train_labels[train_indices].astype(np.int32),
       test_images=dataset.test_images, test_labels=dataset.test_labels.astype(np.int32),
       mean=mean.astype(np.float32), std=std.astype(np.float32)), mesh)
 
@@ -113,28 +129,35 @@ def _member_dir(teachers_dir: str, index: int) -> str:
   return os.path.join(teachers_dir, f"member_{index}")
 
 
-def _teacher_template(model, image_shape):
+def _variables_template(model, image_shape):
   variables = jax.eval_shape(
       lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, *image_shape)), train=False))
   return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), variables)
 
 
-def train_teachers(ctx: Context, model) -> str:
-  """Trains the m teachers, k per compiled step, saving each; returns the folder holding them."""
-  cfg = ctx.config.teacher
-  teachers_dir = os.path.join(ctx.workdir, "teachers")
-  total, steps_per_epoch = schedule_length(cfg, ctx.num_train, "teacher")
-  parallel.check_batch_size(cfg.batch_size, ctx.mesh, "config.teacher.batch_size")
-  tx = train.make_optimizer(cfg.optimizer, total, steps_per_epoch)
-  augment = augment_lib.POLICIES[ctx.config.data.augment]
-  step_fn = train.make_supervised_step(
-      model, tx, batch_size=cfg.batch_size, augment=augment, mesh=ctx.mesh,
-      compute_dtype=ctx.compute_dtype, method=ctx.config.ensemble_method)
-  # One compiled init for a whole group: vmap is fine here, it runs once.
-  init_members = jax.jit(
+def _teacher_init_fn(ctx: Context, model, tx):
+  """Compiled init of a group of members from their keys (vmap: it runs once, speed is moot)."""
+  return jax.jit(
       lambda keys: jax.vmap(lambda rng: train.create_state(model, tx, rng, ctx.image_shape))(keys),
       out_shardings=parallel.replicated_sharding(ctx.mesh))
-  teachers_key = jax.random.fold_in(jax.random.PRNGKey(ctx.config.seed), _TEACHERS_STREAM)
+
+
+def _teacher_optimizer(ctx: Context):
+  cfg = ctx.config.teacher
+  total, steps_per_epoch = schedule_length(cfg, ctx.teacher_data.train_images.shape[0], "teacher")
+  return train.make_optimizer(cfg.optimizer, total, steps_per_epoch), total, steps_per_epoch
+
+
+def train_teachers(ctx: Context, model, teachers_dir: str, teachers_key, label: str = "teachers"):
+  """Trains the m teachers, k per compiled step, saving each in teachers_dir/member_<i>."""
+  cfg = ctx.config.teacher
+  tx, total, steps_per_epoch = _teacher_optimizer(ctx)
+  parallel.check_batch_size(cfg.batch_size, ctx.mesh, "config.teacher.batch_size")
+  step_fn = train.make_supervised_step(
+      model, tx, batch_size=cfg.batch_size,
+      augment=augment_lib.make_policy(ctx.config.data.augment, ctx.config.distill),
+      mesh=ctx.mesh, compute_dtype=ctx.compute_dtype, method=ctx.config.ensemble_method)
+  init_members = _teacher_init_fn(ctx, model, tx)
 
   m = cfg.ensemble_size
   k = cfg.members_per_step or m
@@ -142,119 +165,146 @@ def train_teachers(ctx: Context, model) -> str:
     members = list(range(first, min(first + k, m)))
     if all(os.path.isdir(_member_dir(teachers_dir, i)) for i in members):
       continue
-    name = f"teachers {members[0] + 1}-{members[-1] + 1}/{m}"
+    name = f"{label} {members[0] + 1}-{members[-1] + 1}/{m}"
     manager = checkpoint.make_manager(
         os.path.join(teachers_dir, f"train_{members[0]}-{members[-1]}"))
     fresh = init_members(np.stack([jax.random.fold_in(teachers_key, i) for i in members]))
     state, start = checkpoint.restore_latest(manager, fresh)
     if start:
       print(f"[{name}] resuming at step {start}/{total}", flush=True)
-    state = fit(ctx, name, step_fn, state, (ctx.data,), manager=manager, start=start, total=total,
-                images_per_step=cfg.batch_size * len(members), steps_per_epoch=steps_per_epoch,
-                log_fields={"members": members})
+    state = fit(ctx, name, step_fn, state, (ctx.teacher_data,), manager=manager, start=start,
+                total=total, images_per_step=cfg.batch_size * len(members),
+                steps_per_epoch=steps_per_epoch, log_fields={"members": members})
     manager.close()
     trained = jax.device_get(train.model_variables(state))
     for position, index in enumerate(members):
       checkpoint.save_variables(_member_dir(teachers_dir, index),
                                 jax.tree.map(lambda x: x[position], trained))
-  return teachers_dir
 
 
 def load_teachers(model, teachers_dir: str, ensemble_size: int, image_shape, mesh):
   """Loads members 0..m-1 from `teachers_dir` (or a workdir holding teachers/) as stacked variables."""
   if os.path.isdir(os.path.join(teachers_dir, "teachers")):
     teachers_dir = os.path.join(teachers_dir, "teachers")
-  template = _teacher_template(model, image_shape)
+  template = _variables_template(model, image_shape)
   members = [checkpoint.load_variables(_member_dir(teachers_dir, i), template)
              for i in range(ensemble_size)]
   return parallel.replicate(jax.tree.map(lambda *xs: np.stack(xs), *members), mesh)
 
 
-def distill_student(ctx: Context, student, teacher, teacher_variables):
-  cfg = ctx.config.student
-  total, steps_per_epoch = schedule_length(cfg, ctx.num_train, "student")
+def initial_student(ctx: Context, student, teacher, tx, rng, teacher_variables):
+  """The student's starting state: random, or interpolated towards / set to the teacher's weights."""
+  config = ctx.config
+  state = jax.jit(lambda r: train.create_state(student, tx, r, ctx.image_shape),
+                  out_shardings=parallel.replicated_sharding(ctx.mesh))(rng)
+  if config.student.init == "random":
+    return state
+  if config.student.model.to_dict() != config.teacher.model.to_dict():
+    raise KdJaxError(f"config.student.init={config.student.init!r} needs self-distillation: set "
+                     "config.student.model equal to config.teacher.model.")
+  if config.student.init == "teacher_initial":
+    # Member 0's initialization, regenerated from its key: the weights before any teacher training.
+    teacher_tx, _, _ = _teacher_optimizer(ctx)
+    first = _teacher_init_fn(ctx, teacher, teacher_tx)(
+        np.stack([jax.random.fold_in(_seed_key(config, _TEACHERS), 0)]))
+    target = jax.tree.map(lambda x: x[0], train.model_variables(first))
+    lam = 1.0
+  else:
+    target = jax.tree.map(lambda x: x[0], teacher_variables)
+    lam = config.student.init_lambda
+  # BatchNorm running statistics are interpolated like the weights.
+  mix = lambda t, r: lam * t + (1.0 - lam) * r  # noqa: E731
+  params = jax.tree.map(mix, target["params"], state.params)
+  batch_stats = jax.tree.map(mix, target.get("batch_stats", {}), state.batch_stats)
+  return state.replace(params=params, batch_stats=batch_stats, opt_state=tx.init(params))
+
+
+def distill_student(ctx: Context, student, teacher, teacher_variables, student_dir: str, rng,
+                    label: str = "student"):
+  cfg, distill = ctx.config.student, ctx.config.distill
+  total, steps_per_epoch = schedule_length(cfg, ctx.distill_data.train_images.shape[0], "student")
   parallel.check_batch_size(cfg.batch_size, ctx.mesh, "config.student.batch_size")
   tx = train.make_optimizer(cfg.optimizer, total, steps_per_epoch)
-  distill = ctx.config.distill
   step_fn = train.make_distill_step(
-      student, teacher, tx, batch_size=cfg.batch_size,
-      augment=augment_lib.POLICIES[ctx.config.data.augment], mesh=ctx.mesh,
-      temperature=distill.temperature, alpha=distill.alpha, loss_kind=distill.loss,
-      compute_dtype=ctx.compute_dtype, method=ctx.config.ensemble_method)
-  rng = jax.random.fold_in(jax.random.PRNGKey(ctx.config.seed), _STUDENT_STREAM)
-  fresh = jax.jit(lambda r: train.create_state(student, tx, r, ctx.image_shape),
-                  out_shardings=parallel.replicated_sharding(ctx.mesh))(rng)
-  manager = checkpoint.make_manager(os.path.join(ctx.workdir, "student"))
+      student, teacher, tx, batch_size=cfg.batch_size, augment=distillation_policy(ctx.config),
+      mesh=ctx.mesh, temperature=distill.temperature, alpha=distill.alpha, loss_kind=distill.loss,
+      ood_fraction=distill.ood_ratio, compute_dtype=ctx.compute_dtype,
+      method=ctx.config.ensemble_method)
+  manager = checkpoint.make_manager(student_dir)
+  fresh = initial_student(ctx, student, teacher, tx, rng, teacher_variables)
   state, start = checkpoint.restore_latest(manager, fresh)
   if start:
-    print(f"[student] resuming at step {start}/{total}", flush=True)
-  state = fit(ctx, "student", step_fn, state, (teacher_variables, ctx.data), manager=manager,
-              start=start, total=total, images_per_step=cfg.batch_size,
+    print(f"[{label}] resuming at step {start}/{total}", flush=True)
+  state = fit(ctx, label, step_fn, state, (teacher_variables, ctx.distill_data, ctx.ood_images),
+              manager=manager, start=start, total=total, images_per_step=cfg.batch_size,
               steps_per_epoch=steps_per_epoch, log_fields={})
   manager.close()
-  return state
+  return train.model_variables(state)
 
 
-def _eval_batch_size(ctx: Context) -> int:
-  smallest = min(ctx.num_train, int(ctx.data.test_images.shape[0]))
-  devices = ctx.mesh.devices.size
-  size = min(ctx.config.eval_batch_size, smallest) // devices * devices
-  if size == 0:
-    raise KdJaxError(f"the test set is smaller than the {devices} devices in use.")
-  return size
+def distillation_policy(config):
+  return augment_lib.make_policy(config.distill.augment or config.data.augment, config.distill)
 
 
-@jax.jit
-def _split_metrics(member_logits, student_logits, labels):
-  """All metrics of one split in one compiled call: per teacher, ensemble, student and fidelity."""
-  ensemble_logits = losses.ensemble_log_probs(member_logits)
-  return {
-      "teachers": jax.vmap(lambda z: metrics.classification_metrics(z, labels))(member_logits),
-      "ensemble": metrics.classification_metrics(ensemble_logits, labels),
-      "student": {**metrics.classification_metrics(student_logits, labels),
-                  **metrics.fidelity_metrics(ensemble_logits, student_logits)},
-  }
-
-
-def evaluate(ctx: Context, teacher, teacher_variables, student, student_variables) -> dict:
-  """Clean evaluation (no augmentation, eval-mode BatchNorm) on the test and the train set."""
-  batch_size = _eval_batch_size(ctx)
-  method = ctx.config.ensemble_method
-  predict_teachers = train.make_predict_fn(
-      lambda v, x: ensemble.map_members(lambda vi: teacher.apply(vi, x, train=False), v,
-                                        method=method),
-      batch_size=batch_size, mesh=ctx.mesh, compute_dtype=ctx.compute_dtype)
-  predict_student = train.make_predict_fn(
-      lambda v, x: student.apply(v, x, train=False),
-      batch_size=batch_size, mesh=ctx.mesh, compute_dtype=ctx.compute_dtype)
-  data = ctx.data
-  m = ctx.config.teacher.ensemble_size
-  results = {"teachers": [{} for _ in range(m)], "ensemble": {}, "student": {}}
+def evaluate(ctx: Context, evaluator, teacher_variables, student_variables) -> dict:
+  """Clean test and train metrics, plus augmented-stream fidelity and stage CKA when configured."""
+  config, data = ctx.config, ctx.distill_data
+  results = {"teachers": [{} for _ in range(config.teacher.ensemble_size)], "ensemble": {},
+             "student": {}}
+  # "train" is the student's distillation set (which differs from the teachers' under data recycling).
   for split, images, labels in (("test", data.test_images, data.test_labels),
                                 ("train", data.train_images, data.train_labels)):
-    values = jax.device_get(_split_metrics(
-        predict_teachers(teacher_variables, images, data.mean, data.std),
-        predict_student(student_variables, images, data.mean, data.std), labels))
-    for i in range(m):
-      results["teachers"][i].update({f"{split}_{k}": float(v[i])
-                                     for k, v in values["teachers"].items()})
+    split_results = evaluator.clean_metrics(teacher_variables, student_variables, images, labels,
+                                            data.mean, data.std)
+    for entry, values in zip(results["teachers"], split_results["teachers"]):
+      entry.update({f"{split}_{k}": v for k, v in values.items()})
     for role in ("ensemble", "student"):
-      results[role].update({f"{split}_{k}": float(v) for k, v in values[role].items()})
+      results[role].update({f"{split}_{k}": v for k, v in split_results[role].items()})
+  if config.evaluation.augmented_batches:
+    augmented = evaluator.augmented_fidelity(
+        teacher_variables, student_variables, data, distillation_policy(config),
+        _seed_key(config, _EVALUATION), config.evaluation.augmented_batches)
+    results["student"].update({f"augmented_{k}": v for k, v in augmented.items()})
+  if config.evaluation.cka_examples:
+    images = data.test_images[:config.evaluation.cka_examples]
+    results["student"].update(
+        evaluator.stage_cka(teacher_variables, student_variables, images, data.mean, data.std))
   return results
+
+
+def independent_baseline(ctx: Context, evaluator, teacher, student, teacher_variables) -> dict:
+  """A second student, distilled the same way from an independently trained ensemble; its agreement
+  with the FIRST ensemble is what the real student's agreement should be read against."""
+  config, data = ctx.config, ctx.distill_data
+  directory = os.path.join(ctx.workdir, "independent")
+  teachers_dir = os.path.join(directory, "teachers")
+  train_teachers(ctx, teacher, teachers_dir, _seed_key(config, _INDEPENDENT_TEACHERS),
+                 label="independent teachers")
+  independent_teachers = load_teachers(teacher, teachers_dir, config.teacher.ensemble_size,
+                                       ctx.image_shape, ctx.mesh)
+  independent_student = distill_student(
+      ctx, student, teacher, independent_teachers, os.path.join(directory, "student"),
+      _seed_key(config, _INDEPENDENT_STUDENT), label="independent student")
+  values = evaluator.clean_metrics(teacher_variables, independent_student, data.test_images,
+                                   data.test_labels, data.mean, data.std)["student"]
+  return {f"independent_test_{k}": v for k, v in values.items()}
 
 
 def run(config, workdir: str) -> dict:
   """Runs (or resumes) the whole study of `config` in `workdir` and returns its results."""
   config_lib.validate(config)
-  if config.data.augment not in augment_lib.POLICIES:
-    raise KdJaxError(f"config.data.augment={config.data.augment!r} is not valid; choose one of "
-                     f"{', '.join(augment_lib.POLICIES)}.")
   # Everything that can fail on the user's input happens before the workdir is touched.
+  for policy in (config.data.augment, config.distill.augment or config.data.augment):
+    augment_lib.make_policy(policy, config.distill)
   dataset = load_dataset(config.data)
+  ood = load_dataset(config.distill.ood_data) if config.distill.ood_ratio > 0 else None
+  image_shape = tuple(dataset.train_images.shape[1:])
+  if ood is not None and tuple(ood.train_images.shape[1:]) != image_shape:
+    raise KdJaxError(f"config.distill.ood_data images have shape {ood.train_images.shape[1:]}, the "
+                     f"training images {image_shape}; choose an OOD dataset of the same image size.")
   compute_dtype = jnp.bfloat16 if config.precision == "bf16" else jnp.float32
   teacher = build_model(config.teacher.model, dataset.num_classes, compute_dtype)
   student = build_model(config.student.model, dataset.num_classes, compute_dtype)
-  image_shape = tuple(dataset.train_images.shape[1:])
   mesh = parallel.make_mesh()
   teacher_variables = None
   if config.teacher.load_from:
@@ -263,21 +313,39 @@ def run(config, workdir: str) -> dict:
   workdir = os.path.abspath(workdir)
   resuming = workdir_lib.prepare(workdir, config)
 
-  ctx = Context(config=config, workdir=workdir, mesh=mesh, data=device_data(dataset, mesh),
-                image_shape=image_shape, num_train=int(dataset.train_images.shape[0]), num_classes=dataset.num_classes,
-                compute_dtype=compute_dtype, log=workdir_lib.MetricsLog(workdir))
-  print(f"kd_jax: {dataset.name} ({ctx.num_train} train / {dataset.test_images.shape[0]} test, "
+  num_train = dataset.train_images.shape[0]
+  teacher_split = split_indices(num_train, config.teacher.data_split, config.data.split_seed)
+  distill_split = split_indices(num_train, config.distill.data_split, config.data.split_seed)
+  teacher_data = device_data(dataset, teacher_split, mesh)
+  same_split = np.array_equal(teacher_split, distill_split)
+  ctx = Context(
+      config=config, workdir=workdir, mesh=mesh, teacher_data=teacher_data,
+      distill_data=teacher_data if same_split else device_data(dataset, distill_split, mesh),
+      ood_images=None if ood is None else parallel.replicate(ood.train_images, mesh),
+      image_shape=image_shape, compute_dtype=compute_dtype, log=workdir_lib.MetricsLog(workdir))
+  print(f"kd_jax: {dataset.name} ({num_train} train / {dataset.test_images.shape[0]} test, "
         f"{dataset.num_classes} classes) on {mesh.devices.size} {jax.default_backend()} device(s); "
         f"workdir {workdir}{' (resuming)' if resuming else ''}", flush=True)
   ctx.log.write({"event": "resume" if resuming else "start", "devices": int(mesh.devices.size),
                  "backend": jax.default_backend()})
 
   if teacher_variables is None:
-    teacher_variables = load_teachers(teacher, train_teachers(ctx, teacher),
-                                      config.teacher.ensemble_size, image_shape, mesh)
-  student_state = distill_student(ctx, student, teacher, teacher_variables)
+    teachers_dir = os.path.join(workdir, "teachers")
+    train_teachers(ctx, teacher, teachers_dir, _seed_key(config, _TEACHERS))
+    teacher_variables = load_teachers(teacher, teachers_dir, config.teacher.ensemble_size,
+                                      image_shape, mesh)
+  student_variables = distill_student(ctx, student, teacher, teacher_variables,
+                                      os.path.join(workdir, "student"), _seed_key(config, _STUDENT))
 
-  results = evaluate(ctx, teacher, teacher_variables, student, train.model_variables(student_state))
+  test_size = int(dataset.test_images.shape[0])
+  evaluator = evaluation.Evaluator(
+      teacher, student, mesh=mesh, compute_dtype=compute_dtype, method=config.ensemble_method,
+      batch_size=evaluation.eval_batch_size(
+          config.eval_batch_size, min(test_size, int(distill_split.size)), mesh))
+  results = evaluate(ctx, evaluator, teacher_variables, student_variables)
+  if config.evaluation.independent_student:
+    results["student"].update(
+        independent_baseline(ctx, evaluator, teacher, student, teacher_variables))
   ctx.log.write({"phase": "evaluation", **report.flatten_results(results)})
   workdir_lib.write_results(workdir, results)
   print(report.results_table(results), flush=True)

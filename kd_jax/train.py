@@ -156,17 +156,24 @@ def teacher_logits_fn(teacher, method: str):
 
 def make_distill_step(student, teacher, tx, *, batch_size: int, augment: Callable, mesh,
                       temperature: float, alpha: float, loss_kind: str = "forward_kl",
-                      compute_dtype=jnp.float32, method: str = "auto"):
+                      ood_fraction: float = 0.0, compute_dtype=jnp.float32, method: str = "auto"):
   """Compiled distillation step: teacher-ensemble forward + student forward/backward + update, fused.
 
-  The teachers see the same augmented batch as the student and receive no gradient.
+  The teachers see the same augmented batch as the student and receive no gradient. With
+  ood_fraction > 0, that fraction of each batch is replaced by random images of `ood_images` (labelled
+  only by the teacher; their label is -1 and they are left out of the logged accuracy).
   """
   ensemble_logits = teacher_logits_fn(teacher, method)
+  num_ood = int(round(ood_fraction * batch_size))
 
-  def step(state: TrainState, teacher_variables, data: DeviceData):
+  def step(state: TrainState, teacher_variables, data: DeviceData, ood_images=None):
     images, labels = sample_batch(state.rng, state.step, data.train_images, data.train_labels,
                                   batch_size)
-    augment_key, loss_key = jax.random.split(step_key(state))
+    augment_key, loss_key, ood_key = jax.random.split(step_key(state), 3)
+    if num_ood:
+      picked = jax.random.randint(ood_key, (num_ood,), 0, ood_images.shape[0])
+      images = jnp.concatenate([images[:batch_size - num_ood], ood_images[picked]])
+      labels = jnp.concatenate([labels[:batch_size - num_ood], jnp.full((num_ood,), -1, jnp.int32)])
     x = augment_lib.normalize(augment(augment_key, images), data.mean, data.std, compute_dtype)
     x = parallel.shard_batch(x, mesh)
     teacher_logits = jax.lax.stop_gradient(ensemble_logits(teacher_variables, x))
@@ -179,7 +186,9 @@ def make_distill_step(student, teacher, tx, *, batch_size: int, augment: Callabl
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     new_state = _apply_gradients(state, tx, grads, batch_stats)
-    step_metrics = {"loss": loss, "accuracy": metrics.accuracy(logits, labels),
+    in_distribution = batch_size - num_ood
+    step_metrics = {"loss": loss,
+                    "accuracy": metrics.accuracy(logits[:in_distribution], labels[:in_distribution]),
                     **metrics.fidelity_metrics(teacher_logits, logits)}
     return new_state, step_metrics
 

@@ -36,11 +36,22 @@ def tiny_config(teacher_steps=12, student_steps=12, ensemble_size=2):
   return config
 
 
+TEST_COMPILATION_CACHE = os.path.join(tempfile.gettempdir(), "kd_jax_test_xla")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache():
+  """In-process runs share compiled programs too (teacher training is the same for many variants)."""
+  import jax
+  jax.config.update("jax_compilation_cache_dir", TEST_COMPILATION_CACHE)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 def run_cli(args, env_extra=None, timeout=300):
   """Runs `python run.py ARGS` in the repo; returns the CompletedProcess."""
   env = dict(os.environ)
   # Processes of one test session share compiled programs (the cache is keyed by program and devices).
-  env.setdefault("KD_JAX_COMPILATION_CACHE", os.path.join(tempfile.gettempdir(), "kd_jax_test_xla"))
+  env.setdefault("KD_JAX_COMPILATION_CACHE", TEST_COMPILATION_CACHE)
   env.update(env_extra or {})
   return subprocess.run([sys.executable, str(REPO / "run.py"), *args], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=timeout)

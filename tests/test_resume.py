@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import jax
@@ -16,7 +15,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import REPO, TEST_COMPILATION_CACHE, run_cli
 
 # The tiny config's phases (tests/conftest.py): 12 steps each, a checkpoint every 4.
 CONFIG = "--config=tests/tiny_config.py"
@@ -57,7 +56,7 @@ def _kill_when(path, process, timeout=240):
 @pytest.mark.parametrize("phase_checkpoint", ["teachers/train_0-1/8", "student/8"])
 def test_killed_run_resumes_to_the_same_result(tmp_path, uninterrupted, phase_checkpoint):
   interrupted = tmp_path / "interrupted"
-  env = {**os.environ, "KD_JAX_COMPILATION_CACHE": os.path.join(tempfile.gettempdir(), "kd_jax_test_xla")}
+  env = {**os.environ, "KD_JAX_COMPILATION_CACHE": TEST_COMPILATION_CACHE}
   process = subprocess.Popen([sys.executable, "run.py", CONFIG, f"--workdir={interrupted}", *SLOW],
                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   _kill_when(interrupted / phase_checkpoint, process)

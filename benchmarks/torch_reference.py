@@ -1,0 +1,202 @@
+"""A plain PyTorch (eager, CPU) version of the distillation step, to compare kd_jax's fused step with.
+
+  python -m benchmarks.torch_reference --depth 20 --m 3 --batch 128 --classes 100 --steps 20
+
+One step does what `kd_jax.train.make_distill_step` does: draw a batch from an in-memory uint8 train
+set, random crop (pad 4) + horizontal flip, normalize, run the m PreResNet teachers in eval mode under
+no_grad, average their softmax (log-mean-exp), run the student in train mode, tau^2-scaled forward-KL
+loss at temperature tau, backward, SGD (momentum 0.9, Nesterov, weight decay 1e-4). The network is
+written here from the same architecture description as kd_jax/models/preresnet.py (pre-activation
+blocks, 1x1 projection of the raw input when the shape changes).
+
+Optional: torch is not a dependency of kd_jax. `available()` says whether it can be imported, and the
+harness (benchmarks/kd_step.py --torch) skips this reference cleanly when it cannot.
+"""
+
+import argparse
+import json
+import math
+import statistics
+import time
+
+try:
+  import torch
+  from torch import nn
+  import torch.nn.functional as F
+except ImportError:  # The harness checks available() before calling anything below.
+  torch = None
+  nn = None
+
+# CIFAR-100 training-set statistics on the [0, 1] scale (only their size matters for timing).
+_MEAN = (0.507, 0.487, 0.441)
+_STD = (0.267, 0.256, 0.276)
+
+
+def available() -> bool:
+  return torch is not None
+
+
+def _conv(in_planes, out_planes, kernel, stride=1):
+  return nn.Conv2d(in_planes, out_planes, kernel, stride=stride, padding=kernel // 2, bias=False)
+
+
+if torch is not None:
+
+  class BasicBlock(nn.Module):
+    """BN-ReLU-conv3x3(stride)-BN-ReLU-conv3x3 plus the (projected) raw input."""
+    expansion = 1
+
+    def __init__(self, in_planes, planes, stride):
+      super().__init__()
+      self.bn1, self.conv1 = nn.BatchNorm2d(in_planes), _conv(in_planes, planes, 3, stride)
+      self.bn2, self.conv2 = nn.BatchNorm2d(planes), _conv(planes, planes, 3)
+      needs_projection = stride != 1 or in_planes != planes
+      self.shortcut = _conv(in_planes, planes, 1, stride) if needs_projection else None
+
+    def forward(self, x):
+      y = self.conv1(F.relu(self.bn1(x)))
+      y = self.conv2(F.relu(self.bn2(y)))
+      return y + (x if self.shortcut is None else self.shortcut(x))
+
+  class Bottleneck(nn.Module):
+    """BN-ReLU-conv1x1-BN-ReLU-conv3x3(stride)-BN-ReLU-conv1x1(4x) plus the (projected) input."""
+    expansion = 4
+
+    def __init__(self, in_planes, planes, stride):
+      super().__init__()
+      out_planes = planes * self.expansion
+      self.bn1, self.conv1 = nn.BatchNorm2d(in_planes), _conv(in_planes, planes, 1)
+      self.bn2, self.conv2 = nn.BatchNorm2d(planes), _conv(planes, planes, 3, stride)
+      self.bn3, self.conv3 = nn.BatchNorm2d(planes), _conv(planes, out_planes, 1)
+      needs_projection = stride != 1 or in_planes != out_planes
+      self.shortcut = _conv(in_planes, out_planes, 1, stride) if needs_projection else None
+
+    def forward(self, x):
+      y = self.conv1(F.relu(self.bn1(x)))
+      y = self.conv2(F.relu(self.bn2(y)))
+      y = self.conv3(F.relu(self.bn3(y)))
+      return y + (x if self.shortcut is None else self.shortcut(x))
+
+  class PreResNet(nn.Module):
+    """CIFAR PreResNet: basic blocks below depth 44 (6n+2), bottlenecks from it (9n+2)."""
+
+    def __init__(self, depth, num_classes, width=16):
+      super().__init__()
+      block = Bottleneck if depth >= 44 else BasicBlock
+      n = (depth - 2) // (9 if block is Bottleneck else 6)
+      self.stem = _conv(3, width, 3)
+      layers, in_planes = [], width
+      for multiplier, stride in ((1, 1), (2, 2), (4, 2)):
+        for i in range(n):
+          layers.append(block(in_planes, width * multiplier, stride if i == 0 else 1))
+          in_planes = width * multiplier * block.expansion
+      self.blocks = nn.Sequential(*layers)
+      self.bn = nn.BatchNorm2d(in_planes)
+      self.fc = nn.Linear(in_planes, num_classes)
+
+    def forward(self, x):
+      x = F.relu(self.bn(self.blocks(self.stem(x))))
+      return self.fc(x.mean(dim=(2, 3)))
+
+
+def _augment(images, generator):
+  """uint8 (B, H, W, C) -> random crop (pad 4) + flip -> normalized float (B, C, H, W)."""
+  batch, height, width, _ = images.shape
+  x = images.permute(0, 3, 1, 2).float().div_(255.0)
+  padded = F.pad(x, (4, 4, 4, 4))
+  offsets = torch.randint(0, 9, (batch, 2), generator=generator)
+  rows = offsets[:, 0, None] + torch.arange(height)[None, :]  # (B, H)
+  cols = offsets[:, 1, None] + torch.arange(width)[None, :]  # (B, W)
+  flip = torch.rand(batch, generator=generator) < 0.5
+  cols = torch.where(flip[:, None], cols.flip(1), cols)
+  batch_index = torch.arange(batch)[:, None, None]
+  x = padded.permute(0, 2, 3, 1)[batch_index, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
+  mean = torch.tensor(_MEAN).view(1, 1, 1, 3)
+  std = torch.tensor(_STD).view(1, 1, 1, 3)
+  return ((x - mean) / std).permute(0, 3, 1, 2).contiguous()
+
+
+def _ensemble_log_probs(member_logits):
+  """log mean_i softmax(z_i), as kd_jax.losses.ensemble_log_probs."""
+  log_probs = torch.stack([F.log_softmax(z, dim=-1) for z in member_logits])
+  return torch.logsumexp(log_probs, dim=0) - math.log(len(member_logits))
+
+
+def _kd_loss(student_logits, teacher_logits, temperature):
+  """tau^2 * H(p_t^tau, p_s^tau), the paper's forward-KL objective (alpha = 0)."""
+  teacher_probs = F.softmax(teacher_logits / temperature, dim=-1)
+  student_log_probs = F.log_softmax(student_logits / temperature, dim=-1)
+  return -temperature**2 * (teacher_probs * student_log_probs).sum(-1).mean()
+
+
+def make_step(depth=20, m=3, batch=128, classes=100, temperature=4.0, train_size=50_000,
+              channels_last=False, seed=0):
+  """Returns step() -> loss (a Python float is not fetched: the step stays asynchronous-free)."""
+  torch.manual_seed(seed)
+  generator = torch.Generator().manual_seed(seed)
+  images = torch.randint(0, 256, (train_size, 32, 32, 3), dtype=torch.uint8, generator=generator)
+  student = PreResNet(depth, classes).train()
+  teachers = [PreResNet(depth, classes).eval() for _ in range(m)]
+  memory_format = torch.channels_last if channels_last else torch.contiguous_format
+  for net in (student, *teachers):
+    net.to(memory_format=memory_format)
+  for teacher in teachers:
+    teacher.requires_grad_(False)
+  optimizer = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, nesterov=True,
+                              weight_decay=1e-4)
+
+  def step():
+    indices = torch.randint(0, train_size, (batch,), generator=generator)
+    x = _augment(images[indices], generator).contiguous(memory_format=memory_format)
+    with torch.no_grad():
+      teacher_logits = _ensemble_log_probs([teacher(x) for teacher in teachers])
+    loss = _kd_loss(student(x), teacher_logits, temperature)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+  return step
+
+
+def benchmark(depth=20, m=3, batch=128, classes=100, steps=20, warmup=3, threads=0,
+              channels_last=False) -> dict:
+  """Times the eager step: median of `steps` steps after `warmup` (eager CPU work is synchronous)."""
+  if threads:
+    torch.set_num_threads(threads)
+  step = make_step(depth, m, batch, classes, channels_last=channels_last)
+  for _ in range(warmup):
+    step()
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - start)
+  step_s = statistics.median(times)
+  return {"backend": "torch-cpu", "device": f"torch {torch.__version__}", "model": "preresnet",
+          "depth": depth, "m": m, "batch": batch, "classes": classes, "precision": "fp32",
+          "layout": "channels_last" if channels_last else "NCHW", "threads": torch.get_num_threads(),
+          "steps": steps, "step_ms": round(step_s * 1e3, 2), "min_step_ms": round(min(times) * 1e3, 2),
+          "images_per_second": round(batch / step_s, 1)}
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--depth", type=int, default=20)
+  parser.add_argument("--m", type=int, default=3)
+  parser.add_argument("--batch", type=int, default=128)
+  parser.add_argument("--classes", type=int, default=100)
+  parser.add_argument("--steps", type=int, default=20)
+  parser.add_argument("--warmup", type=int, default=3)
+  parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+  parser.add_argument("--channels-last", action="store_true")
+  args = parser.parse_args(argv)
+  if not available():
+    print(json.dumps({"skipped": "torch is not installed"}))
+    return
+  print(json.dumps(benchmark(args.depth, args.m, args.batch, args.classes, args.steps, args.warmup,
+                             args.threads, args.channels_last)))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,339 @@
+"""Runs an experiment: each variant of an experiment file for each seed, one run after another, then
+the report over all of them.
+
+  python sweep.py --config=configs/paper/temperature.py --workdir=runs/temperature --seeds=0,1,2
+  python sweep.py --config=configs/paper/temperature.py --workdir=runs/temperature --dry-run
+  python sweep.py --config=... --workdir=... --variants=tau1,tau4 --config.student.epochs=30
+
+An experiment file defines VARIANTS (a tuple of names) and get_config(variant). Every run gets the
+variant's config, the --config.KEY=VALUE overrides (converted to the type of the field they replace;
+unknown keys are an error) and its seed, and runs in this process through kd_jax.pipeline.run.
+
+Layout of --workdir:
+  <variant>/seed<k>/   a pipeline workdir (config.json, metrics.jsonl, checkpoints, results.json), plus
+                       variant.json ({"experiment", "variant", "variant_index", "seed", ...}), which
+                       names the run in reports. It is written once the run has finished, because the
+                       pipeline only starts in an empty folder (or one holding its config.json), and
+                       again whenever a finished run is skipped.
+  report/              results.md, results.csv, runs.csv and plots over every finished run in --workdir
+
+Resuming: a run with results.json is skipped; an unfinished one resumes where it stopped (the
+pipeline's own resume). A run folder that holds a different config stops the sweep before anything
+runs, as the pipeline would.
+
+Teacher sharing: runs that would train identical teachers (equal seed, `data` and `teacher` sections,
+precision and ensemble_method) train them once. The first of such a group (or the one that has already
+started training its own) trains them; the others set teacher.load_from to its workdir and run after
+it. The same teacher config and seed give the same teachers, so sharing changes no result. A run that
+has already started keeps the teacher.load_from it started with.
+"""
+
+import argparse
+import ast
+import copy
+import dataclasses
+import importlib.util
+import json
+import os
+import sys
+
+import ml_collections
+
+from kd_jax import config as config_lib
+from kd_jax import report
+from kd_jax.errors import KdJaxError
+
+REPORT_DIR = "report"
+# Config sections and keys that determine the trained teachers.
+TEACHER_KEYS = ("seed", "data", "teacher", "precision", "ensemble_method")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Experiment files and overrides
+
+def load_experiment(path: str):
+  """Imports an experiment file and checks that it has VARIANTS and get_config(variant)."""
+  if ":" in path:
+    raise KdJaxError(f"--config={path}: pass the experiment file alone and pick variants with "
+                     "--variants.")
+  if not os.path.isfile(path):
+    raise KdJaxError(f"experiment file {path} does not exist; see configs/paper/.")
+  name = os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(f"kd_jax_experiment_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  variants = getattr(module, "VARIANTS", None)
+  if not callable(getattr(module, "get_config", None)) or not isinstance(variants, (tuple, list)):
+    raise KdJaxError(f"{path} is not an experiment file: it needs VARIANTS (a tuple of names) and "
+                     "get_config(variant); for a single run use run.py.")
+  for variant in variants:
+    # Variant names become folder names next to report/.
+    if (not isinstance(variant, str) or not variant or variant.startswith(".") or "/" in variant
+        or os.sep in variant or variant == REPORT_DIR):
+      raise KdJaxError(f"{path}: variant name {variant!r} cannot name a folder.")
+  return module
+
+
+def select_variants(module, text: str) -> list:
+  """The variants named in --variants (all when empty), in the experiment's order."""
+  if not text:
+    return list(module.VARIANTS)
+  wanted = [v.strip() for v in text.split(",") if v.strip()]
+  unknown = [v for v in wanted if v not in module.VARIANTS]
+  if unknown:
+    raise KdJaxError(f"unknown variant {unknown[0]!r}; choose from {', '.join(module.VARIANTS)}.")
+  return [v for v in module.VARIANTS if v in wanted]
+
+
+def parse_seeds(text: str) -> list:
+  try:
+    seeds = [int(s) for s in text.split(",") if s.strip()]
+  except ValueError:
+    seeds = []
+  if not seeds or len(set(seeds)) != len(seeds):
+    raise KdJaxError(f"--seeds={text!r}: give distinct integers separated by commas, e.g. 0,1,2.")
+  return seeds
+
+
+def split_overrides(argv) -> tuple:
+  """Separates --config.KEY=VALUE arguments (as (key, text) pairs) from the others."""
+  overrides, rest = [], []
+  for arg in argv:
+    if not arg.startswith("--config."):
+      rest.append(arg)
+      continue
+    key, equals, value = arg[len("--config."):].partition("=")
+    if not equals or not key:
+      raise KdJaxError(f"{arg}: write config overrides as --config.KEY=VALUE.")
+    if key == "seed":
+      raise KdJaxError("--config.seed: the sweep sets the seed of each run; use --seeds.")
+    overrides.append((key, value))
+  return overrides, rest
+
+
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+
+
+def convert(text: str, current, key: str):
+  """`text` as a value of the type of `current` (the field's value before the override)."""
+  try:
+    if isinstance(current, bool):
+      if text.lower() not in _TRUE + _FALSE:
+        raise ValueError
+      return text.lower() in _TRUE
+    if isinstance(current, int):
+      return int(text)
+    if isinstance(current, float):
+      return float(text)
+    if isinstance(current, str):
+      return text
+    if isinstance(current, (tuple, list)):
+      value = ast.literal_eval(text)
+      if not isinstance(value, (tuple, list)):
+        raise ValueError
+      return type(current)(value)
+    if current is None:
+      try:
+        return ast.literal_eval(text)
+      except (ValueError, SyntaxError):
+        return text  # a bare word: a string
+  except (ValueError, SyntaxError):
+    pass
+  raise KdJaxError(f"--config.{key}={text}: expected a {type(current).__name__} like the field's "
+                   f"current value {current!r}.")
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides) -> None:
+  for key, text in overrides:
+    *sections, field = key.split(".")
+    node = config
+    for part in sections + [field]:
+      if not isinstance(node, ml_collections.ConfigDict) or part not in node.keys():
+        raise KdJaxError(f"unknown config key '{key}' (from --config.{key}); see kd_jax/config.py "
+                         "for the valid keys.")
+      parent, node = node, node[part]
+    if isinstance(node, ml_collections.ConfigDict):
+      raise KdJaxError(f"--config.{key} is a section; override its fields, e.g. "
+                       f"--config.{key}.{next(iter(node.keys()))}=...")
+    parent[field] = convert(text, node, key)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Planning
+
+@dataclasses.dataclass
+class PlannedRun:
+  variant: str
+  seed: int
+  config: ml_collections.ConfigDict
+  workdir: str  # absolute
+  done: bool = False  # results.json exists: skipped
+  started: bool = False  # config.json exists
+  provider: "PlannedRun" = None  # the run whose teachers this one loads
+
+  @property
+  def name(self) -> str:
+    return f"{self.variant}/seed{self.seed}"
+
+
+def _read_json(path: str):
+  with open(path) as f:
+    return json.load(f)
+
+
+def _teacher_identity(config) -> str:
+  from kd_jax import workdir as workdir_lib  # imports JAX: only once a plan is made
+  values = workdir_lib.config_dict(config)
+  values["teacher"].pop("load_from", None)
+  return json.dumps({key: values.get(key) for key in TEACHER_KEYS}, sort_keys=True)
+
+
+def _adopt_saved_state(run: PlannedRun) -> None:
+  """Marks a run started or done, keeping the teacher.load_from it started with; refuses a run folder
+  that holds another config, before the sweep runs anything."""
+  from kd_jax import workdir as workdir_lib
+  config_path = os.path.join(run.workdir, report.CONFIG_FILE)
+  if not os.path.isfile(config_path):
+    if os.path.isdir(run.workdir) and os.listdir(run.workdir):
+      raise KdJaxError(f"{run.workdir} is not empty and holds no kd_jax run; move it away.")
+    return
+  saved = _read_json(config_path)
+  run.started = True
+  run.done = os.path.isfile(os.path.join(run.workdir, report.RESULTS_FILE))
+  if not run.config.teacher.load_from:
+    # Teachers the sweep shares: the run keeps the source it started with (a user's own
+    # --config.teacher.load_from is compared like any other key).
+    run.config.teacher.load_from = saved.get("teacher", {}).get("load_from", "")
+  differences = workdir_lib.config_differences(saved, workdir_lib.config_dict(run.config))
+  if differences:
+    key, old, new = differences[0]
+    raise KdJaxError(f"{run.workdir} holds a run of another config ({key}: {old!r} there, {new!r} "
+                     "now); use the overrides it was started with, or another --workdir.")
+
+
+def _share_teachers(runs) -> None:
+  """Points each run that would retrain an earlier run's teachers at that run's workdir."""
+  by_workdir = {run.workdir: run for run in runs}
+  groups = {}
+  for run in runs:
+    if run.config.teacher.load_from:
+      # Started earlier with shared teachers, or given teachers by the user.
+      run.provider = by_workdir.get(os.path.abspath(run.config.teacher.load_from))
+    else:
+      groups.setdefault(_teacher_identity(run.config), []).append(run)
+  for members in groups.values():
+    # A run that has started training its own teachers keeps them and serves the others.
+    provider = next((run for run in members if run.started), members[0])
+    for run in members:
+      if run is not provider and not run.started:
+        run.config.teacher.load_from = provider.workdir
+        run.provider = provider
+
+
+def _order(runs) -> list:
+  """Keeps the given order, except that a run providing teachers moves before its first user."""
+  position = {id(run): i for i, run in enumerate(runs)}
+  first_use = dict(position)
+  for run in runs:
+    if run.provider is not None and id(run.provider) in first_use:
+      first_use[id(run.provider)] = min(first_use[id(run.provider)], position[id(run)])
+  return sorted(runs, key=lambda run: (first_use[id(run)], run.provider is not None))
+
+
+def plan(module, variants, seeds, overrides, root: str) -> list:
+  """The sweep's runs, seed by seed (so an interrupted sweep already has every variant once), with
+  teachers shared and each run's saved state read."""
+  runs = []
+  for seed in seeds:
+    for variant in variants:
+      # A copy: an experiment file may hand out one shared config object.
+      config = copy.deepcopy(module.get_config(variant))
+      apply_overrides(config, overrides)
+      config.seed = seed
+      config_lib.validate(config)
+      run = PlannedRun(variant=variant, seed=seed, config=config,
+                       workdir=os.path.abspath(os.path.join(root, variant, f"seed{seed}")))
+      _adopt_saved_state(run)
+      runs.append(run)
+  _share_teachers(runs)
+  return _order(runs)
+
+
+def describe(run: PlannedRun) -> str:
+  if run.done:
+    return "finished: skipped"
+  if run.provider is not None:
+    return f"teachers from {run.provider.name}"
+  if run.config.teacher.load_from:
+    return f"teachers from {run.config.teacher.load_from}"
+  return "trains its teachers"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Running
+
+def write_variant_file(run: PlannedRun, experiment: str, variant_index: int, config_file: str,
+                       overrides) -> None:
+  label = {"experiment": experiment, "variant": run.variant, "variant_index": variant_index,
+           "seed": run.seed, "config_file": config_file,
+           "overrides": [f"--config.{k}={v}" for k, v in overrides],
+           "teachers_from": run.config.teacher.load_from or None}
+  with open(os.path.join(run.workdir, report.VARIANT_FILE), "w") as f:
+    json.dump(label, f, indent=2)
+
+
+def run_sweep(config_file: str, root: str, seeds, variants_text: str = "", overrides=(),
+              dry_run: bool = False) -> list:
+  """Plans, runs (unless dry_run) and reports the sweep; returns the planned runs."""
+  module = load_experiment(config_file)
+  variants = select_variants(module, variants_text)
+  experiment = os.path.splitext(os.path.basename(config_file))[0]
+  runs = plan(module, variants, seeds, overrides, root)
+  total = len(runs)
+  print(f"sweep {experiment}: {len(variants)} variant(s) x {len(seeds)} seed(s) = {total} runs in "
+        f"{root}", flush=True)
+  if dry_run:
+    for i, run in enumerate(runs, 1):
+      print(f"  [{i}/{total}] {run.name}: {describe(run)}")
+    return runs
+
+  from kd_jax import pipeline  # imports JAX and the models: not needed for a dry run
+  for i, run in enumerate(runs, 1):
+    print(f"\n=== [{i}/{total}] {run.name}: {describe(run)}", flush=True)
+    if not run.done:
+      try:
+        pipeline.run(run.config, run.workdir)
+      except KdJaxError as e:
+        raise KdJaxError(f"run {run.name}: {e}") from e
+      run.done = True
+    write_variant_file(run, experiment, module.VARIANTS.index(run.variant), config_file, overrides)
+
+  out = os.path.join(root, REPORT_DIR)
+  print(f"\n=== report over the finished runs in {root}", flush=True)
+  print(report.write_report([root], out))
+  print(f"\nreport written to {out}/", flush=True)
+  return runs
+
+
+def main(argv) -> None:
+  """`python sweep.py ...`: argv without the program name; problems the user can fix exit 2."""
+  parser = argparse.ArgumentParser(
+      prog="sweep.py", description="Runs every variant of an experiment file for several seeds.",
+      epilog="Any --config.KEY=VALUE argument overrides that key in every run.")
+  parser.add_argument("--config", required=True, help="experiment file, e.g. configs/paper/x.py")
+  parser.add_argument("--workdir", required=True, help="folder for the runs and report/")
+  parser.add_argument("--seeds", default="0,1,2", help="seeds, comma-separated (default 0,1,2)")
+  parser.add_argument("--variants", default="", help="a subset of VARIANTS, comma-separated")
+  parser.add_argument("--dry-run", action="store_true", help="list the planned runs and stop")
+  try:
+    overrides, rest = split_overrides(argv)
+    args = parser.parse_args(rest)
+    run_sweep(args.config, args.workdir, parse_seeds(args.seeds), args.variants, overrides,
+              args.dry_run)
+  except KdJaxError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except KeyboardInterrupt:
+    print("interrupted; rerun the same command to resume (finished runs are skipped)",
+          file=sys.stderr)
+    sys.exit(130)

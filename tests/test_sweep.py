@@ -1,0 +1,161 @@
+"""The sweep on a tiny two-variant experiment: runs, shared teachers, skipping on rerun, the report."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+from conftest import REPO
+from kd_jax import KdJaxError, sweep
+from kd_jax import config as kd_config
+
+SEEDS = "0,1"
+# conftest's tiny digits study, with the distillation temperature as the variant.
+EXPERIMENT = f"""
+import sys
+sys.path.insert(0, {str(REPO / "tests")!r})
+from conftest import tiny_config
+
+VARIANTS = ("t1", "t4")
+
+
+def get_config(variant=None):
+  if variant not in VARIANTS:
+    raise ValueError(f"variant must be one of {{VARIANTS}}, not {{variant!r}}")
+  config = tiny_config()
+  config.distill.temperature = {{"t1": 1.0, "t4": 4.0}}[variant]
+  return config
+"""
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+  path = tmp_path_factory.mktemp("experiment") / "temperature.py"
+  path.write_text(EXPERIMENT)
+  return str(path)
+
+
+@pytest.fixture(scope="module")
+def swept(experiment, tmp_path_factory):
+  """The whole sweep as a user runs it: `python sweep.py` in a fresh process."""
+  workdir = tmp_path_factory.mktemp("sweep") / "temperature"
+  env = {**os.environ, "KD_JAX_COMPILATION_CACHE":
+         os.path.join(tempfile.gettempdir(), "kd_jax_test_xla")}
+  result = subprocess.run(
+      [sys.executable, "sweep.py", f"--config={experiment}", f"--workdir={workdir}",
+       f"--seeds={SEEDS}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  return workdir, result.stdout
+
+
+def _results(workdir, name):
+  with open(workdir / name / "results.json") as f:
+    return json.load(f)
+
+
+def test_every_run_finishes_and_is_labelled(swept):
+  workdir, stdout = swept
+  for variant in ("t1", "t4"):
+    for seed in (0, 1):
+      run = workdir / variant / f"seed{seed}"
+      assert (run / "results.json").is_file()
+      label = json.loads((run / "variant.json").read_text())
+      assert (label["experiment"], label["variant"], label["seed"]) == ("temperature", variant, seed)
+  assert "[4/4]" in stdout
+
+
+def test_second_variant_reuses_the_first_variants_teachers(swept):
+  workdir, stdout = swept
+  for seed in (0, 1):
+    provider, user = f"t1/seed{seed}", f"t4/seed{seed}"
+    assert (workdir / provider / "teachers").is_dir()
+    assert not (workdir / user / "teachers").exists()
+    config = json.loads((workdir / user / "config.json").read_text())
+    assert config["teacher"]["load_from"] == str(workdir / provider)
+    assert _results(workdir, user)["ensemble"] == _results(workdir, provider)["ensemble"]
+    assert _results(workdir, user)["student"] != _results(workdir, provider)["student"]
+    assert f"{user}: teachers from {provider}" in stdout
+
+
+def test_report_holds_both_variants_over_the_seeds(swept):
+  workdir, stdout = swept
+  out = workdir / "report"
+  with open(out / "results.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert [(row["variant"], row["n"]) for row in rows] == [("t1", "2"), ("t4", "2")]
+  assert "| t1 | 2 |" in (out / "results.md").read_text() and "| t4 | 2 |" in stdout
+  for name in ("agreement_vs_accuracy.png", "train_vs_test_agreement.png", "training_curves.png"):
+    with open(out / name, "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rerun_skips_every_finished_run(swept, experiment, capsys):
+  workdir, _ = swept
+  before = {p: os.path.getmtime(p) for p in workdir.glob("*/seed*/results.json")}
+  runs = sweep.run_sweep(experiment, str(workdir), [0, 1])
+  assert all(run.done for run in runs)
+  assert capsys.readouterr().out.count("finished: skipped") == 4
+  assert before == {p: os.path.getmtime(p) for p in workdir.glob("*/seed*/results.json")}
+
+
+def test_other_overrides_on_finished_runs_are_refused_before_running(swept, experiment):
+  workdir, _ = swept
+  with pytest.raises(KdJaxError, match="distill.alpha"):
+    sweep.run_sweep(experiment, str(workdir), [0], overrides=[("distill.alpha", "0.5")])
+
+
+def test_dry_run_plans_providers_first(experiment, tmp_path, capsys):
+  # One seed and t4 alone: t4 trains teachers. Adding t1 later must not retrain or reorder t4's.
+  runs = sweep.run_sweep(experiment, str(tmp_path), [0, 1], variants_text="t4,t1", dry_run=True)
+  assert [run.name for run in runs] == ["t1/seed0", "t4/seed0", "t1/seed1", "t4/seed1"]
+  assert [run.provider and run.provider.name for run in runs] == [None, "t1/seed0", None, "t1/seed1"]
+  assert "[2/4] t4/seed0: teachers from t1/seed0" in capsys.readouterr().out
+  assert not os.listdir(tmp_path)
+
+
+def test_a_started_run_keeps_training_its_own_teachers(experiment, tmp_path):
+  # t4/seed0 started alone (it trains its own teachers); t1/seed0 must then take them from it.
+  started = tmp_path / "t4" / "seed0"
+  started.mkdir(parents=True)
+  config = sweep.load_experiment(experiment).get_config("t4")
+  (started / "config.json").write_text(config.to_json_best_effort(sort_keys=True))
+  runs = sweep.run_sweep(experiment, str(tmp_path), [0], dry_run=True)
+  assert [(run.name, run.provider and run.provider.name) for run in runs] == [
+      ("t4/seed0", None), ("t1/seed0", "t4/seed0")]
+
+
+def test_overrides_take_the_type_of_their_field():
+  config = kd_config.default_config()
+  sweep.apply_overrides(config, [("student.steps", "7"), ("distill.temperature", "2"),
+                                 ("student.optimizer.nesterov", "false"), ("data.name", "digits")])
+  assert (config.student.steps, config.distill.temperature) == (7, 2.0)
+  assert isinstance(config.distill.temperature, float)
+  assert config.student.optimizer.nesterov is False and config.data.name == "digits"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--variants=t2"], "unknown variant 't2'; choose from t1, t4"),
+    (["--config.student.dept=3"], "unknown config key 'student.dept'"),
+    (["--config.student.steps=many"], "--config.student.steps=many: expected a int"),
+    (["--config.teacher.model=x"], "is a section"),
+    (["--config.seed=3"], "use --seeds"),
+    (["--seeds=a"], "--seeds"),
+])
+def test_cli_errors_are_one_line(experiment, tmp_path, capsys, args, message):
+  with pytest.raises(SystemExit) as exit_info:
+    sweep.main([f"--config={experiment}", f"--workdir={tmp_path / 'w'}", "--dry-run", *args])
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
+  assert not (tmp_path / "w").exists()
+
+
+def test_experiment_file_without_variants_is_refused(tmp_path):
+  plain = tmp_path / "plain.py"
+  plain.write_text("def get_config():\n  return None\n")
+  with pytest.raises(KdJaxError, match="VARIANTS"):
+    sweep.load_experiment(str(plain))
