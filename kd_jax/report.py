@@ -1,6 +1,6 @@
 """Readable summaries of results: one run's table, and a report over many runs grouped into variants.
 
-  python -m kd_jax.report runs/temperature --out runs/temperature/report
+  python -m kd_jax.report runs/tau_m --out runs/tau_m/report
   python -m kd_jax.report 'runs/m*/seed*' runs/other_run --out /tmp/report --group-by teacher.ensemble_size
 
 A report reads finished workdirs (config.json + results.json, metrics.jsonl for training curves), groups
@@ -20,6 +20,7 @@ import sys
 import numpy as np
 
 from kd_jax.errors import KdJaxError
+from kd_jax.workdir import CONFIG_FILE, METRICS_FILE, OPERATIONAL_KEYS, RESULTS_FILE, flatten_config
 
 # (key in results, column title, shown as percent)
 _COLUMNS = (
@@ -66,13 +67,10 @@ def results_table(results: dict) -> str:
 # ---------------------------------------------------------------------------------------------------
 # Finding and reading runs
 
-CONFIG_FILE, RESULTS_FILE, METRICS_FILE = "config.json", "results.json", "metrics.jsonl"
 VARIANT_FILE = "variant.json"  # written by the sweep next to a finished run: {"experiment", "variant"}
-# Keys that do not change what a run computes, so runs differing only there belong to one variant.
-# The first three mirror kd_jax.workdir.OPERATIONAL_KEYS (not imported: it would pull in JAX);
+# Keys that do not change what a run computes, so runs differing only there belong to one variant;
 # teacher.load_from only says where identical teachers came from (the sweep shares them).
-IGNORED_KEYS = ("seed", "log_every_steps", "checkpoint_every_steps", "eval_batch_size",
-                "teacher.load_from")
+IGNORED_KEYS = ("seed", *OPERATIONAL_KEYS, "teacher.load_from")
 
 
 @dataclasses.dataclass
@@ -84,16 +82,6 @@ class Run:
   experiment: str = None  # from variant.json, when the sweep wrote one
   variant: str = None
   variant_index: int = None
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = value
-  return flat
 
 
 def _is_workdir(path: str) -> bool:
@@ -150,7 +138,7 @@ def _read_json(path: str):
 
 
 def load_run(workdir: str) -> Run:
-  run = Run(workdir=workdir, config=_flatten(_read_json(os.path.join(workdir, CONFIG_FILE))),
+  run = Run(workdir=workdir, config=flatten_config(_read_json(os.path.join(workdir, CONFIG_FILE))),
             results=_read_json(os.path.join(workdir, RESULTS_FILE)))
   variant_path = os.path.join(workdir, VARIANT_FILE)
   if os.path.isfile(variant_path):

@@ -1,9 +1,9 @@
 """Runs an experiment: each variant of an experiment file for each seed, one run after another, then
 the report over all of them.
 
-  python sweep.py --config=configs/paper/temperature.py --workdir=runs/temperature --seeds=0,1,2
-  python sweep.py --config=configs/paper/temperature.py --workdir=runs/temperature --dry-run
-  python sweep.py --config=... --workdir=... --variants=tau1,tau4 --config.student.epochs=30
+  python sweep.py --config=configs/paper/temperature_ensemble.py --workdir=runs/tau_m --seeds=0,1,2
+  python sweep.py --config=configs/paper/temperature_ensemble.py --workdir=runs/tau_m --dry-run
+  python sweep.py --config=... --workdir=... --variants=tau1_m1,tau4_m1 --config.student.epochs=30
 
 An experiment file defines VARIANTS (a tuple of names) and get_config(variant). Every run gets the
 variant's config, the --config.KEY=VALUE overrides (converted to the type of the field they replace;

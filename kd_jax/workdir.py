@@ -8,7 +8,6 @@ import json
 import os
 import time
 
-import jax
 import ml_collections
 
 from kd_jax.errors import KdJaxError
@@ -24,18 +23,25 @@ def config_dict(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json_best_effort(sort_keys=True))
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
+def flatten_config(tree: dict, prefix: str = "") -> dict:
+  """{"distill": {"temperature": 4.0}} -> {"distill.temperature": 4.0}."""
   flat = {}
   for key, value in tree.items():
     if isinstance(value, dict):
-      flat.update(_flatten(value, f"{prefix}{key}."))
+      flat.update(flatten_config(value, f"{prefix}{key}."))
     else:
       flat[f"{prefix}{key}"] = value
   return flat
 
 
+def _is_main_process() -> bool:
+  # Imported here so that reading workdirs (kd_jax.report) does not pay for importing JAX.
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.process_index() == 0
+
+
 def config_differences(saved: dict, current: dict) -> list:
-  saved, current = _flatten(saved), _flatten(current)
+  saved, current = flatten_config(saved), flatten_config(current)
   keys = sorted((saved.keys() | current.keys()) - set(OPERATIONAL_KEYS))
   return [(k, saved.get(k, "<absent>"), current.get(k, "<absent>"))
           for k in keys if saved.get(k, "<absent>") != current.get(k, "<absent>")]
@@ -58,7 +64,7 @@ def prepare(workdir: str, config: ml_collections.ConfigDict) -> bool:
   elif os.path.isdir(workdir) and os.listdir(workdir):
     raise KdJaxError(f"workdir {workdir} is not empty and holds no kd_jax run (no {CONFIG_FILE}); "
                      "choose a new or empty --workdir.")
-  if jax.process_index() == 0:
+  if _is_main_process():
     os.makedirs(workdir, exist_ok=True)
     with open(config_path, "w") as f:
       json.dump(current, f, indent=2, sort_keys=True)
@@ -72,13 +78,13 @@ class MetricsLog:
     self.path = os.path.join(workdir, METRICS_FILE)
 
   def write(self, record: dict) -> None:
-    if jax.process_index() != 0:
+    if not _is_main_process():
       return
     with open(self.path, "a") as f:
       f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
 
 
 def write_results(workdir: str, results: dict) -> None:
-  if jax.process_index() == 0:
+  if _is_main_process():
     with open(os.path.join(workdir, RESULTS_FILE), "w") as f:
       json.dump(results, f, indent=2)
