@@ -19,7 +19,11 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for config.json, metrics, checkpoints, results.")
 _DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Call jax.distributed.initialize() first (multi-host TPU pods, GPU clusters).")
+    "distributed", False, "Call jax.distributed.initialize() first (multi-host TPU pods, GPU clusters); "
+    "on TPU, SLURM, Kubernetes and MPI it finds the processes itself, elsewhere give the flags below.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "With --distributed: host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "With --distributed: number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "With --distributed: this process's index.")
 
 USAGE_EXIT = 2
 
@@ -89,7 +93,8 @@ def main(argv):
   from kd_jax import KdJaxError, pipeline
 
   if _DISTRIBUTED.value:
-    jax.distributed.initialize()
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
   # Reruns (a resume after preemption, the next student on the same teachers) skip recompiling.
   jax.config.update("jax_compilation_cache_dir", os.environ.get(
       "KD_JAX_COMPILATION_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "kd_jax", "xla")))

@@ -34,6 +34,14 @@ def flatten_config(tree: dict, prefix: str = "") -> dict:
   return flat
 
 
+def _all_processes_checked() -> None:
+  """Multi-process runs: every process inspects the workdir before process 0 writes into it."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices("kd_jax workdir checked")
+
+
 def _is_main_process() -> bool:
   # Imported here so that reading workdirs (kd_jax.report) does not pay for importing JAX.
   import jax  # pylint: disable=g-import-not-at-top
@@ -64,6 +72,7 @@ def prepare(workdir: str, config: ml_collections.ConfigDict) -> bool:
   elif os.path.isdir(workdir) and os.listdir(workdir):
     raise KdJaxError(f"workdir {workdir} is not empty and holds no kd_jax run (no {CONFIG_FILE}); "
                      "choose a new or empty --workdir.")
+  _all_processes_checked()
   if _is_main_process():
     os.makedirs(workdir, exist_ok=True)
     with open(config_path, "w") as f:

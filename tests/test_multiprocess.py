@@ -1,0 +1,64 @@
+"""JAX's own multi-process runtime: 2 processes x 2 CPU devices train like 1 process x 4 devices.
+
+This is the path of multi-host TPU slices and GPU clusters (`run.py --distributed`): every process holds
+the dataset, the global batch is sharded over all processes' devices, and process 0 alone writes the
+workdir's files while Orbax coordinates the checkpoints.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+
+from conftest import REPO, TEST_COMPILATION_CACHE, run_cli
+
+ARGS = ["--config=tests/tiny_config.py", "--config.log_every_steps=1",
+        "--config.teacher.steps=6", "--config.student.steps=6"]
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def _curves_and_results(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    records = [json.loads(line) for line in f]
+  curves = {}
+  for r in records:
+    if "loss" in r:
+      curves.setdefault(r["phase"], []).append(r["loss"])
+  with open(os.path.join(workdir, "results.json")) as f:
+    return curves, [r["devices"] for r in records if "devices" in r], json.load(f)
+
+
+def test_two_processes_match_one_process_with_as_many_devices(tmp_path):
+  single = tmp_path / "single"
+  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+  result = run_cli([*ARGS, f"--workdir={single}"], env_extra=env)
+  assert result.returncode == 0, result.stderr
+
+  multi = tmp_path / "multi"
+  port = _free_port()
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+         "JAX_PLATFORMS": "cpu", "KD_JAX_COMPILATION_CACHE": TEST_COMPILATION_CACHE}
+  processes = [subprocess.Popen(
+      [sys.executable, "run.py", *ARGS, f"--workdir={multi}", "--distributed",
+       f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
+      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      for i in range(2)]
+  outputs = [p.communicate(timeout=300)[0] for p in processes]
+  assert [p.returncode for p in processes] == [0, 0], outputs
+
+  (one, one_devices, one_results) = _curves_and_results(single)
+  (two, two_devices, two_results) = _curves_and_results(multi)
+  assert one_devices == [4] and two_devices == [4]  # one start record, from process 0 only
+  assert one.keys() == two.keys()
+  for phase in one:
+    np.testing.assert_allclose(one[phase], two[phase], rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(one_results["student"]["test_agreement"],
+                             two_results["student"]["test_agreement"], atol=1e-6)
