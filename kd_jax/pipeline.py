@@ -86,15 +86,17 @@ def fit(ctx: Context, name: str, step_fn, state, args, *, manager, start: int, t
         images_per_step: int, steps_per_epoch: int, log_fields: dict):
   """Runs step_fn from `start` to `total`, logging progress and checkpointing; returns the state.
 
-  Metrics are fetched from the device only every log_every_steps, so the host runs ahead of the device
-  between logs. Ctrl-C (or SIGTERM, which run.py turns into KeyboardInterrupt) saves before exiting.
+  Metrics stay on the device until a log line, which reports their mean over the steps since the last
+  one, so the host runs ahead of the device between logs. Ctrl-C (or SIGTERM, which run.py turns into
+  KeyboardInterrupt) saves a checkpoint before exiting.
   """
   cfg = ctx.config
   step = start
-  window_start, window_step = time.time(), start
+  window_start, window_step, window_metrics = time.time(), start, []
   try:
     while step < total:
       state, step_metrics = step_fn(state, *args)
+      window_metrics.append(step_metrics)
       step += 1
       if step == start + 1:
         jax.block_until_ready(step_metrics)
@@ -103,7 +105,8 @@ def fit(ctx: Context, name: str, step_fn, state, args, *, manager, start: int, t
         ctx.log.write({"phase": name, **log_fields, "step": step, "compile_s": round(compile_s, 2)})
         window_start, window_step = time.time(), step
       if step % cfg.log_every_steps == 0 or step == total:
-        values = {k: float(np.mean(v)) for k, v in jax.device_get(step_metrics).items()}
+        fetched = jax.device_get(window_metrics)
+        values = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
         elapsed = time.time() - window_start
         rate = (step - window_step) / elapsed if elapsed > 0 and step > window_step else float("nan")
         eta = (total - step) / rate if rate == rate and rate > 0 else 0.0
@@ -113,7 +116,7 @@ def fit(ctx: Context, name: str, step_fn, state, args, *, manager, start: int, t
         ctx.log.write({"phase": name, **log_fields, "step": step,
                        "epoch": round(step / steps_per_epoch, 4), **values,
                        "images_per_second": round(rate * images_per_step, 1)})
-        window_start, window_step = time.time(), step
+        window_start, window_step, window_metrics = time.time(), step, []
       if step % cfg.checkpoint_every_steps == 0 or step == total:
         checkpoint.save_state(manager, step, state)
   except KeyboardInterrupt:

@@ -445,11 +445,17 @@ def _scatter(plt, variants, x_key: str, y_key: str, path: str, *, xlabel: str, y
                 alpha=0.85, label=f"{i}: {variant.name}" if numbered else variant.name)
     ax.annotate(str(i) if numbered else variant.name, (x, y), textcoords="offset points",
                 xytext=(5, 5), fontsize=9 if numbered else 8)
-  if diagonal:  # an infinite line: it spans the axes without widening them
+  ax.margins(0.15)
+  if diagonal:
+    # Same range on both axes around the points, fixed before the (infinite) y = x line is drawn.
+    ax.autoscale_view()
+    (x_low, x_high), (y_low, y_high) = ax.get_xlim(), ax.get_ylim()
+    low, high = min(x_low, y_low), max(x_high, y_high)
+    ax.set_xlim(low, high)
+    ax.set_ylim(low, high)
     ax.axline((0, 0), (100, 100), color="gray", linestyle="--", linewidth=1, label="y = x")
   ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
   ax.grid(alpha=0.3)
-  ax.margins(0.15)
   _finish(plt, fig, ax, path, legend_entries=len(points) + diagonal)
   return True
 
