@@ -1,5 +1,6 @@
 """Shared helpers: tiny configs on scikit-learn digits and a way to run `run.py` as a user would."""
 
+import json
 import os
 import subprocess
 import sys
@@ -55,6 +56,19 @@ def run_cli(args, env_extra=None, timeout=300):
   env.update(env_extra or {})
   return subprocess.run([sys.executable, str(REPO / "run.py"), *args], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=timeout)
+
+
+def loss_curves_devices_results(workdir):
+  """A finished run's loss per logged step by phase, device counts of its start records, results."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    records = [json.loads(line) for line in f]
+  curves = {}
+  for r in records:
+    if "loss" in r:
+      curves.setdefault(r["phase"], []).append(r["loss"])
+  devices = [r["devices"] for r in records if r.get("event") == "start"]
+  with open(os.path.join(workdir, "results.json")) as f:
+    return curves, devices, json.load(f)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ the dataset, the global batch is sharded over all processes' devices, and proces
 workdir's files while Orbax coordinates the checkpoints.
 """
 
-import json
 import os
 import socket
 import subprocess
@@ -13,7 +12,7 @@ import sys
 
 import numpy as np
 
-from conftest import REPO, TEST_COMPILATION_CACHE, run_cli
+from conftest import REPO, TEST_COMPILATION_CACHE, loss_curves_devices_results, run_cli
 
 ARGS = ["--config=tests/tiny_config.py", "--config.log_every_steps=1",
         "--config.teacher.steps=6", "--config.student.steps=6"]
@@ -23,17 +22,6 @@ def _free_port():
   with socket.socket() as s:
     s.bind(("localhost", 0))
     return s.getsockname()[1]
-
-
-def _curves_and_results(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    records = [json.loads(line) for line in f]
-  curves = {}
-  for r in records:
-    if "loss" in r:
-      curves.setdefault(r["phase"], []).append(r["loss"])
-  with open(os.path.join(workdir, "results.json")) as f:
-    return curves, [r["devices"] for r in records if "devices" in r], json.load(f)
 
 
 def test_two_processes_match_one_process_with_as_many_devices(tmp_path):
@@ -54,8 +42,8 @@ def test_two_processes_match_one_process_with_as_many_devices(tmp_path):
   outputs = [p.communicate(timeout=300)[0] for p in processes]
   assert [p.returncode for p in processes] == [0, 0], outputs
 
-  (one, one_devices, one_results) = _curves_and_results(single)
-  (two, two_devices, two_results) = _curves_and_results(multi)
+  (one, one_devices, one_results) = loss_curves_devices_results(single)
+  (two, two_devices, two_results) = loss_curves_devices_results(multi)
   assert one_devices == [4] and two_devices == [4]  # one start record, from process 0 only
   assert one.keys() == two.keys()
   for phase in one:

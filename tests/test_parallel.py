@@ -6,12 +6,9 @@ and the data crop+flip augmentation, so both cross-device reductions and on-devi
 sharded batch are exercised.
 """
 
-import json
-import os
-
 import numpy as np
 
-from conftest import run_cli
+from conftest import loss_curves_devices_results, run_cli
 
 OVERRIDES = [
     "--config=tests/tiny_config.py",
@@ -21,18 +18,6 @@ OVERRIDES = [
 ]
 
 
-def _losses(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    records = [json.loads(line) for line in f]
-  curve = {}
-  for r in records:
-    if "loss" in r:
-      curve.setdefault(r["phase"], []).append(r["loss"])
-  devices = [r["devices"] for r in records if r.get("event") == "start"]
-  with open(os.path.join(workdir, "results.json")) as f:
-    return curve, devices, json.load(f)
-
-
 def test_one_and_four_devices_give_the_same_loss_curves(tmp_path):
   curves = {}
   for devices in (1, 4):
@@ -40,7 +25,7 @@ def test_one_and_four_devices_give_the_same_loss_curves(tmp_path):
     env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
     result = run_cli([*OVERRIDES, f"--workdir={workdir}"], env_extra=env)
     assert result.returncode == 0, result.stderr
-    curves[devices] = _losses(workdir)
+    curves[devices] = loss_curves_devices_results(workdir)
   (one, one_devices, one_results), (four, four_devices, four_results) = curves[1], curves[4]
   assert one_devices == [1] and four_devices == [4]
   assert one.keys() == four.keys() and len(one["student"]) == 8
