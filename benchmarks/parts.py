@@ -1,0 +1,112 @@
+"""Where a distillation step's time goes: one network's eval forward and train forward+backward.
+
+  python -m benchmarks.parts --depth 20 --batch 128 --classes 100 --repeats 8 [--torch]
+
+The fused step is m eval-mode teacher forwards + one train-mode student forward/backward + the update,
+so these two numbers (and the input part that benchmarks.kd_step's epoch case times) explain a step.
+Prints one JSON line per measurement (median and min milliseconds over --repeats calls). With --torch,
+also times the same network in PyTorch eager (NCHW and channels-last), if torch is installed.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+
+from benchmarks import kd_step, torch_reference
+from kd_jax import config as config_lib
+from kd_jax import train  # noqa: F401  (importing it applies kd_jax's CPU XLA flags, as run.py does)
+from kd_jax.models import build_model
+
+
+def _time(fn, repeats: int) -> dict:
+  fn()  # compile / first-call work
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return {"median_ms": round(statistics.median(times) * 1e3, 2), "min_ms": round(min(times) * 1e3, 2)}
+
+
+def jax_parts(depth: int, batch: int, classes: int, precision: str, repeats: int) -> list:
+  """Eval forward and train forward+backward (gradient of a scalar of the logits) of one PreResNet."""
+  model = build_model(config_lib.model_config(name="preresnet", depth=depth), classes,
+                      kd_step.PRECISIONS[precision])
+  x = jax.random.normal(jax.random.PRNGKey(0), (batch, *kd_step.IMAGE_SHAPE))
+  variables = jax.jit(lambda key: model.init(key, x[:1], train=False))(jax.random.PRNGKey(1))
+
+  eval_forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
+
+  def loss(params, x):
+    logits, _ = model.apply({**variables, "params": params}, x, train=True,
+                            mutable=["batch_stats"])
+    return jnp.mean(jax.nn.log_softmax(logits)[:, 0])
+
+  forward_backward = jax.jit(jax.grad(loss))
+  common = {"framework": "jax", "backend": jax.default_backend(), "device": kd_step.device_name(),
+            "depth": depth, "batch": batch, "precision": precision,
+            "batchnorm": kd_step.batchnorm_impl(), "xla_flags": os.environ.get("XLA_FLAGS", "")}
+  return [
+      {**common, "part": "eval_forward",
+       **_time(lambda: jax.block_until_ready(eval_forward(variables, x)), repeats)},
+      {**common, "part": "train_forward_backward",
+       **_time(lambda: jax.block_until_ready(forward_backward(variables["params"], x)), repeats)},
+  ]
+
+
+def torch_parts(depth: int, batch: int, classes: int, repeats: int, channels_last: bool) -> list:
+  torch = torch_reference.torch
+  net = torch_reference.PreResNet(depth, classes)
+  x = torch.randn(batch, 3, 32, 32)
+  if channels_last:
+    net, x = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+
+  def eval_forward():
+    with torch.no_grad():
+      net(x)
+
+  def forward_backward():
+    net.zero_grad(set_to_none=True)
+    torch.log_softmax(net(x), dim=-1)[:, 0].mean().backward()
+
+  common = {"framework": "torch", "device": f"torch {torch.__version__}", "depth": depth,
+            "batch": batch, "precision": "fp32", "threads": torch.get_num_threads(),
+            "layout": "channels_last" if channels_last else "NCHW"}
+  net.eval()
+  records = [{**common, "part": "eval_forward", **_time(eval_forward, repeats)}]
+  net.train()
+  records.append({**common, "part": "train_forward_backward", **_time(forward_backward, repeats)})
+  return records
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--depth", type=int, default=20)
+  parser.add_argument("--batch", type=int, default=128)
+  parser.add_argument("--classes", type=int, default=100)
+  parser.add_argument("--precision", choices=tuple(kd_step.PRECISIONS), default="fp32")
+  parser.add_argument("--repeats", type=int, default=8)
+  parser.add_argument("--torch", action="store_true", help="also time PyTorch eager, if installed")
+  parser.add_argument("--batchnorm", choices=("kd_jax", "flax"), default="kd_jax",
+                      help="flax: time the model with flax.linen.BatchNorm (A/B of the custom VJP)")
+  args = parser.parse_args(argv)
+  if args.batchnorm == "flax":
+    kd_step.use_flax_batchnorm()
+  records = jax_parts(args.depth, args.batch, args.classes, args.precision, args.repeats)
+  if args.torch:
+    if torch_reference.available():
+      for channels_last in (False, True):
+        records += torch_parts(args.depth, args.batch, args.classes, args.repeats, channels_last)
+    else:
+      records.append({"framework": "torch", "skipped": "torch is not installed"})
+  for record in records:
+    print(json.dumps(record), flush=True)
+
+
+if __name__ == "__main__":
+  main()

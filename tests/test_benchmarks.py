@@ -1,0 +1,166 @@
+"""Tests for the benchmark harness (benchmarks/) and the performance-only changes it measured.
+
+No test asserts anything about time: timings depend on the machine and its load. They check that the
+harness runs the library's real step, reports what it promises, and computes its estimates right.
+"""
+
+import json
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from benchmarks import kd_step, torch_reference
+from kd_jax import train
+from kd_jax.models import preresnet
+
+REQUIRED_KEYS = ("backend", "device", "depth", "m", "batch", "precision", "compile_s", "step_ms",
+                 "images_per_second")
+
+
+@pytest.fixture(scope="module")
+def tiny_record():
+  case = kd_step.Case(kind="distill", depth=8, m=2, batch=8, classes=10, steps=2, warmup=1,
+                      train_size=64)
+  return kd_step.run_case(case)
+
+
+def test_distill_record_has_the_promised_keys(tiny_record):
+  assert set(REQUIRED_KEYS) <= set(tiny_record)
+  assert set(kd_step.RECORD_KEYS) <= set(tiny_record)
+  json.dumps(tiny_record)  # one JSON line per case
+
+
+def test_distill_record_is_sane(tiny_record):
+  record = tiny_record
+  assert (record["depth"], record["m"], record["batch"], record["precision"]) == (8, 2, 8, "fp32")
+  assert record["backend"] == jax.default_backend()
+  assert record["method"] in ("vmap", "unroll", "scan")  # 'auto' is resolved
+  # Exactly one compilation: the step compiled once and no timed step retraced.
+  assert record["compiles"] == 1
+  assert record["compile_s"] > 0 and record["step_ms"] > 0
+  assert record["step_ms_min"] <= record["step_ms"]
+  np.testing.assert_allclose(record["images_per_second"], 8 / (record["step_ms"] / 1e3), rtol=0.01)
+  assert record["flops_per_step"] > 0 and record["compiled_memory_bytes"] > 0
+  if record["peak_tflops"] is None:
+    assert record["peak_fraction"] is None
+
+
+def test_teacher_and_epoch_cases_run():
+  common = dict(depth=8, batch=8, classes=10, steps=1, warmup=0, train_size=32)
+  teacher = kd_step.run_case(kd_step.Case(kind="teacher", members=2, **common))
+  assert teacher["members"] == 2 and teacher["compiles"] == 1
+  np.testing.assert_allclose(teacher["images_per_second"], 16 / (teacher["step_ms"] / 1e3),
+                             rtol=0.01)
+  epoch = kd_step.run_case(kd_step.Case(kind="epoch", m=1, epoch_steps=2, **common))
+  assert epoch["steps"] == 2 and epoch["steps_per_epoch"] == 4 and not epoch["full_epoch"]
+  assert epoch["compiles"] == 1 and 0 < epoch["input_ms"]
+
+
+def test_grid_is_every_combination_of_the_flags():
+  args = kd_step.parse_args(["--depth", "20", "56", "--m", "1", "3", "--precision", "fp32", "bf16",
+                             "--steps", "7"])
+  cases = kd_step.grid(args)
+  assert len(cases) == 8
+  assert {(c.depth, c.m, c.precision) for c in cases} == {
+      (d, m, p) for d in (20, 56) for m in (1, 3) for p in ("fp32", "bf16")}
+  assert all(c.steps == 7 and c.kind == "distill" for c in cases)
+
+
+def test_quick_and_full_cases_cover_every_kind():
+  assert {c.kind for c in kd_step.quick_cases()} == set(kd_step.KINDS)
+  full = kd_step.full_cases(steps=5, large_batch=1024)
+  distill = [c for c in full if c.kind == "distill"]
+  assert {(c.depth, c.m, c.batch, c.precision) for c in distill} == {
+      (d, m, b, p) for d in (20, 56) for m in (1, 3, 5) for b in (128, 1024) for p in ("fp32", "bf16")}
+
+
+def test_table_has_a_row_per_record(tiny_record):
+  lines = kd_step.table([tiny_record, tiny_record]).splitlines()
+  assert len(lines) == 4 and "distill" in lines[2]
+
+
+def test_study_estimate_formula():
+  study = kd_step.Study(teachers=5, members_per_step=2, teacher_epochs=2, teacher_batch=100,
+                        student_epochs=3, student_batch=50, train_size=1000)
+  assert set(kd_step.study_cases(study, steps=1, warmup=0)) == {"teacher_1", "teacher_2", "distill"}
+  records = {"teacher_2": {"step_ms": 100.0, "compile_s": 10.0},
+             "teacher_1": {"step_ms": 60.0, "compile_s": 8.0},
+             "distill": {"step_ms": 40.0, "compile_s": 5.0}}
+  estimate = kd_step.estimate_study(study, records)
+  # Groups of 2, 2, 1 teachers, 2 epochs x 10 steps each; student 3 epochs x 20 steps.
+  assert estimate["teacher_steps_per_group"] == 20 and estimate["student_steps"] == 60
+  assert estimate["teacher_train_s"] == pytest.approx(20 * (0.1 + 0.1 + 0.06))
+  assert estimate["teacher_compile_s"] == pytest.approx(18.0)
+  assert estimate["student_train_s"] == pytest.approx(60 * 0.04)
+  assert estimate["total_s"] == pytest.approx(5.2 + 18.0 + 2.4 + 5.0)
+
+
+def test_other_busy_fraction():
+  assert kd_step.other_busy_fraction(None, (1, 1, 1)) is None
+  # 100 jiffies elapsed on the machine, 60 busy of which 40 were this process: 20% others.
+  assert kd_step.other_busy_fraction((0, 0, 0), (60, 40, 100)) == pytest.approx(0.2)
+
+
+@pytest.mark.skipif(not torch_reference.available(), reason="torch is not installed")
+def test_torch_reference_runs_a_tiny_step():
+  record = torch_reference.benchmark(depth=8, m=1, batch=4, classes=10, steps=1, warmup=0)
+  assert record["images_per_second"] > 0 and record["depth"] == 8
+
+
+def test_torch_reference_reports_a_skip_without_torch(monkeypatch, capsys):
+  monkeypatch.setattr(torch_reference, "torch", None)
+  torch_reference.main([])
+  assert json.loads(capsys.readouterr().out) == {"skipped": "torch is not installed"}
+
+
+# The performance-only library changes the harness measured must not change results.
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_batchnorm_matches_flax(dtype):
+  x = (jax.random.normal(jax.random.PRNGKey(0), (16, 8, 8, 12)) * 2 + 0.5).astype(dtype)
+  kwargs = dict(momentum=0.9, epsilon=1e-5, dtype=dtype)
+  ref_train = nn.BatchNorm(use_running_average=False, **kwargs)
+  new_train = preresnet.BatchNorm(use_running_average=False, **kwargs)
+  variables = ref_train.init(jax.random.PRNGKey(1), x)
+  assert (jax.tree.structure(new_train.init(jax.random.PRNGKey(1), x))
+          == jax.tree.structure(variables))
+  variables = jax.tree.map(lambda v: v + jax.random.uniform(jax.random.PRNGKey(2), v.shape),
+                           variables)
+  (ref_y, ref_stats), (new_y, new_stats) = (
+      m.apply(variables, x, mutable=["batch_stats"]) for m in (ref_train, new_train))
+  assert new_y.dtype == ref_y.dtype == dtype
+  np.testing.assert_allclose(np.asarray(new_y, np.float32), np.asarray(ref_y, np.float32), atol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), new_stats, ref_stats)
+  ref_eval, new_eval = (cls(use_running_average=True, **kwargs).apply(variables, x)
+                        for cls in (nn.BatchNorm, preresnet.BatchNorm))
+  np.testing.assert_allclose(np.asarray(new_eval, np.float32), np.asarray(ref_eval, np.float32),
+                             atol=1e-6)
+
+  cotangent = jax.random.normal(jax.random.PRNGKey(3), x.shape)
+
+  def loss(module):
+    def f(params, inputs):
+      y, _ = module.apply({**variables, "params": params}, inputs, mutable=["batch_stats"])
+      return jnp.sum(y.astype(jnp.float32) * cotangent)
+    return jax.grad(f, argnums=(0, 1))(variables["params"], x)
+
+  # bfloat16 input gradients may differ by one bfloat16 rounding step (2^-8 relative).
+  tolerance = 1e-5 if dtype == jnp.float32 else 1e-2
+  for got, want in zip(jax.tree.leaves(loss(new_train)), jax.tree.leaves(loss(ref_train))):
+    got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
+    np.testing.assert_allclose(got, want, atol=tolerance * np.abs(want).max())
+
+
+def test_cpu_xla_flags_respect_the_user():
+  defaults = train.CPU_XLA_FLAGS.get(jax.lib.__version__, ())
+  environ = {}
+  assert train.add_cpu_xla_flags(environ) == defaults
+  assert train.add_cpu_xla_flags(environ) == ()  # already there: not added twice
+  for flag in defaults:
+    name = flag.split("=", 1)[0]
+    assert train.add_cpu_xla_flags({"XLA_FLAGS": f"{name}=mine"}) == ()
+  assert train.add_cpu_xla_flags({"KD_JAX_CPU_XLA_FLAGS": "0"}) == ()
