@@ -6,6 +6,13 @@ The fused step is m eval-mode teacher forwards + one train-mode student forward/
 so these two numbers (and the input part that benchmarks.kd_step's epoch case times) explain a step.
 Prints one JSON line per measurement (median and min milliseconds over --repeats calls). With --torch,
 also times the same network in PyTorch eager (NCHW and channels-last), if torch is installed.
+
+  python -m benchmarks.parts --conv-layers [--torch]
+
+times one 3x3 convolution of each PreResNet stage (16, 32 and 64 channels at 32x32, 16x16 and 8x8,
+the batch from --batch) alone: forward, and forward plus both gradients (input and kernel). A
+PreResNet-20 is 6 such convolutions per stage, so these records bound how fast any step built on
+this backend's convolution kernels can be.
 """
 
 import argparse
@@ -14,6 +21,7 @@ import os
 import statistics
 import time
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -84,6 +92,58 @@ def torch_parts(depth: int, batch: int, classes: int, repeats: int, channels_las
   return records
 
 
+# (channels, height = width) of the 3x3 convolutions in a CIFAR PreResNet's three stages
+STAGE_CONVS = ((16, 32), (32, 16), (64, 8))
+
+
+def jax_conv_layers(batch: int, repeats: int) -> list:
+  records = []
+  for channels, size in STAGE_CONVS:
+    conv = nn.Conv(channels, (3, 3), padding="SAME", use_bias=False)
+    x = jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, channels))
+    params = conv.init(jax.random.PRNGKey(1), x[:1])
+    forward = jax.jit(conv.apply)
+    # The gradient of a scalar that reads every output makes XLA run the forward, the input
+    # gradient and the kernel gradient: the three convolutions of a training step.
+    forward_backward = jax.jit(jax.grad(lambda p, x: jnp.sum(conv.apply(p, x) ** 2), argnums=(0, 1)))
+    common = {"framework": "jax", "backend": jax.default_backend(), "device": kd_step.device_name(),
+              "channels": channels, "size": size, "batch": batch,
+              "xla_flags": os.environ.get("XLA_FLAGS", "")}
+    records.append({**common, "part": "conv3x3_forward",
+                    **_time(lambda: jax.block_until_ready(forward(params, x)), repeats)})
+    records.append({**common, "part": "conv3x3_forward_backward",
+                    **_time(lambda: jax.block_until_ready(forward_backward(params, x)), repeats)})
+  return records
+
+
+def torch_conv_layers(batch: int, repeats: int, channels_last: bool) -> list:
+  torch = torch_reference.torch
+  records = []
+  for channels, size in STAGE_CONVS:
+    conv = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+    x = torch.randn(batch, channels, size, size)
+    if channels_last:
+      conv, x = conv.to(memory_format=torch.channels_last), x.contiguous(
+          memory_format=torch.channels_last)
+    x.requires_grad_(True)
+
+    def forward():
+      with torch.no_grad():
+        conv(x)
+
+    def forward_backward():
+      conv.zero_grad(set_to_none=True)
+      x.grad = None
+      (conv(x) ** 2).sum().backward()
+
+    common = {"framework": "torch", "device": f"torch {torch.__version__}", "channels": channels,
+              "size": size, "batch": batch, "threads": torch.get_num_threads(),
+              "layout": "channels_last" if channels_last else "NCHW"}
+    records.append({**common, "part": "conv3x3_forward", **_time(forward, repeats)})
+    records.append({**common, "part": "conv3x3_forward_backward", **_time(forward_backward, repeats)})
+  return records
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--depth", type=int, default=20)
@@ -94,14 +154,22 @@ def main(argv=None):
   parser.add_argument("--torch", action="store_true", help="also time PyTorch eager, if installed")
   parser.add_argument("--batchnorm", choices=("kd_jax", "flax"), default="kd_jax",
                       help="flax: time the model with flax.linen.BatchNorm (A/B of the custom VJP)")
+  parser.add_argument("--conv-layers", action="store_true",
+                      help="time single 3x3 convolutions of each stage instead of whole networks")
   args = parser.parse_args(argv)
   if args.batchnorm == "flax":
     kd_step.use_flax_batchnorm()
-  records = jax_parts(args.depth, args.batch, args.classes, args.precision, args.repeats)
+  if args.conv_layers:
+    records = jax_conv_layers(args.batch, args.repeats)
+  else:
+    records = jax_parts(args.depth, args.batch, args.classes, args.precision, args.repeats)
   if args.torch:
     if torch_reference.available():
       for channels_last in (False, True):
-        records += torch_parts(args.depth, args.batch, args.classes, args.repeats, channels_last)
+        if args.conv_layers:
+          records += torch_conv_layers(args.batch, args.repeats, channels_last)
+        else:
+          records += torch_parts(args.depth, args.batch, args.classes, args.repeats, channels_last)
     else:
       records.append({"framework": "torch", "skipped": "torch is not installed"})
   for record in records:

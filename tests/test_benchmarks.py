@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import kd_step, torch_reference
+from benchmarks import kd_step, parts, torch_reference
 from kd_jax import train
 from kd_jax.models import preresnet
 
@@ -164,3 +164,13 @@ def test_cpu_xla_flags_respect_the_user():
     name = flag.split("=", 1)[0]
     assert train.add_cpu_xla_flags({"XLA_FLAGS": f"{name}=mine"}) == ()
   assert train.add_cpu_xla_flags({"KD_JAX_CPU_XLA_FLAGS": "0"}) == ()
+
+
+def test_parts_conv_layers_time_each_stage(capsys):
+  parts.main(["--conv-layers", "--batch", "2", "--repeats", "1"])
+  records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  jax_records = [r for r in records if r["framework"] == "jax"]
+  assert [(r["channels"], r["size"], r["part"]) for r in jax_records] == [
+      (c, s, part) for c, s in parts.STAGE_CONVS
+      for part in ("conv3x3_forward", "conv3x3_forward_backward")]
+  assert all(0 < r["min_ms"] <= r["median_ms"] for r in jax_records)
