@@ -41,6 +41,17 @@ def _time(fn, repeats: int) -> dict:
   return {"median_ms": round(statistics.median(times) * 1e3, 2), "min_ms": round(min(times) * 1e3, 2)}
 
 
+def _jax_environment() -> dict:
+  return {"framework": "jax", "backend": jax.default_backend(), "device": kd_step.device_name(),
+          "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+
+def _torch_environment(channels_last: bool) -> dict:
+  torch = torch_reference.torch
+  return {"framework": "torch", "device": f"torch {torch.__version__}",
+          "threads": torch.get_num_threads(), "layout": "channels_last" if channels_last else "NCHW"}
+
+
 def jax_parts(depth: int, batch: int, classes: int, precision: str, repeats: int) -> list:
   """Eval forward and train forward+backward (gradient of a scalar of the logits) of one PreResNet."""
   model = build_model(config_lib.model_config(name="preresnet", depth=depth), classes,
@@ -56,9 +67,8 @@ def jax_parts(depth: int, batch: int, classes: int, precision: str, repeats: int
     return jnp.mean(jax.nn.log_softmax(logits)[:, 0])
 
   forward_backward = jax.jit(jax.grad(loss))
-  common = {"framework": "jax", "backend": jax.default_backend(), "device": kd_step.device_name(),
-            "depth": depth, "batch": batch, "precision": precision,
-            "batchnorm": kd_step.batchnorm_impl(), "xla_flags": os.environ.get("XLA_FLAGS", "")}
+  common = {**_jax_environment(), "depth": depth, "batch": batch, "precision": precision,
+            "batchnorm": kd_step.batchnorm_impl()}
   return [
       {**common, "part": "eval_forward",
        **_time(lambda: jax.block_until_ready(eval_forward(variables, x)), repeats)},
@@ -82,9 +92,7 @@ def torch_parts(depth: int, batch: int, classes: int, repeats: int, channels_las
     net.zero_grad(set_to_none=True)
     torch.log_softmax(net(x), dim=-1)[:, 0].mean().backward()
 
-  common = {"framework": "torch", "device": f"torch {torch.__version__}", "depth": depth,
-            "batch": batch, "precision": "fp32", "threads": torch.get_num_threads(),
-            "layout": "channels_last" if channels_last else "NCHW"}
+  common = {**_torch_environment(channels_last), "depth": depth, "batch": batch, "precision": "fp32"}
   net.eval()
   records = [{**common, "part": "eval_forward", **_time(eval_forward, repeats)}]
   net.train()
@@ -106,9 +114,7 @@ def jax_conv_layers(batch: int, repeats: int) -> list:
     # The gradient of a scalar that reads every output makes XLA run the forward, the input
     # gradient and the kernel gradient: the three convolutions of a training step.
     forward_backward = jax.jit(jax.grad(lambda p, x: jnp.sum(conv.apply(p, x) ** 2), argnums=(0, 1)))
-    common = {"framework": "jax", "backend": jax.default_backend(), "device": kd_step.device_name(),
-              "channels": channels, "size": size, "batch": batch,
-              "xla_flags": os.environ.get("XLA_FLAGS", "")}
+    common = {**_jax_environment(), "channels": channels, "size": size, "batch": batch}
     records.append({**common, "part": "conv3x3_forward",
                     **_time(lambda: jax.block_until_ready(forward(params, x)), repeats)})
     records.append({**common, "part": "conv3x3_forward_backward",
@@ -136,9 +142,8 @@ def torch_conv_layers(batch: int, repeats: int, channels_last: bool) -> list:
       x.grad = None
       (conv(x) ** 2).sum().backward()
 
-    common = {"framework": "torch", "device": f"torch {torch.__version__}", "channels": channels,
-              "size": size, "batch": batch, "threads": torch.get_num_threads(),
-              "layout": "channels_last" if channels_last else "NCHW"}
+    common = {**_torch_environment(channels_last), "channels": channels, "size": size,
+              "batch": batch}
     records.append({**common, "part": "conv3x3_forward", **_time(forward, repeats)})
     records.append({**common, "part": "conv3x3_forward_backward", **_time(forward_backward, repeats)})
   return records
@@ -161,15 +166,15 @@ def main(argv=None):
     kd_step.use_flax_batchnorm()
   if args.conv_layers:
     records = jax_conv_layers(args.batch, args.repeats)
+    torch_records = lambda channels_last: torch_conv_layers(args.batch, args.repeats, channels_last)
   else:
     records = jax_parts(args.depth, args.batch, args.classes, args.precision, args.repeats)
+    torch_records = lambda channels_last: torch_parts(args.depth, args.batch, args.classes,
+                                                      args.repeats, channels_last)
   if args.torch:
     if torch_reference.available():
       for channels_last in (False, True):
-        if args.conv_layers:
-          records += torch_conv_layers(args.batch, args.repeats, channels_last)
-        else:
-          records += torch_parts(args.depth, args.batch, args.classes, args.repeats, channels_last)
+        records += torch_records(channels_last)
     else:
       records.append({"framework": "torch", "skipped": "torch is not installed"})
   for record in records:
