@@ -12,6 +12,8 @@ PRECISIONS = ("fp32", "bf16")
 OPTIMIZERS = ("sgd", "adam")
 DATA_SPLITS = ("all", "d0", "d1")
 STUDENT_INITS = ("random", "interpolate", "teacher_initial")
+BATCH_STATS_INITS = ("reestimate", "interpolate")
+OOD_MODES = ("append", "replace")
 LOSS_KINDS = ("forward_kl", "reverse_kl", "symmetric_kl", "brier", "hard_argmax", "hard_sample")
 ENSEMBLE_METHODS = ("auto", "vmap", "unroll", "scan")
 
@@ -89,6 +91,13 @@ def default_config() -> ml_collections.ConfigDict:
       # teacher_initial (the teacher's own initial weights; paper Table 1)
       init="random",
       init_lambda=0.0,
+      # init=interpolate, as the original code: the learning rate (start and floor of the cosine)
+      # scaled by (1 - init_lambda), at least 1e-6. False keeps the configured learning rate.
+      init_scale_lr=True,
+      # BatchNorm statistics of an interpolated or teacher_initial student: 'reestimate' (the
+      # original: one train-mode pass over the teachers' training data) | 'interpolate' (mixed like
+      # the weights).
+      init_batch_stats="reestimate",
       epochs=300,
       steps=0,
       batch_size=128,
@@ -106,9 +115,19 @@ def default_config() -> ml_collections.ConfigDict:
       cutmix_alpha=0.0,
       noise_prob=0.2,
       data_split="all",  # all | d0 | d1: the part of the train set the student is distilled on
-      # Out-of-distribution images mixed into each batch (e.g. SVHN): a fraction ood_ratio of the batch.
+      # Out-of-distribution images (e.g. SVHN), used when ood_data.source is set, labelled only by the
+      # teachers. ood_mode 'append' (the original code): ood_examples images of a seeded shuffle of
+      # ood_data's train split are appended to the distillation set, so every in-distribution image is
+      # still seen once per epoch. 'replace': a fraction ood_ratio of each batch is replaced by random
+      # OOD images.
+      ood_mode="append",
+      ood_examples=10000,
       ood_ratio=0.0,
       ood_data=data_config(name="", source=""),
+      # Without augmentation of the distillation images (and no per-step OOD draws) the teachers'
+      # logits never change: compute them once instead of in every step. Same results up to float
+      # rounding; False runs the teachers in every step as with augmented data.
+      cache_teacher_logits=True,
   ))
 
   c.evaluation = ml_collections.ConfigDict(dict(
@@ -117,6 +136,7 @@ def default_config() -> ml_collections.ConfigDict:
       # Distill a second student from an independently trained teacher ensemble and report its
       # agreement with the first ensemble: the baseline for reading agreement.
       independent_student=False,
+      test_size=0,  # evaluate on the first N test examples (0 = the whole test set; smoke runs only)
   ))
 
   c.eval_batch_size = 1000
@@ -159,13 +179,28 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_choice(config.student.init, STUDENT_INITS, "student.init")
   if not 0.0 <= config.student.init_lambda <= 1.0:
     raise KdJaxError(f"config.student.init_lambda={config.student.init_lambda} must lie in [0, 1].")
+  _check_choice(config.student.init_batch_stats, BATCH_STATS_INITS, "student.init_batch_stats")
+  if config.student.init != "random" and (
+      config.student.model.to_dict() != config.teacher.model.to_dict()):
+    raise KdJaxError(f"config.student.init={config.student.init!r} needs self-distillation: set "
+                     "config.student.model equal to config.teacher.model.")
+  _check_choice(config.distill.ood_mode, OOD_MODES, "distill.ood_mode")
   if not 0.0 <= config.distill.ood_ratio < 1.0:
     raise KdJaxError(f"config.distill.ood_ratio={config.distill.ood_ratio} must lie in [0, 1).")
-  if config.distill.ood_ratio > 0 and not config.distill.ood_data.source:
-    raise KdJaxError("config.distill.ood_ratio > 0 needs config.distill.ood_data.source (and name, "
-                     "path or data_dir) naming the out-of-distribution dataset.")
-  if config.distill.ood_ratio > 0 and config.distill.alpha > 0:
+  ood = config.distill.ood_data.source
+  if config.distill.ood_ratio > 0 and not (ood and config.distill.ood_mode == "replace"):
+    raise KdJaxError("config.distill.ood_ratio > 0 needs config.distill.ood_mode='replace' and "
+                     "config.distill.ood_data.source (and name, path or data_dir) naming the "
+                     "out-of-distribution dataset.")
+  if ood and config.distill.ood_mode == "replace" and not config.distill.ood_ratio > 0:
+    raise KdJaxError("config.distill.ood_mode='replace' needs config.distill.ood_ratio in (0, 1).")
+  if ood and config.distill.ood_mode == "append" and not config.distill.ood_examples > 0:
+    raise KdJaxError("config.distill.ood_mode='append' needs config.distill.ood_examples > 0.")
+  if ood and config.distill.alpha > 0:
     raise KdJaxError("out-of-distribution images have no labels: use config.distill.alpha=0 with "
-                     "config.distill.ood_ratio > 0.")
+                     "config.distill.ood_data.")
+  if config.evaluation.test_size < 0:
+    raise KdJaxError(f"config.evaluation.test_size={config.evaluation.test_size} must be >= 0 "
+                     "(0 = the whole test set).")
   if config.teacher.members_per_step < 0:
     raise KdJaxError("config.teacher.members_per_step must be >= 0 (0 = all members at once).")

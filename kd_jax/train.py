@@ -5,6 +5,7 @@ from the state's RNG and step counter, so nothing crosses from host to device pe
 from a checkpoint replays exactly the batches the uninterrupted run would have drawn.
 """
 
+import functools
 import os
 from typing import Any, Callable
 
@@ -113,14 +114,18 @@ def create_state(model, tx, rng, image_shape) -> TrainState:
       batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params), rng=train_rng)
 
 
-def sample_batch(rng, step, images, labels, batch_size: int):
-  """The step's batch of a fresh random permutation per epoch (last partial batch dropped)."""
-  num_examples = images.shape[0]
+def sample_indices(rng, step, num_examples: int, batch_size: int):
+  """The step's example indices: a fresh random permutation per epoch (last partial batch dropped)."""
   steps_per_epoch = num_examples // batch_size
   epoch, position = step // steps_per_epoch, step % steps_per_epoch
   order = jax.random.permutation(jax.random.fold_in(jax.random.fold_in(rng, _ORDER_STREAM), epoch),
                                  num_examples)
-  indices = jax.lax.dynamic_slice_in_dim(order, position * batch_size, batch_size)
+  return jax.lax.dynamic_slice_in_dim(order, position * batch_size, batch_size)
+
+
+def sample_batch(rng, step, images, labels, batch_size: int):
+  """The step's (images, labels), drawn by `sample_indices`."""
+  indices = sample_indices(rng, step, images.shape[0], batch_size)
   return images[indices], labels[indices]
 
 
@@ -186,19 +191,32 @@ def teacher_logits_fn(teacher, method: str):
 
 def make_distill_step(student, teacher, tx, *, batch_size: int, augment: Callable, mesh,
                       temperature: float, alpha: float, loss_kind: str = "forward_kl",
-                      ood_fraction: float = 0.0, compute_dtype=jnp.float32, method: str = "auto"):
+                      ood_fraction: float = 0.0, cached_teacher_logits: bool = False,
+                      compute_dtype=jnp.float32, method: str = "auto"):
   """Compiled distillation step: teacher-ensemble forward + student forward/backward + update, fused.
 
-  The teachers see the same augmented batch as the student and receive no gradient. With
-  ood_fraction > 0, that fraction of each batch is replaced by random images of `ood_images` (labelled
-  only by the teacher; their label is -1 and they are left out of the logged accuracy).
-  """
-  ensemble_logits = teacher_logits_fn(teacher, method)
-  num_ood = int(round(ood_fraction * batch_size))
+  step(state, teacher, data, ood_images) -> (state, metrics). `teacher` is the stacked teacher
+  variables, whose ensemble runs inside the step on the same augmented batch as the student and
+  receives no gradient; or, with cached_teacher_logits, an (N, C) table of the ensemble's logits on
+  `data.train_images`, computed once when the distillation images are not augmented (they never
+  change, so neither do the teacher's outputs), from which the step gathers its batch's rows.
 
-  def step(state: TrainState, teacher_variables, data: DeviceData, ood_images=None):
-    images, labels = sample_batch(state.rng, state.step, data.train_images, data.train_labels,
-                                  batch_size)
+  With ood_fraction > 0, that fraction of each batch is replaced by random images of `ood_images`
+  (labelled only by the teacher; their label is -1 and they are left out of the logged accuracy).
+
+  The logged `loss` is the objective minus its value for a student that equals the teacher (for the
+  paper's loss, tau^2 KL(p_t^tau || p_s^tau) instead of the cross-entropy): 0 at a perfect match, with
+  the same gradient, since the subtracted term does not depend on the student.
+  """
+  num_ood = int(round(ood_fraction * batch_size))
+  if cached_teacher_logits and num_ood:
+    raise ValueError("cached teacher logits need a fixed distillation set; ood_fraction draws "
+                     "fresh out-of-distribution images each step")
+  ensemble_logits = teacher_logits_fn(teacher, method)
+
+  def step(state: TrainState, teacher_inputs, data: DeviceData, ood_images=None):
+    indices = sample_indices(state.rng, state.step, data.train_images.shape[0], batch_size)
+    images, labels = data.train_images[indices], data.train_labels[indices]
     augment_key, loss_key, ood_key = jax.random.split(step_key(state), 3)
     if num_ood:
       picked = jax.random.randint(ood_key, (num_ood,), 0, ood_images.shape[0])
@@ -206,49 +224,27 @@ def make_distill_step(student, teacher, tx, *, batch_size: int, augment: Callabl
       labels = jnp.concatenate([labels[:batch_size - num_ood], jnp.full((num_ood,), -1, jnp.int32)])
     x = augment_lib.normalize(augment(augment_key, images), data.mean, data.std, compute_dtype)
     x = parallel.shard_batch(x, mesh)
-    teacher_logits = jax.lax.stop_gradient(ensemble_logits(teacher_variables, x))
+    if cached_teacher_logits:
+      teacher_logits = parallel.shard_batch(teacher_inputs[indices], mesh)
+    else:
+      teacher_logits = ensemble_logits(teacher_inputs, x)
+    objective = functools.partial(losses.distillation_loss, teacher_logits=teacher_logits,
+                                  labels=labels, alpha=alpha, temperature=temperature,
+                                  kind=loss_kind, rng=loss_key)
 
     def loss_fn(params):
       logits, batch_stats = _training_forward(student, state, params, x)
-      loss = losses.distillation_loss(logits, teacher_logits, labels, alpha=alpha,
-                                      temperature=temperature, kind=loss_kind, rng=loss_key)
-      return loss, (logits, batch_stats)
+      return objective(logits), (logits, batch_stats)
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     new_state = _apply_gradients(state, tx, grads, batch_stats)
-    in_distribution = batch_size - num_ood
-    step_metrics = {"loss": loss,
-                    "accuracy": metrics.accuracy(logits[:in_distribution], labels[:in_distribution]),
+    # Out-of-distribution images (label -1, replaced or appended) have no accuracy.
+    labelled = labels >= 0
+    correct = (jnp.argmax(logits, axis=-1) == labels) & labelled
+    step_metrics = {"loss": loss - objective(teacher_logits),
+                    "accuracy": jnp.sum(correct) / jnp.maximum(jnp.sum(labelled), 1),
                     **metrics.fidelity_metrics(teacher_logits, logits)}
     return new_state, step_metrics
 
   replicated = parallel.replicated_sharding(mesh)
   return jax.jit(step, donate_argnums=0, out_shardings=(replicated, replicated))
-
-
-def make_predict_fn(apply_fn: Callable, *, batch_size: int, mesh, compute_dtype=jnp.float32):
-  """Returns predict(variables, images, mean, std) -> logits for every image (clean, eval mode).
-
-  `apply_fn(variables, x)` gives (..., B, C) logits for a normalized batch; the images stay on device
-  and are cut into fixed-size chunks inside one compiled function (the last chunk overlaps the one
-  before it instead of being padded, so there is a single compilation).
-  """
-
-  @jax.jit
-  def predict_chunk(variables, images, start, mean, std):
-    x = jax.lax.dynamic_slice_in_dim(images, start, batch_size)
-    x = parallel.shard_batch(augment_lib.normalize(x, mean, std, compute_dtype), mesh)
-    return apply_fn(variables, x).astype(jnp.float32)
-
-  def predict(variables, images, mean, std):
-    num_images = images.shape[0]
-    if num_images < batch_size:
-      raise ValueError(f"{num_images} images are fewer than the evaluation batch size {batch_size}")
-    chunks = []
-    for start in range(0, num_images, batch_size):
-      clamped = min(start, num_images - batch_size)
-      logits = predict_chunk(variables, images, clamped, mean, std)
-      chunks.append(logits[..., start - clamped:, :])
-    return jnp.concatenate(chunks, axis=-2)
-
-  return predict

@@ -46,9 +46,10 @@ def image_folders(tmp_path_factory):
 
 def _tiny(config, in_folder, ood_folder):
   config.data.update(dict(source="image_folder", path=in_folder, cache=False, name="tiny"))
-  if config.distill.ood_ratio > 0:
+  if config.distill.ood_data.source:
     config.distill.ood_data = kd_config.data_config(source="image_folder", path=ood_folder,
                                                     cache=False, name="tiny_ood")
+    config.distill.ood_examples = min(config.distill.ood_examples, 8)
   for phase in ("teacher", "student"):
     config[phase].model.depth = 8
     config[phase].steps = 2
