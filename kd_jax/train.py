@@ -18,7 +18,7 @@ from kd_jax import ensemble, losses, metrics, parallel
 from kd_jax.data import augment as augment_lib
 
 # fold_in tags that separate the RNG streams derived from one state key.
-_ORDER_STREAM, _STEP_STREAM = 0, 1
+_ORDER_STREAM, _STEP_STREAM, _DROPOUT_STREAM = 0, 1, 2
 
 # XLA:CPU flags that made our steps faster, per jaxlib version they were measured with (an XLA flag that
 # a later version no longer knows is a fatal error at startup, so other versions get none). 0.10.2:
@@ -140,13 +140,19 @@ def _apply_gradients(state: TrainState, tx, grads, batch_stats) -> TrainState:
 
 
 def _training_forward(model, state: TrainState, params, x):
-  """Train-mode forward that also returns the updated BatchNorm statistics (if any)."""
+  """Train-mode forward that also returns the updated BatchNorm statistics (if any).
+
+  Dropout (VGG-16's original head) draws its masks from a key of its own stream of (state.rng,
+  state.step), so a resumed run drops the same units; models without dropout ignore it.
+  """
   variables = {"params": params}
+  dropout_key = jax.random.fold_in(jax.random.fold_in(state.rng, _DROPOUT_STREAM), state.step)
+  rngs = {"dropout": dropout_key}
   if state.batch_stats:
     variables["batch_stats"] = state.batch_stats
-    logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"], rngs=rngs)
     return logits, updates["batch_stats"]
-  return model.apply(variables, x, train=True), state.batch_stats
+  return model.apply(variables, x, train=True, rngs=rngs), state.batch_stats
 
 
 def make_supervised_step(model, tx, *, batch_size: int, augment: Callable, mesh,
