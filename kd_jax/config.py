@@ -167,5 +167,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.distill.ood_ratio > 0 and config.distill.alpha > 0:
     raise KdJaxError("out-of-distribution images have no labels: use config.distill.alpha=0 with "
                      "config.distill.ood_ratio > 0.")
+  if config.student.init != "random" and (
+      config.student.model.to_dict() != config.teacher.model.to_dict()):
+    raise KdJaxError(f"config.student.init={config.student.init!r} needs self-distillation: set "
+                     "config.student.model equal to config.teacher.model.")
+  for key in ("augmented_batches", "cka_examples"):
+    if config.evaluation[key] < 0:
+      raise KdJaxError(f"config.evaluation.{key}={config.evaluation[key]} must be >= 0 (0 = skip).")
   if config.teacher.members_per_step < 0:
     raise KdJaxError("config.teacher.members_per_step must be >= 0 (0 = all members at once).")

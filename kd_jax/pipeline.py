@@ -8,18 +8,20 @@ where it stopped, and replays the same batches, so the result equals an uninterr
 """
 
 import dataclasses
+import functools
 import os
-import time
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kd_jax import checkpoint, evaluation, parallel, report, train, workdir as workdir_lib
+from kd_jax import checkpoint, evaluation, loop, parallel, report, runtime, train
+from kd_jax import workdir as workdir_lib
 from kd_jax import config as config_lib
 from kd_jax.data import augment as augment_lib
 from kd_jax.data import load_dataset
-from kd_jax.errors import KdJaxError
+from kd_jax.errors import DivergedError, KdJaxError
 from kd_jax.models import build_model
 
 # fold_in tags under the seed's key. Teacher i of the main ensemble uses (TEACHERS, i); the independent
@@ -76,58 +78,6 @@ def schedule_length(phase_cfg, num_train: int, phase: str):
   return int(total), steps_per_epoch
 
 
-def _format_duration(seconds: float) -> str:
-  seconds = int(seconds)
-  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
-      f"{seconds // 60}m{seconds % 60:02d}s"
-
-
-def fit(ctx: Context, name: str, step_fn, state, args, *, manager, start: int, total: int,
-        images_per_step: int, steps_per_epoch: int, log_fields: dict):
-  """Runs step_fn from `start` to `total`, logging progress and checkpointing; returns the state.
-
-  Metrics stay on the device until a log line, which reports their mean over the steps since the last
-  one, so the host runs ahead of the device between logs. Ctrl-C (or SIGTERM, which run.py turns into
-  KeyboardInterrupt) saves a checkpoint before exiting.
-  """
-  cfg = ctx.config
-  step = start
-  window_start, window_step, window_metrics = time.time(), start, []
-  try:
-    while step < total:
-      state, step_metrics = step_fn(state, *args)
-      window_metrics.append(step_metrics)
-      step += 1
-      if step == start + 1:
-        jax.block_until_ready(step_metrics)
-        compile_s = time.time() - window_start
-        print(f"[{name}] first step (including compilation) took {compile_s:.1f}s", flush=True)
-        ctx.log.write({"phase": name, **log_fields, "step": step, "compile_s": round(compile_s, 2)})
-        window_start, window_step = time.time(), step
-      if step % cfg.log_every_steps == 0 or step == total:
-        fetched = jax.device_get(window_metrics)
-        values = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-        elapsed = time.time() - window_start
-        rate = (step - window_step) / elapsed if elapsed > 0 and step > window_step else float("nan")
-        eta = (total - step) / rate if rate == rate and rate > 0 else 0.0
-        shown = " ".join(f"{k} {v:.4f}" for k, v in values.items())
-        print(f"[{name}] step {step}/{total} epoch {step / steps_per_epoch:.2f} | {shown} | "
-              f"{rate * images_per_step:.0f} img/s | ETA {_format_duration(eta)}", flush=True)
-        ctx.log.write({"phase": name, **log_fields, "step": step,
-                       "epoch": round(step / steps_per_epoch, 4), **values,
-                       "images_per_second": round(rate * images_per_step, 1)})
-        window_start, window_step, window_metrics = time.time(), step, []
-      if step % cfg.checkpoint_every_steps == 0 or step == total:
-        checkpoint.save_state(manager, step, state)
-  except KeyboardInterrupt:
-    print(f"[{name}] interrupted at step {step}: saving a checkpoint to resume from", flush=True)
-    checkpoint.save_state(manager, step, state)
-    manager.wait_until_finished()
-    raise
-  manager.wait_until_finished()
-  return state
-
-
 def _member_dir(teachers_dir: str, index: int) -> str:
   return os.path.join(teachers_dir, f"member_{index}")
 
@@ -175,14 +125,17 @@ def train_teachers(ctx: Context, model, teachers_dir: str, teachers_key, label: 
     state, start = checkpoint.restore_latest(manager, fresh)
     if start:
       print(f"[{name}] resuming at step {start}/{total}", flush=True)
-    state = fit(ctx, name, step_fn, state, (ctx.teacher_data,), manager=manager, start=start,
-                total=total, images_per_step=cfg.batch_size * len(members),
-                steps_per_epoch=steps_per_epoch, log_fields={"members": members})
-    manager.close()
+    phase = loop.Phase(name=name, total=total, steps_per_epoch=steps_per_epoch,
+                       images_per_step=cfg.batch_size * len(members), log_fields={"members": members},
+                       learning_rate=train.learning_rate_schedule(cfg.optimizer, total, steps_per_epoch),
+                       hint="config.teacher.optimizer.learning_rate")
+    state = _fit(ctx, functools.partial(step_fn, data=ctx.teacher_data), state, phase, manager, start)
     trained = jax.device_get(train.model_variables(state))
-    for position, index in enumerate(members):
-      checkpoint.save_variables(_member_dir(teachers_dir, index),
-                                jax.tree.map(lambda x: x[position], trained))
+    with runtime.deferred_signals():  # a member's save completes before a signal stops the run
+      for position, index in enumerate(members):
+        checkpoint.save_variables(_member_dir(teachers_dir, index),
+                                  jax.tree.map(lambda x: x[position], trained))
+    runtime.raise_if_stopped()
 
 
 def load_teachers(model, teachers_dir: str, ensemble_size: int, image_shape, mesh):
@@ -193,6 +146,25 @@ def load_teachers(model, teachers_dir: str, ensemble_size: int, image_shape, mes
   members = [checkpoint.load_variables(_member_dir(teachers_dir, i), template)
              for i in range(ensemble_size)]
   return parallel.replicate(jax.tree.map(lambda *xs: np.stack(xs), *members), mesh)
+
+
+def trained_teachers(ctx: Context, model, teachers_dir: str, teachers_key, label: str = "teachers"):
+  """Trains (or finishes training) the ensemble in teachers_dir and loads it as stacked variables.
+
+  A member checkpoint that cannot be read is moved aside (one warning line) and written again from its
+  group's last training checkpoint.
+  """
+  for _ in range(ctx.config.teacher.ensemble_size + 1):
+    train_teachers(ctx, model, teachers_dir, teachers_key, label)
+    try:
+      return load_teachers(model, teachers_dir, ctx.config.teacher.ensemble_size, ctx.image_shape,
+                           ctx.mesh)
+    except checkpoint.UnreadableCheckpoint as e:
+      moved = checkpoint.move_aside(e.path)
+      print(f"warning: {e} Moved aside to {os.path.basename(moved)}; saving it again from its "
+            "group's training checkpoint", file=sys.stderr, flush=True)
+  raise KdJaxError(f"the teacher checkpoints in {teachers_dir} stay unreadable; delete the folder "
+                   "to train the teachers again.")
 
 
 def initial_student(ctx: Context, student, teacher, tx, rng, teacher_variables):
@@ -238,11 +210,27 @@ def distill_student(ctx: Context, student, teacher, teacher_variables, student_d
   state, start = checkpoint.restore_latest(manager, fresh)
   if start:
     print(f"[{label}] resuming at step {start}/{total}", flush=True)
-  state = fit(ctx, label, step_fn, state, (teacher_variables, ctx.distill_data, ctx.ood_images),
-              manager=manager, start=start, total=total, images_per_step=cfg.batch_size,
-              steps_per_epoch=steps_per_epoch, log_fields={})
-  manager.close()
+  phase = loop.Phase(name=label, total=total, steps_per_epoch=steps_per_epoch,
+                     images_per_step=cfg.batch_size,
+                     learning_rate=train.learning_rate_schedule(cfg.optimizer, total, steps_per_epoch),
+                     hint="config.student.optimizer.learning_rate")
+  step = functools.partial(step_fn, teacher_variables=teacher_variables, data=ctx.distill_data,
+                           ood_images=ctx.ood_images)
+  state = _fit(ctx, step, state, phase, manager, start)
   return train.model_variables(state)
+
+
+def _fit(ctx: Context, step, state, phase: loop.Phase, manager, start: int):
+  """loop.fit with the run's logging and checkpoint intervals; closes the phase's manager."""
+  try:
+    return loop.fit(step, state, phase=phase, manager=manager, start=start, log=ctx.log,
+                    log_every=ctx.config.log_every_steps,
+                    checkpoint_every=ctx.config.checkpoint_every_steps)
+  except DivergedError as e:
+    workdir_lib.write_diverged(ctx.workdir, str(e))
+    raise
+  finally:
+    manager.close()
 
 
 def distillation_policy(config):
@@ -281,16 +269,27 @@ def independent_baseline(ctx: Context, evaluator, teacher, student, teacher_vari
   config, data = ctx.config, ctx.distill_data
   directory = os.path.join(ctx.workdir, "independent")
   teachers_dir = os.path.join(directory, "teachers")
-  train_teachers(ctx, teacher, teachers_dir, _seed_key(config, _INDEPENDENT_TEACHERS),
-                 label="independent teachers")
-  independent_teachers = load_teachers(teacher, teachers_dir, config.teacher.ensemble_size,
-                                       ctx.image_shape, ctx.mesh)
+  independent_teachers = trained_teachers(ctx, teacher, teachers_dir,
+                                         _seed_key(config, _INDEPENDENT_TEACHERS),
+                                         label="independent teachers")
   independent_student = distill_student(
       ctx, student, teacher, independent_teachers, os.path.join(directory, "student"),
       _seed_key(config, _INDEPENDENT_STUDENT), label="independent student")
   values = evaluator.clean_metrics(teacher_variables, independent_student, data.test_images,
                                    data.test_labels, data.mean, data.std)["student"]
   return {f"independent_test_{k}": v for k, v in values.items()}
+
+
+def check_sizes(config, teacher_examples: int, distill_examples: int, test_examples: int,
+                mesh) -> None:
+  """Raises KdJaxError where the config does not fit the data or the devices (before any work)."""
+  for phase, examples in (("teacher", teacher_examples), ("student", distill_examples)):
+    schedule_length(config[phase], examples, phase)
+    parallel.check_batch_size(config[phase].batch_size, mesh, f"config.{phase}.batch_size")
+  devices = mesh.devices.size
+  if min(test_examples, distill_examples) < devices:
+    raise KdJaxError(f"evaluation needs at least one example per device: {devices} devices, "
+                     f"{min(test_examples, distill_examples)} examples; use fewer devices.")
 
 
 def run(config, workdir: str) -> dict:
@@ -313,12 +312,13 @@ def run(config, workdir: str) -> dict:
   if config.teacher.load_from:
     teacher_variables = load_teachers(teacher, config.teacher.load_from,
                                       config.teacher.ensemble_size, image_shape, mesh)
-  workdir = os.path.abspath(workdir)
-  resuming = workdir_lib.prepare(workdir, config)
-
   num_train = dataset.train_images.shape[0]
   teacher_split = split_indices(num_train, config.teacher.data_split, config.data.split_seed)
   distill_split = split_indices(num_train, config.distill.data_split, config.data.split_seed)
+  check_sizes(config, teacher_split.size, distill_split.size, int(dataset.test_images.shape[0]), mesh)
+  workdir = os.path.abspath(workdir)
+  resuming = workdir_lib.prepare(workdir, config)
+
   teacher_data = device_data(dataset, teacher_split, mesh)
   same_split = np.array_equal(teacher_split, distill_split)
   ctx = Context(
@@ -334,9 +334,7 @@ def run(config, workdir: str) -> dict:
 
   if teacher_variables is None:
     teachers_dir = os.path.join(workdir, "teachers")
-    train_teachers(ctx, teacher, teachers_dir, _seed_key(config, _TEACHERS))
-    teacher_variables = load_teachers(teacher, teachers_dir, config.teacher.ensemble_size,
-                                      image_shape, mesh)
+    teacher_variables = trained_teachers(ctx, teacher, teachers_dir, _seed_key(config, _TEACHERS))
   student_variables = distill_student(ctx, student, teacher, teacher_variables,
                                       os.path.join(workdir, "student"), _seed_key(config, _STUDENT))
 
@@ -350,6 +348,7 @@ def run(config, workdir: str) -> dict:
     results["student"].update(
         independent_baseline(ctx, evaluator, teacher, student, teacher_variables))
   ctx.log.write({"phase": "evaluation", **report.flatten_results(results)})
+  runtime.raise_if_stopped()  # a signal during evaluation: no results from an interrupted run
   workdir_lib.write_results(workdir, results)
   print(report.results_table(results), flush=True)
   return results
