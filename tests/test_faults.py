@@ -131,6 +131,40 @@ def test_results_with_non_finite_numbers_are_refused(tmp_path):
     files.write_json(str(tmp_path / "x.json"), {"a": math.inf})
 
 
+DIVERGING_EXPERIMENT = f"""
+import sys
+sys.path.insert(0, {str(REPO / "tests")!r})
+from conftest import tiny_config
+
+VARIANTS = ("ok", "high_lr")
+
+
+def get_config(variant):
+  config = tiny_config()
+  if variant == "high_lr":
+    config.student.optimizer.learning_rate = 1e6
+  return config
+"""
+
+
+def test_sweep_goes_on_past_a_diverged_run_and_flags_it(tmp_path, capsys):
+  from kd_jax import sweep
+  experiment = tmp_path / "diverging.py"
+  experiment.write_text(DIVERGING_EXPERIMENT)
+  root = tmp_path / "sweep"
+  with pytest.raises(SystemExit) as exit_info:
+    sweep.main([f"--config={experiment}", f"--workdir={root}", "--seeds=0"])
+  assert exit_info.value.code == 3
+  captured = capsys.readouterr()
+  assert (root / "ok" / "seed0" / "results.json").exists()
+  assert (root / "high_lr" / "seed0" / "diverged.json").exists()
+  assert "DIVERGED" in captured.err and (root / "report" / "results.md").exists()
+  assert captured.err.strip().splitlines()[-1].startswith("error: 1 of 2 runs diverged (high_lr/seed0)")
+  # A rerun skips the diverged run rather than training it again.
+  sweep.main([f"--config={experiment}", f"--workdir={root}", "--seeds=0", "--dry-run"])
+  assert "high_lr/seed0: diverged earlier: skipped" in capsys.readouterr().out
+
+
 # ---------------------------------------------------------------------------------------------------
 # 2. Interrupted teacher saves, 4. damaged checkpoints
 
