@@ -6,6 +6,7 @@ field is listed here once, with its meaning, so `--config.<key>=value` overrides
 
 import ml_collections
 
+from kd_jax import ensemble
 from kd_jax.errors import KdJaxError
 
 PRECISIONS = ("fp32", "bf16")
@@ -13,7 +14,7 @@ OPTIMIZERS = ("sgd", "adam")
 DATA_SPLITS = ("all", "d0", "d1")
 STUDENT_INITS = ("random", "interpolate", "teacher_initial")
 LOSS_KINDS = ("forward_kl", "reverse_kl", "symmetric_kl", "brier", "hard_argmax", "hard_sample")
-ENSEMBLE_METHODS = ("auto", "vmap", "unroll", "scan")
+ENSEMBLE_METHODS = ensemble.METHODS  # stated once, where they are implemented
 
 
 def optimizer_config(**overrides) -> ml_collections.ConfigDict:

@@ -50,7 +50,7 @@ def model_variables(state: TrainState) -> dict:
 
 def learning_rate_schedule(cfg, total_steps: int, steps_per_epoch: int) -> optax.Schedule:
   """Cosine from cfg.learning_rate to cfg.final_learning_rate, after an optional linear warm-up."""
-  warmup_steps = int(cfg.get("warmup_epochs", 0) * steps_per_epoch)
+  warmup_steps = int(cfg.warmup_epochs * steps_per_epoch)
   if warmup_steps:
     return optax.warmup_cosine_decay_schedule(
         0.0, cfg.learning_rate, warmup_steps, max(total_steps, warmup_steps + 1),
