@@ -9,7 +9,7 @@ distill.rotate_interpolation).
 
 import ml_collections
 
-from kd_jax import losses
+from kd_jax import ensemble, losses
 from kd_jax.data import augment
 from kd_jax.errors import KdJaxError
 from kd_jax.models import LENET_POOLINGS, VGG_HEADS
@@ -20,7 +20,7 @@ DATA_SPLITS = ("all", "d0", "d1")
 STUDENT_INITS = ("random", "interpolate", "teacher_initial")
 BATCH_STATS_INITS = ("reestimate", "interpolate")
 OOD_MODES = ("append", "replace")
-ENSEMBLE_METHODS = ("auto", "vmap", "unroll", "scan")
+ENSEMBLE_METHODS = ensemble.METHODS  # stated once, where they are implemented
 
 
 def optimizer_config(**overrides) -> ml_collections.ConfigDict:
@@ -221,5 +221,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.evaluation.test_size < 0:
     raise KdJaxError(f"config.evaluation.test_size={config.evaluation.test_size} must be >= 0 "
                      "(0 = the whole test set).")
+  for key in ("augmented_batches", "cka_examples"):
+    if config.evaluation[key] < 0:
+      raise KdJaxError(f"config.evaluation.{key}={config.evaluation[key]} must be >= 0 (0 = skip).")
   if config.teacher.members_per_step < 0:
     raise KdJaxError("config.teacher.members_per_step must be >= 0 (0 = all members at once).")

@@ -8,19 +8,21 @@ where it stopped, and replays the same batches, so the result equals an uninterr
 """
 
 import dataclasses
+import functools
 import os
-import time
+import sys
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from kd_jax import checkpoint, evaluation, losses, parallel, report, train, workdir as workdir_lib
+from kd_jax import checkpoint, evaluation, losses, loop, parallel, report, runtime, train
+from kd_jax import workdir as workdir_lib
 from kd_jax import config as config_lib
 from kd_jax.data import augment as augment_lib
 from kd_jax.data import load_dataset
-from kd_jax.errors import KdJaxError
+from kd_jax.errors import DivergedError, KdJaxError
 from kd_jax.models import build_model
 
 # fold_in tags under the seed's key. Teacher i of the main ensemble uses (TEACHERS, i); the independent
@@ -120,58 +122,6 @@ def schedule_length(phase_cfg, num_train: int, phase: str):
   return int(total), steps_per_epoch
 
 
-def _format_duration(seconds: float) -> str:
-  seconds = int(seconds)
-  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
-      f"{seconds // 60}m{seconds % 60:02d}s"
-
-
-def fit(ctx: Context, name: str, step_fn, state, args, *, manager, start: int, total: int,
-        images_per_step: int, steps_per_epoch: int, log_fields: dict):
-  """Runs step_fn from `start` to `total`, logging progress and checkpointing; returns the state.
-
-  Metrics stay on the device until a log line, which reports their mean over the steps since the last
-  one, so the host runs ahead of the device between logs. Ctrl-C (or SIGTERM, which run.py turns into
-  KeyboardInterrupt) saves a checkpoint before exiting.
-  """
-  cfg = ctx.config
-  step = start
-  window_start, window_step, window_metrics = time.time(), start, []
-  try:
-    while step < total:
-      state, step_metrics = step_fn(state, *args)
-      window_metrics.append(step_metrics)
-      step += 1
-      if step == start + 1:
-        jax.block_until_ready(step_metrics)
-        compile_s = time.time() - window_start
-        print(f"[{name}] first step (including compilation) took {compile_s:.1f}s", flush=True)
-        ctx.log.write({"phase": name, **log_fields, "step": step, "compile_s": round(compile_s, 2)})
-        window_start, window_step = time.time(), step
-      if step % cfg.log_every_steps == 0 or step == total:
-        fetched = jax.device_get(window_metrics)
-        values = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-        elapsed = time.time() - window_start
-        rate = (step - window_step) / elapsed if elapsed > 0 and step > window_step else float("nan")
-        eta = (total - step) / rate if rate == rate and rate > 0 else 0.0
-        shown = " ".join(f"{k} {v:.4f}" for k, v in values.items())
-        print(f"[{name}] step {step}/{total} epoch {step / steps_per_epoch:.2f} | {shown} | "
-              f"{rate * images_per_step:.0f} img/s | ETA {_format_duration(eta)}", flush=True)
-        ctx.log.write({"phase": name, **log_fields, "step": step,
-                       "epoch": round(step / steps_per_epoch, 4), **values,
-                       "images_per_second": round(rate * images_per_step, 1)})
-        window_start, window_step, window_metrics = time.time(), step, []
-      if step % cfg.checkpoint_every_steps == 0 or step == total:
-        checkpoint.save_state(manager, step, state)
-  except KeyboardInterrupt:
-    print(f"[{name}] interrupted at step {step}: saving a checkpoint to resume from", flush=True)
-    checkpoint.save_state(manager, step, state)
-    manager.wait_until_finished()
-    raise
-  manager.wait_until_finished()
-  return state
-
-
 def _member_dir(teachers_dir: str, index: int) -> str:
   return os.path.join(teachers_dir, f"member_{index}")
 
@@ -219,14 +169,17 @@ def train_teachers(ctx: Context, model, teachers_dir: str, teachers_key, label: 
     state, start = checkpoint.restore_latest(manager, fresh)
     if start:
       print(f"[{name}] resuming at step {start}/{total}", flush=True)
-    state = fit(ctx, name, step_fn, state, (ctx.teacher_data,), manager=manager, start=start,
-                total=total, images_per_step=cfg.batch_size * len(members),
-                steps_per_epoch=steps_per_epoch, log_fields={"members": members})
-    manager.close()
+    phase = loop.Phase(name=name, total=total, steps_per_epoch=steps_per_epoch,
+                       images_per_step=cfg.batch_size * len(members), log_fields={"members": members},
+                       learning_rate=train.learning_rate_schedule(cfg.optimizer, total, steps_per_epoch),
+                       hint="config.teacher.optimizer.learning_rate")
+    state = _fit(ctx, functools.partial(step_fn, data=ctx.teacher_data), state, phase, manager, start)
     trained = jax.device_get(train.model_variables(state))
-    for position, index in enumerate(members):
-      checkpoint.save_variables(_member_dir(teachers_dir, index),
-                                jax.tree.map(lambda x: x[position], trained))
+    with runtime.deferred_signals():  # a member's save completes before a signal stops the run
+      for position, index in enumerate(members):
+        checkpoint.save_variables(_member_dir(teachers_dir, index),
+                                  jax.tree.map(lambda x: x[position], trained))
+    runtime.raise_if_stopped()
 
 
 def load_teachers(model, teachers_dir: str, ensemble_size: int, image_shape, mesh):
@@ -282,6 +235,25 @@ def reestimate_batch_stats(ctx: Context, model, state: train.TrainState, rng) ->
   return state.replace(batch_stats=batch_stats)
 
 
+def trained_teachers(ctx: Context, model, teachers_dir: str, teachers_key, label: str = "teachers"):
+  """Trains (or finishes training) the ensemble in teachers_dir and loads it as stacked variables.
+
+  A member checkpoint that cannot be read is moved aside (one warning line) and written again from its
+  group's last training checkpoint.
+  """
+  for _ in range(ctx.config.teacher.ensemble_size + 1):
+    train_teachers(ctx, model, teachers_dir, teachers_key, label)
+    try:
+      return load_teachers(model, teachers_dir, ctx.config.teacher.ensemble_size, ctx.image_shape,
+                           ctx.mesh)
+    except checkpoint.UnreadableCheckpoint as e:
+      moved = checkpoint.move_aside(e.path)
+      print(f"warning: {e} Moved aside to {os.path.basename(moved)}; saving it again from its "
+            "group's training checkpoint", file=sys.stderr, flush=True)
+  raise KdJaxError(f"the teacher checkpoints in {teachers_dir} stay unreadable; delete the folder "
+                   "to train the teachers again.")
+
+
 def initial_student(ctx: Context, student, teacher, tx, rng, teacher_variables):
   """The student's starting state: random, or interpolated towards / set to the teacher's weights."""
   config = ctx.config
@@ -315,7 +287,8 @@ def distill_student(ctx: Context, student, teacher, teacher_variables, student_d
   cfg, distill = ctx.config.student, ctx.config.distill
   total, steps_per_epoch = schedule_length(cfg, ctx.distill_data.train_images.shape[0], "student")
   parallel.check_batch_size(cfg.batch_size, ctx.mesh, "config.student.batch_size")
-  tx = train.make_optimizer(student_optimizer_config(ctx.config), total, steps_per_epoch)
+  optimizer_cfg = student_optimizer_config(ctx.config)
+  tx = train.make_optimizer(optimizer_cfg, total, steps_per_epoch)
   step_fn = train.make_distill_step(
       student, teacher, tx, batch_size=cfg.batch_size, augment=distillation_policy(ctx.config),
       mesh=ctx.mesh, temperature=distill.temperature, alpha=distill.alpha, loss_kind=distill.loss,
@@ -328,11 +301,27 @@ def distill_student(ctx: Context, student, teacher, teacher_variables, student_d
   if start:
     print(f"[{label}] resuming at step {start}/{total}", flush=True)
   teacher_inputs = teacher_variables if cached_teacher_logits is None else cached_teacher_logits
-  state = fit(ctx, label, step_fn, state, (teacher_inputs, ctx.distill_data, ctx.ood_images),
-              manager=manager, start=start, total=total, images_per_step=cfg.batch_size,
-              steps_per_epoch=steps_per_epoch, log_fields={})
-  manager.close()
+  phase = loop.Phase(name=label, total=total, steps_per_epoch=steps_per_epoch,
+                     images_per_step=cfg.batch_size,
+                     learning_rate=train.learning_rate_schedule(optimizer_cfg, total, steps_per_epoch),
+                     hint="config.student.optimizer.learning_rate")
+  step = functools.partial(step_fn, teacher_inputs=teacher_inputs, data=ctx.distill_data,
+                           ood_images=ctx.ood_images)
+  state = _fit(ctx, step, state, phase, manager, start)
   return train.model_variables(state)
+
+
+def _fit(ctx: Context, step, state, phase: loop.Phase, manager, start: int):
+  """loop.fit with the run's logging and checkpoint intervals; closes the phase's manager."""
+  try:
+    return loop.fit(step, state, phase=phase, manager=manager, start=start, log=ctx.log,
+                    log_every=ctx.config.log_every_steps,
+                    checkpoint_every=ctx.config.checkpoint_every_steps)
+  except DivergedError as e:
+    workdir_lib.write_diverged(ctx.workdir, str(e))
+    raise
+  finally:
+    manager.close()
 
 
 def distillation_policy(config):
@@ -414,10 +403,9 @@ def independent_baseline(ctx: Context, evaluator, teacher, student, test_member_
   config, data = ctx.config, ctx.distill_data
   directory = os.path.join(ctx.workdir, "independent")
   teachers_dir = os.path.join(directory, "teachers")
-  train_teachers(ctx, teacher, teachers_dir, _seed_key(config, _INDEPENDENT_TEACHERS),
-                 label="independent teachers")
-  independent_teachers = load_teachers(teacher, teachers_dir, config.teacher.ensemble_size,
-                                       ctx.image_shape, ctx.mesh)
+  independent_teachers = trained_teachers(ctx, teacher, teachers_dir,
+                                         _seed_key(config, _INDEPENDENT_TEACHERS),
+                                         label="independent teachers")
   _, targets = distillation_targets(ctx, evaluator, independent_teachers,
                                     label="independent teachers")
   independent_student = distill_student(
@@ -428,6 +416,18 @@ def independent_baseline(ctx: Context, evaluator, teacher, student, test_member_
                                             data.std, label="independent student on test")
   values = evaluation.split_metrics(test_member_logits, student_logits, data.test_labels)["student"]
   return {f"independent_test_{k}": v for k, v in values.items()}
+
+
+def check_sizes(config, teacher_examples: int, distill_examples: int, test_examples: int,
+                mesh) -> None:
+  """Raises KdJaxError where the config does not fit the data or the devices (before any work)."""
+  for phase, examples in (("teacher", teacher_examples), ("student", distill_examples)):
+    schedule_length(config[phase], examples, phase)
+    parallel.check_batch_size(config[phase].batch_size, mesh, f"config.{phase}.batch_size")
+  devices = mesh.devices.size
+  if min(test_examples, distill_examples) < devices:
+    raise KdJaxError(f"evaluation needs at least one example per device: {devices} devices, "
+                     f"{min(test_examples, distill_examples)} examples; use fewer devices.")
 
 
 def run(config, workdir: str) -> dict:
@@ -453,13 +453,16 @@ def run(config, workdir: str) -> dict:
   if config.teacher.load_from:
     teacher_variables = load_teachers(teacher, config.teacher.load_from,
                                       config.teacher.ensemble_size, image_shape, mesh)
-  workdir = os.path.abspath(workdir)
-  resuming = workdir_lib.prepare(workdir, config)
-
   num_train = dataset.train_images.shape[0]
   teacher_split = split_indices(num_train, config.teacher.data_split, config.data.split_seed)
   distill_split = split_indices(num_train, config.distill.data_split, config.data.split_seed)
+  distill_examples = distill_split.size + (0 if appended_ood is None else len(appended_ood))
   test_size = config.evaluation.test_size
+  check_sizes(config, teacher_split.size, distill_examples,
+              test_size or int(dataset.test_images.shape[0]), mesh)
+  workdir = os.path.abspath(workdir)
+  resuming = workdir_lib.prepare(workdir, config)
+
   teacher_data = device_data(dataset, teacher_split, mesh, test_size=test_size)
   same_data = np.array_equal(teacher_split, distill_split) and appended_ood is None
   ctx = Context(
@@ -477,9 +480,7 @@ def run(config, workdir: str) -> dict:
 
   if teacher_variables is None:
     teachers_dir = os.path.join(workdir, "teachers")
-    train_teachers(ctx, teacher, teachers_dir, _seed_key(config, _TEACHERS))
-    teacher_variables = load_teachers(teacher, teachers_dir, config.teacher.ensemble_size,
-                                      image_shape, mesh)
+    teacher_variables = trained_teachers(ctx, teacher, teachers_dir, _seed_key(config, _TEACHERS))
   evaluator = evaluation.Evaluator(
       teacher, student, mesh=mesh, compute_dtype=compute_dtype, method=config.ensemble_method,
       batch_size=evaluation.eval_batch_size(
@@ -495,6 +496,7 @@ def run(config, workdir: str) -> dict:
     results["student"].update(
         independent_baseline(ctx, evaluator, teacher, student, test_member_logits))
   ctx.log.write({"phase": "evaluation", **report.flatten_results(results)})
+  runtime.raise_if_stopped()  # a signal during evaluation: no results from an interrupted run
   workdir_lib.write_results(workdir, results)
   print(report.results_table(results), flush=True)
   return results

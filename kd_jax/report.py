@@ -20,7 +20,9 @@ import sys
 import numpy as np
 
 from kd_jax.errors import KdJaxError
-from kd_jax.workdir import CONFIG_FILE, METRICS_FILE, OPERATIONAL_KEYS, RESULTS_FILE, flatten_config
+from kd_jax import files
+from kd_jax.workdir import (CONFIG_FILE, METRICS_FILE, OPERATIONAL_KEYS, RESULTS_FILE, flatten_config,
+                            read_diverged)
 
 # (key in results, column title, shown as percent)
 _COLUMNS = (
@@ -55,7 +57,8 @@ def results_table(results: dict) -> str:
     cells = [name]
     for key, _, percent in _COLUMNS:
       value = entry.get(key)
-      cells.append("-" if value is None else f"{100 * value:.2f}" if percent else f"{value:.4f}")
+      cells.append("-" if value is None else "nan" if not math.isfinite(value) else
+                   f"{100 * value:.2f}" if percent else f"{value:.4f}")
     lines.append(cells)
   widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
   text = ["  ".join(cell.rjust(w) if j else cell.ljust(w) for j, (cell, w) in
@@ -122,8 +125,11 @@ def find_workdirs(paths) -> list:
     if real in seen:
       continue
     seen.add(real)
+    diverged = read_diverged(candidate)
     if os.path.isfile(os.path.join(candidate, RESULTS_FILE)):
       workdirs.append(candidate)
+    elif diverged:
+      print(f"note: skipping {candidate}: DIVERGED ({diverged})", file=sys.stderr)
     else:
       print(f"note: skipping {candidate}: no {RESULTS_FILE} yet (unfinished run)", file=sys.stderr)
   if not workdirs:
@@ -133,8 +139,12 @@ def find_workdirs(paths) -> list:
 
 
 def _read_json(path: str):
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except ValueError as e:
+    raise KdJaxError(f"{path} is damaged ({type(e).__name__}: {e}); rerun that run or leave its "
+                     "folder out.") from e
 
 
 def load_run(workdir: str) -> Run:
@@ -362,7 +372,7 @@ def markdown_table(variants, metrics) -> str:
 def write_csv(path: str, variants, metrics, config_keys) -> None:
   """One row per variant: its config values that set it apart, then mean and std of each metric
   (fractions, not percent)."""
-  with open(path, "w", newline="") as f:
+  with files.atomic_path(path) as temporary, open(temporary, "w", newline="") as f:
     writer = csv.writer(f)
     writer.writerow(["variant", "n", *config_keys] +
                     [f"{m.key}_{stat}" for m in metrics for stat in ("mean", "std")])
@@ -378,7 +388,7 @@ def write_runs_csv(path: str, variants) -> None:
   rows = [(variant.name, run, flatten_results(run.results)) for variant in variants
           for run in variant.runs]
   columns = sorted({key for _, _, flat in rows for key, value in flat.items() if _is_number(value)})
-  with open(path, "w", newline="") as f:
+  with files.atomic_path(path) as temporary, open(temporary, "w", newline="") as f:
     writer = csv.writer(f)
     writer.writerow(["variant", "seed", "workdir", *columns])
     for name, run, flat in rows:
@@ -464,7 +474,8 @@ def _finish(plt, fig, ax, path: str, legend_entries: int) -> None:
   """Saves the figure with the legend outside the axes (variant names can be long)."""
   if legend_entries:
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-  fig.savefig(path, dpi=120, bbox_inches="tight")
+  with files.atomic_path(path) as temporary:
+    fig.savefig(temporary, dpi=120, bbox_inches="tight", format="png")
   plt.close(fig)
 
 
@@ -575,13 +586,18 @@ def write_report(paths, out_dir: str, group_by=None, plots: bool = True) -> str:
   variants = group_runs(runs, group_by)
   metrics = report_metrics(runs)
   table = markdown_table(variants, metrics)
-  os.makedirs(out_dir, exist_ok=True)
+  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    raise KdJaxError(f"--out {out_dir} is a file; give a folder for the report.")
+  try:
+    os.makedirs(out_dir, exist_ok=True)
+  except OSError as e:
+    raise KdJaxError(f"cannot create --out {out_dir} ({e.strerror or e}); give a folder you can "
+                     "write to.") from e
   config_keys = group_by or differing_keys([v.runs[0].config for v in variants])
   write_csv(os.path.join(out_dir, "results.csv"), variants, metrics, config_keys)
   write_runs_csv(os.path.join(out_dir, "runs.csv"), variants)
   images = write_plots(variants, out_dir) if plots else []
-  with open(os.path.join(out_dir, "results.md"), "w") as f:
-    f.write(_markdown_document(table, variants, images))
+  files.write_text(os.path.join(out_dir, "results.md"), _markdown_document(table, variants, images))
   return table
 
 

@@ -6,7 +6,6 @@ from a checkpoint replays exactly the batches the uninterrupted run would have d
 """
 
 import functools
-import os
 from typing import Any, Callable
 
 import flax
@@ -15,40 +14,13 @@ import jax.numpy as jnp
 import optax
 
 from kd_jax import ensemble, losses, metrics, parallel
+# Process setup moved to kd_jax.runtime (entry points call runtime.setup_process()); the names stay
+# importable here for code that looked for them in this module.
+from kd_jax.runtime import CPU_XLA_FLAGS, add_cpu_xla_flags  # noqa: F401
 from kd_jax.data import augment as augment_lib
 
 # fold_in tags that separate the RNG streams derived from one state key.
 _ORDER_STREAM, _STEP_STREAM, _DROPOUT_STREAM = 0, 1, 2
-
-# XLA:CPU flags that made our steps faster, per jaxlib version they were measured with (an XLA flag that
-# a later version no longer knows is a fatal error at startup, so other versions get none). 0.10.2:
-# XLA's own (Eigen) convolutions instead of YNNPACK's: the PreResNet-20 distillation step ran about 25%
-# faster on a 2-core Xeon; see docs/performance.md. GPU and TPU backends ignore xla_cpu_* flags.
-CPU_XLA_FLAGS = {
-    "0.10.2": ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",),
-}
-
-
-def add_cpu_xla_flags(environ=None) -> tuple:
-  """Appends this jaxlib's CPU_XLA_FLAGS to XLA_FLAGS; returns the flags it added.
-
-  A flag whose name XLA_FLAGS already mentions is left as the user set it, and KD_JAX_CPU_XLA_FLAGS=0
-  turns the defaults off. XLA reads XLA_FLAGS once, when the first backend starts, so this only acts
-  if it runs before any JAX computation: it runs when this module is imported.
-  """
-  environ = os.environ if environ is None else environ
-  if environ.get("KD_JAX_CPU_XLA_FLAGS", "1") == "0":
-    return ()
-  current = environ.get("XLA_FLAGS", "")
-  added = tuple(flag for flag in CPU_XLA_FLAGS.get(jax.lib.__version__, ())
-                if flag.split("=", 1)[0] not in current)
-  if added:
-    environ["XLA_FLAGS"] = " ".join([current, *added]).strip()
-  return added
-
-
-add_cpu_xla_flags()
-
 
 @flax.struct.dataclass
 class TrainState:
@@ -79,7 +51,7 @@ def model_variables(state: TrainState) -> dict:
 
 def learning_rate_schedule(cfg, total_steps: int, steps_per_epoch: int) -> optax.Schedule:
   """Cosine from cfg.learning_rate to cfg.final_learning_rate, after an optional linear warm-up."""
-  warmup_steps = int(cfg.get("warmup_epochs", 0) * steps_per_epoch)
+  warmup_steps = int(cfg.warmup_epochs * steps_per_epoch)
   if warmup_steps:
     return optax.warmup_cosine_decay_schedule(
         0.0, cfg.learning_rate, warmup_steps, max(total_steps, warmup_steps + 1),
@@ -133,10 +105,19 @@ def step_key(state: TrainState):
   return jax.random.fold_in(jax.random.fold_in(state.rng, _STEP_STREAM), state.step)
 
 
-def _apply_gradients(state: TrainState, tx, grads, batch_stats) -> TrainState:
+def _apply_gradients(state: TrainState, tx, grads, batch_stats):
+  """The updated state, and the global L2 norms of gradient, update and new parameters.
+
+  The norms are step metrics to watch training by, and the training loop's divergence check: a NaN or
+  Inf anywhere in the parameters makes param_norm non-finite (as does a norm beyond float32's range,
+  which is divergence too).
+  """
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                       batch_stats=batch_stats, opt_state=opt_state)
+  params = optax.apply_updates(state.params, updates)
+  norms = {"grad_norm": optax.tree.norm(grads), "update_norm": optax.tree.norm(updates),
+           "param_norm": optax.tree.norm(params)}
+  return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                       opt_state=opt_state), norms
 
 
 def _training_forward(model, state: TrainState, params, x):
@@ -174,8 +155,8 @@ def make_supervised_step(model, tx, *, batch_size: int, augment: Callable, mesh,
       return losses.cross_entropy(logits, labels), (logits, batch_stats)
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    new_state = _apply_gradients(state, tx, grads, batch_stats)
-    return new_state, {"loss": loss, "accuracy": metrics.accuracy(logits, labels)}
+    new_state, norms = _apply_gradients(state, tx, grads, batch_stats)
+    return new_state, {"loss": loss, "accuracy": metrics.accuracy(logits, labels), **norms}
 
   def step(stacked_state, data):
     return ensemble.map_members(lambda s: member_step(s, data), stacked_state, method=method)
@@ -243,13 +224,13 @@ def make_distill_step(student, teacher, tx, *, batch_size: int, augment: Callabl
       return objective(logits), (logits, batch_stats)
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    new_state = _apply_gradients(state, tx, grads, batch_stats)
+    new_state, norms = _apply_gradients(state, tx, grads, batch_stats)
     # Out-of-distribution images (label -1, replaced or appended) have no accuracy.
     labelled = labels >= 0
     correct = (jnp.argmax(logits, axis=-1) == labels) & labelled
     step_metrics = {"loss": loss - objective(teacher_logits),
                     "accuracy": jnp.sum(correct) / jnp.maximum(jnp.sum(labelled), 1),
-                    **metrics.fidelity_metrics(teacher_logits, logits)}
+                    **metrics.fidelity_metrics(teacher_logits, logits), **norms}
     return new_state, step_metrics
 
   replicated = parallel.replicated_sharding(mesh)

@@ -189,7 +189,7 @@ def test_logged_loss_is_the_tempered_kl_and_the_gradient_is_the_papers():
                                     temperature=2.0)
 
   grads = jax.grad(eq1)(params_before)
-  expected_state = train._apply_gradients(  # pylint: disable=protected-access
+  expected_state, _ = train._apply_gradients(  # pylint: disable=protected-access
       train.create_state(model, tx, jax.random.PRNGKey(6), (8, 8, 1)), tx, grads, {})
   for a, b in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(expected_state.params)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
