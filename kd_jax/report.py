@@ -255,14 +255,16 @@ def group_runs(runs, group_by=None) -> list:
 
 
 def _one_run_per_seed(members) -> Variant:
-  """The variant of `members`, keeping the first run (by workdir) of each seed."""
-  variant, seeds = Variant(name="", runs=[]), set()
+  """The variant of `members`, keeping the first run (by workdir) of each seed and config (runs of
+  other configs pooled by --group-by may share a seed)."""
+  variant, seen = Variant(name="", runs=[]), set()
   for run in sorted(members, key=lambda r: r.workdir):
     seed = run.config.get("seed")
-    if seed is not None and seed in seeds:
+    key = (json.dumps(seed), _identity(run, None))
+    if seed is not None and key in seen:
       variant.duplicates.append(run)
     else:
-      seeds.add(seed)
+      seen.add(key)
       variant.runs.append(run)
   return variant
 
