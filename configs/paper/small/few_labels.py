@@ -6,11 +6,13 @@ C8 (paper section 5 / Fig. 7, LeNet-5): a teacher trained on 200 MNIST images (8
 distilled on enough EMNIST data, gives a student with over 99 % test agreement: with plenty of data
 from the teacher's own input distribution and a simple teacher function, the student matches it.
 
-Paper scale: the same experiment on MNIST -> EMNIST; with EMNIST from tfds:
-  python sweep.py --config=configs/paper/small/few_labels.py --workdir=runs/few_labels \
-      --config.data.source=tfds --config.data.name=mnist
-(EMNIST as the distillation set needs the distill data to be a separate dataset, which kd_jax does
-not offer; here the unlabelled data is the rest of Fashion-MNIST's train split.)
+A 5-epoch student reached 94.2 % test agreement (teacher 73.8 %) in a first measurement (seed 0), so the
+student gets 10 epochs here (4,680 steps).
+
+Paper scale: the paper's setting is MNIST teacher data and EMNIST distillation data. kd_jax distills
+on (part of) the teachers' dataset, so the closest command is the same experiment on MNIST:
+  python sweep.py --config=configs/paper/small/few_labels.py --workdir=runs/few_labels_mnist \
+      --config.data.source=tfds --config.data.name=mnist --config.data.path=
 Here:
   python sweep.py --config=configs/paper/small/few_labels.py --workdir=runs/small/few_labels
 """
@@ -29,5 +31,5 @@ def get_config(variant=None):
   config.teacher.train_examples = LABELLED
   config.teacher.batch_size = 50
   config.teacher.epochs = 100  # 400 steps on 200 images
-  config.student.epochs = 5  # 2,345 steps on 60,000 images
+  config.student.epochs = 10  # 4,680 steps on 60,000 images
   return config
