@@ -169,7 +169,7 @@ class Check:
   statistic: Cell
   threshold: float
   direction: int
-  percent: bool = True  # shown x 100 with ' pp' / ' %'
+  unit: str = "%"  # '%' (a level), 'pp' (a difference of percentages), '' (a plain number)
   binding: bool = True  # False: informative, left out of the claim's verdict
 
   @property
@@ -178,13 +178,14 @@ class Check:
       return INCOMPLETE
     return decide(self.statistic.array(), self.threshold, self.direction)
 
-  def rule(self) -> str:
-    sign = ">" if self.direction > 0 else "<"
-    value = f"{100 * self.threshold:g}" if self.percent else f"{self.threshold:g}"
-    return f"{sign} {value}"
-
   def ours(self) -> str:
-    return format_values(self.statistic.array(), self.percent)
+    """mean ± std (n) of the statistic, in the check's unit."""
+    percent = self.unit in ("%", "pp")
+    text = format_values(self.statistic.array(), percent)
+    if self.unit and self.statistic.values:
+      mean_std_text, _, count = text.partition(" (")
+      text = f"{mean_std_text} {self.unit} ({count}"
+    return text
 
 
 def format_values(values: np.ndarray, percent: bool = True) -> str:
@@ -264,7 +265,7 @@ def claims(suite: Suite) -> list:
       checks=[
           Check("student acc - teacher acc (m = 1, tau 4) > -3 pp",
                 difference(c(es, "tau4_m1", STUDENT_ACC), c(es, "tau4_m1", TEACHER_ACC)),
-                -0.03, +1),
+                -0.03, +1, unit="pp"),
           Check(f"test agreement (m = 1, tau 4) < {100 * WELL_BELOW:g} %",
                 c(es, "tau4_m1", TEST_AGREE), WELL_BELOW, -1),
       ],
@@ -280,15 +281,16 @@ def claims(suite: Suite) -> list:
   for tau in (1, 4):
     c2_checks.append(Check(
         f"test agreement m = 5 - m = 1 (tau {tau}) > 0",
-        difference(c(es, f"tau{tau}_m5", TEST_AGREE), c(es, f"tau{tau}_m1", TEST_AGREE)), 0.0, +1))
+        difference(c(es, f"tau{tau}_m5", TEST_AGREE), c(es, f"tau{tau}_m1", TEST_AGREE)), 0.0, +1,
+        unit="pp"))
     c2_checks.append(Check(
         f"student acc m = 5 - m = 3 (tau {tau}) < 1 pp (saturates)",
         difference(c(es, f"tau{tau}_m5", STUDENT_ACC), c(es, f"tau{tau}_m3", STUDENT_ACC)),
-        0.01, -1))
+        0.01, -1, unit="pp"))
   c2_checks.append(Check(
       "student acc - teacher acc (m = 1, tau 1) > 0 (the paper says 'may')",
       difference(c(es, "tau1_m1", STUDENT_ACC), c(es, "tau1_m1", TEACHER_ACC)), 0.0, +1,
-      binding=False))
+      unit="pp", binding=False))
   out.append(Claim(
       "C2", "Ensemble size: agreement rises with m, student accuracy saturates",
       "Fig. 3 (tau 1), 5x ResNet-56 on CIFAR-100: test agreement about 77.5 / 82.5 / 84.5 % for "
@@ -321,14 +323,16 @@ def claims(suite: Suite) -> list:
           Check("MixUp: (student acc gain) - (test agreement gain) over baseline > 0",
                 combine_cells(lambda a, a0, g, g0: (a - a0) - (g - g0),
                               c(dd, "mixup", STUDENT_ACC), base(STUDENT_ACC),
-                              c(dd, "mixup", TEST_AGREE), base(TEST_AGREE)), 0.0, +1),
+                              c(dd, "mixup", TEST_AGREE), base(TEST_AGREE)), 0.0, +1,
+                unit="pp"),
           Check("noise: test agreement - baseline < 0",
-                difference(c(dd, "noise", TEST_AGREE), base(TEST_AGREE)), 0.0, -1),
+                difference(c(dd, "noise", TEST_AGREE), base(TEST_AGREE)), 0.0, -1, unit="pp"),
           Check("OOD (CIFAR-10 gray 28x28 appended): test agreement - baseline < 0",
-                difference(c(dd, "ood_cifar10", TEST_AGREE), base(TEST_AGREE)), 0.0, -1),
+                difference(c(dd, "ood_cifar10", TEST_AGREE), base(TEST_AGREE)), 0.0, -1,
+                unit="pp"),
           Check("recycling: test agreement D0 u D1 - D0 < 3 pp (modest)",
                 difference(c(dd, "recycle_d0_d1", TEST_AGREE), c(dd, "recycle_d0", TEST_AGREE)),
-                0.03, -1),
+                0.03, -1, unit="pp"),
       ],
       table=[_row(suite, dd, v, _MAIN_COLUMNS) for v in
              ("baseline", "mixup", "noise", "ood_cifar10", "recycle_d0", "recycle_d0_d1")],
@@ -361,7 +365,7 @@ def claims(suite: Suite) -> list:
                 NEAR_ALL, +1),
           Check("largest rise between neighbouring lambdas / rise from 0 to "
                 f"{lambdas[top]} > 0.5 (sharp)", combine_cells(sharpness, *train[:top + 1]), 0.5,
-                +1, percent=False),
+                +1, unit=""),
       ],
       table=[_row(suite, ii, f"lam{lam}", _MAIN_COLUMNS) for lam in lambdas],
       plot=lambda plt, path: _line_plot(
@@ -379,7 +383,7 @@ def claims(suite: Suite) -> list:
       "teacher's initial weights 77.1 % (KL 0.838).",
       checks=[Check("test agreement teacher_initial - random < 1 pp",
                     difference(c(ti, "teacher_initial", TEST_AGREE), c(ti, "random", TEST_AGREE)),
-                    0.01, -1)],
+                    0.01, -1, unit="pp")],
       table=[_row(suite, ti, v, _MAIN_COLUMNS + tuple((f"{t} %", m) for t, m in cka))
              for v in ("random", "teacher_initial")],
       plot=lambda plt, path: _bar_plot(
@@ -394,7 +398,8 @@ def claims(suite: Suite) -> list:
       "300 / 1k / 5k SGD epochs; Adam a bit worse.",
       checks=[
           Check("SGD train agreement 10x - 1x epochs > 0",
-                difference(c(tl, "sgd_10x", TRAIN_AGREE), c(tl, "sgd_1x", TRAIN_AGREE)), 0.0, +1),
+                difference(c(tl, "sgd_10x", TRAIN_AGREE), c(tl, "sgd_1x", TRAIN_AGREE)), 0.0, +1,
+                unit="pp"),
           Check(f"SGD train agreement at 10x < {100 * NEAR_ALL:g} % (slowly)",
                 c(tl, "sgd_10x", TRAIN_AGREE), NEAR_ALL, -1),
           Check(f"Adam train agreement at 10x < {100 * NEAR_ALL:g} % (no fix)",
@@ -533,7 +538,7 @@ def claims_markdown(claim_list, seeds, plots: dict, times: dict = None) -> str:
     for i, check in enumerate(claim.checks):
       first = i == 0
       tag = "" if check.binding else " (informative)"
-      ours = check.ours() + (" pp" if check.percent and "-" in check.text else "")
+      ours = check.ours()
       if check.statistic.problems:
         ours += "; " + "; ".join(sorted(set(check.statistic.problems.values())))
       lines.append(

@@ -215,3 +215,12 @@ def test_suite_folder_lists_experiments_and_the_cli_dry_run(tmp_path, capsys):
   # One five-member ensemble per seed serves every experiment with the base teacher config.
   assert out.count("ensemble_size/tau1_m5/seed0: trains its teachers") == 1
   assert "ensemble_size/tau1_m1/seed0: teachers from ensemble_size/tau1_m5/seed0" in out
+
+
+def test_checks_show_their_unit():
+  cell = reproduce.Cell("e/v", {0: 0.01, 1: 0.03}, {})
+  assert reproduce.Check("d", cell, 0.0, +1, unit="pp").ours() == "2.00 ± 1.41 pp (n = 2)"
+  assert reproduce.Check("l", cell, 0.0, +1).ours() == "2.00 ± 1.41 % (n = 2)"
+  assert reproduce.Check("r", cell, 0.0, +1, unit="").ours() == "0.020 ± 0.014 (n = 2)"
+  empty = reproduce.Cell("e/v", {}, {0: "e/v/seed0: unfinished"})
+  assert reproduce.Check("d", empty, 0.0, +1, unit="pp").ours() == "no finished run"
