@@ -342,9 +342,9 @@ def claims(suite: Suite) -> list:
           (("student acc", STUDENT_ACC), ("test agreement", TEST_AGREE)),
           "C4: distillation data (3x LeNet-5 -> LeNet-5, tau 4)")))
 
-  lambdas = ("0", "0.25", "0.375", "0.5", "0.75", "1")
+  lambdas = ("0", "0.25", "0.375", "0.5", "0.75")
   train = [c(ii, f"lam{lam}", TRAIN_AGREE) for lam in lambdas]
-  top = len(lambdas) - 2  # the largest lambda below 1 (lambda = 1 starts at the teacher)
+  top = len(lambdas) - 1  # the largest lambda (below 1, where the student starts as the teacher)
 
   def sharpness(*values):
     """The largest rise between neighbouring lambdas, as a fraction of the rise from lambda = 0 to
@@ -444,9 +444,14 @@ def _stats(cell: Cell):
   return 100 * mean, 0.0 if math.isnan(std) else 100 * std
 
 
+def _legend(ax):
+  if ax.get_legend_handles_labels()[0]:  # none when no run of the claim has finished
+    ax.legend(fontsize=8)
+
+
 def _save(plt, fig, ax, path):
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
+  _legend(ax)
   fig.savefig(path, dpi=110, bbox_inches="tight")
   plt.close(fig)
 
@@ -515,7 +520,7 @@ def _ensemble_plot(plt, path, suite, experiment, sizes):
   for ax in (left, right):
     ax.set_xticks(list(sizes))
   left.grid(alpha=0.3)
-  left.legend(fontsize=8)
+  _legend(left)
   _save(plt, fig, right, path)
 
 

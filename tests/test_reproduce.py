@@ -137,7 +137,7 @@ def _paper_like_suite(root):
       _write(root, "distillation_data", variant, seed,
              student=_student(acc + jitter(), agree + jitter(), 0.93 + jitter()))
     for lam, train in (("0", 0.92), ("0.25", 0.925), ("0.375", 0.93), ("0.5", 0.94),
-                       ("0.75", 0.995), ("1", 0.9999)):
+                       ("0.75", 0.995)):
       _write(root, "init_interpolation", f"lam{lam}", seed,
              student=_student(0.87, train - 0.01, min(train + jitter() / 4, 1.0)))
     for variant in ("random", "teacher_initial"):
@@ -211,7 +211,7 @@ def test_suite_folder_lists_experiments_and_the_cli_dry_run(tmp_path, capsys):
   reproduce.main([f"--suite={REPO / 'configs' / 'paper' / 'small'}",
                   f"--workdir={tmp_path / 'runs'}", "--seeds=0,1", "--dry-run"])
   out = capsys.readouterr().out
-  assert "[1/54]" in out and "trains its teachers" in out
+  assert "[1/52]" in out and "trains its teachers" in out
   # One five-member ensemble per seed serves every experiment with the base teacher config.
   assert out.count("ensemble_size/tau1_m5/seed0: trains its teachers") == 1
   assert "ensemble_size/tau1_m1/seed0: teachers from ensemble_size/tau1_m5/seed0" in out
@@ -224,3 +224,49 @@ def test_checks_show_their_unit():
   assert reproduce.Check("r", cell, 0.0, +1, unit="").ours() == "0.020 ± 0.014 (n = 2)"
   empty = reproduce.Cell("e/v", {}, {0: "e/v/seed0: unfinished"})
   assert reproduce.Check("d", empty, 0.0, +1, unit="pp").ours() == "no finished run"
+
+
+# ---------------------------------------------------------------------------------------------------
+# The command on a tiny two-experiment suite
+
+TINY_EXPERIMENT = """
+import sys
+sys.path.insert(0, {tests!r})
+from conftest import tiny_config
+
+VARIANTS = ({variant!r},)
+
+
+def get_config(variant=None):
+  config = tiny_config(ensemble_size={m})
+  config.distill.temperature = {tau}
+  return config
+"""
+
+
+def test_run_suite_shares_teachers_across_experiments_and_skips_finished_runs(tmp_path, capsys):
+  suite = tmp_path / "suite"
+  suite.mkdir()
+  (suite / "_shared.py").write_text("raise RuntimeError('a shared base is not an experiment')\n")
+  for name, variant, m, tau in (("big", "m2", 2, 4.0), ("small", "m1", 1, 1.0)):
+    (suite / f"{name}.py").write_text(TINY_EXPERIMENT.format(
+        tests=str(REPO / "tests"), variant=variant, m=m, tau=tau))
+  root = tmp_path / "runs"
+  reproduce.run_suite(str(suite), str(root), [0])
+  out = capsys.readouterr().out
+  assert "2 runs (2 to run)" in out
+  assert "small/m1/seed0: teachers from big/m2/seed0" in out
+  assert (root / "big" / "m2" / "seed0" / "teachers").is_dir()
+  assert not (root / "small" / "m1" / "seed0" / "teachers").exists()
+  for name in ("big", "small"):
+    assert (root / name / "report" / "results.md").is_file()
+  times = reproduce.read_times(str(root))
+  assert set(times) == {"big/m2/seed0", "small/m1/seed0"}
+  # The claims of configs/paper/small have no runs here: every claim is incomplete, none a number.
+  text = (root / "report" / "results.md").read_text()
+  assert text.count("**incomplete**") >= 8 and "not run" in text and "nan" not in text.lower()
+
+  before = os.path.getmtime(root / "big" / "m2" / "seed0" / "results.json")
+  reproduce.run_suite(str(suite), str(root), [0])
+  assert "2 runs (0 to run)" in capsys.readouterr().out
+  assert os.path.getmtime(root / "big" / "m2" / "seed0" / "results.json") == before

@@ -6,7 +6,7 @@ The experiments that share this teacher section (and seed) train one teacher ens
 the sweep gives every run of the suite the teachers of the run with the largest ensemble of the same
 teacher config, so m = 1, 3 and 5 use the first members of one trained five-member ensemble.
 
-Not the paper's recipe: 10 teacher and 10 student epochs instead of 200 / 300, and a student learning
+Not the paper's recipe: 10 teacher and 15 student epochs instead of 200 / 300, and a student learning
 rate of 0.01 instead of 0.05 (at 0.05 LeNet-5 students at tau 4 collapsed to the uniform prediction:
 the tau^2-scaled KD gradient is tau times the cross-entropy's; docs/experiments.md).
 """
@@ -14,7 +14,10 @@ the tau^2-scaled KD gradient is tau times the cross-entropy's; docs/experiments.
 from kd_jax import config as kd_config
 
 TRAIN_SIZE = 10000
-EPOCHS = 10
+TEACHER_EPOCHS = 10
+# At 10 epochs a self-distilled student ended 4.8 points below its teacher (81.7 vs 86.5 %, seed 0);
+# at 15 it was within 1.3 points (docs/experiments.md): the student is not left under-trained.
+STUDENT_EPOCHS = 15
 FASHION_MNIST = "../shared/data/fashion-mnist"
 
 
@@ -27,10 +30,10 @@ def get_config():
   config.teacher.model = kd_config.model_config(name="lenet5")
   config.student.model = kd_config.model_config(name="lenet5")
   config.teacher.ensemble_size = 1
-  config.teacher.epochs = EPOCHS
+  config.teacher.epochs = TEACHER_EPOCHS
   config.teacher.batch_size = 128
   config.teacher.optimizer = kd_config.optimizer_config(learning_rate=0.05, weight_decay=5e-4)
-  config.student.epochs = EPOCHS
+  config.student.epochs = STUDENT_EPOCHS
   config.student.batch_size = 128
   config.student.optimizer = kd_config.optimizer_config(
       learning_rate=0.01, final_learning_rate=1e-6, nesterov=True, weight_decay=1e-4)
