@@ -384,12 +384,13 @@ def claims(suite: Suite) -> list:
       checks=[Check("test agreement teacher_initial - random < 1 pp",
                     difference(c(ti, "teacher_initial", TEST_AGREE), c(ti, "random", TEST_AGREE)),
                     0.01, -1, unit="pp")],
-      table=[_row(suite, ti, v, _MAIN_COLUMNS + tuple((f"{t} %", m) for t, m in cka))
+      table=[_row(suite, ti, v, _MAIN_COLUMNS + tuple(cka))
              for v in ("random", "teacher_initial")],
       plot=lambda plt, path: _bar_plot(
           plt, path, [(v, ti, v) for v in ("random", "teacher_initial")], suite,
           (("test agreement", TEST_AGREE),) + tuple((t, m) for t, m in cka),
-          "C6: student init at random vs the teacher's initial weights (Table 1)")))
+          "C6: student init at random vs the teacher's initial weights (Table 1)",
+          ylabel="% (agreement), CKA x 100")))
 
   multiples = (1, 3, 10)
   out.append(Claim(
@@ -456,7 +457,7 @@ def _save(plt, fig, ax, path):
   plt.close(fig)
 
 
-def _bar_plot(plt, path, rows, suite, metrics, title, line=None):
+def _bar_plot(plt, path, rows, suite, metrics, title, line=None, ylabel="%"):
   """Grouped bars: one group per (label, experiment, variant), one bar per metric, mean ± std;
   single seeds as dots."""
   fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(rows) * len(metrics) ** 0.5 + 2), 4.2))
@@ -478,7 +479,7 @@ def _bar_plot(plt, path, rows, suite, metrics, title, line=None):
   ax.set_ylim(max(0.0, low - 10), 101)
   if line is not None:
     ax.axhline(100 * line, color="gray", linestyle="--", linewidth=1, label=f"{100 * line:g} %")
-  ax.set(ylabel="%", title=title)
+  ax.set(ylabel=ylabel, title=title)
   _save(plt, fig, ax, path)
 
 
@@ -527,8 +528,8 @@ def _ensemble_plot(plt, path, suite, experiment, sizes):
 # ---------------------------------------------------------------------------------------------------
 # The report
 
-def _cell_text(cell: Cell) -> str:
-  text = format_values(cell.array())
+def _cell_text(cell: Cell, percent: bool) -> str:
+  text = format_values(cell.array(), percent)
   if cell.problems:
     text += "; " + "; ".join(p for _, p in sorted(cell.problems.items()))
   return text
@@ -560,7 +561,7 @@ def claims_markdown(claim_list, seeds, plots: dict, times: dict = None) -> str:
       titles = list(claim.table[0][1])
       lines += ["", "| variant | " + " | ".join(titles) + " |",
                 "|---|" + "---:|" * len(titles)]
-      lines += ["| " + label + " | " + " | ".join(_cell_text(cells[t]) for t in titles) + " |"
+      lines += ["| " + label + " | " + " | ".join(_cell_text(cells[t], t.endswith("%")) for t in titles) + " |"
                 for label, cells in claim.table]
     if claim.key in plots:
       lines += ["", f"![{claim.key}]({plots[claim.key]})"]
