@@ -65,6 +65,9 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
       num_classes=0,  # idx: number of classes (0 = 10, as MNIST / Fashion-MNIST)
       grayscale=False,  # image_folder: decode as 1-channel images
       cache=True,  # image_folder: keep decoded arrays in ~/.cache/kd_jax (or $KD_JAX_CACHE)
+      # Resize every image to image_size x image_size on the host after loading (bilinear, PIL),
+      # e.g. CIFAR-10 as 28x28 out-of-distribution data for Fashion-MNIST; 0 = native size.
+      image_size=0,
   ))
   cfg.update(overrides)
   return cfg
@@ -88,6 +91,9 @@ def default_config() -> ml_collections.ConfigDict:
       members_per_step=0,  # teachers trained together in one compiled step (0 = all m)
       load_from="",  # a workdir (or its teachers/ folder) with trained teachers to reuse
       data_split="all",  # all | d0 | d1: the part of the train set the teachers learn from
+      # Teachers learn from a seeded subset of this many examples of their data_split (seeded by
+      # data.split_seed; 0 = the whole split), e.g. 200 labelled images (paper section 5, LeNet-5).
+      train_examples=0,
       epochs=200,
       steps=0,  # if > 0, overrides epochs (short runs, tests)
       batch_size=256,
@@ -224,5 +230,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for key in ("augmented_batches", "cka_examples"):
     if config.evaluation[key] < 0:
       raise KdJaxError(f"config.evaluation.{key}={config.evaluation[key]} must be >= 0 (0 = skip).")
+  if config.teacher.train_examples < 0:
+    raise KdJaxError(f"config.teacher.train_examples={config.teacher.train_examples} must be >= 0 "
+                     "(0 = the teachers' whole data split).")
+  if config.data.image_size < 0:
+    raise KdJaxError(f"config.data.image_size={config.data.image_size} must be >= 0 (0 = native).")
   if config.teacher.members_per_step < 0:
     raise KdJaxError("config.teacher.members_per_step must be >= 0 (0 = all members at once).")

@@ -52,13 +52,25 @@ def _seed_key(config, stream: int):
   return jax.random.fold_in(jax.random.PRNGKey(config.seed), stream)
 
 
-def split_indices(num_examples: int, split: str, split_seed: int) -> np.ndarray:
-  """Indices of 'all' the train set, or of its seeded half 'd0' or 'd1' (data recycling)."""
+def split_indices(num_examples: int, split: str, split_seed: int, examples: int = 0) -> np.ndarray:
+  """Indices of 'all' the train set, or of its seeded half 'd0' or 'd1' (data recycling), sorted.
+
+  examples > 0 keeps a seeded subset of that many of them (teacher.train_examples: a few labelled
+  images). The subset uses its own generator, so it does not change the d0 / d1 halves.
+  """
   if split == "all":
-    return np.arange(num_examples)
-  order = np.random.default_rng(split_seed).permutation(num_examples)
-  half = num_examples // 2
-  return np.sort(order[:half] if split == "d0" else order[half:])
+    indices = np.arange(num_examples)
+  else:
+    order = np.random.default_rng(split_seed).permutation(num_examples)
+    half = num_examples // 2
+    indices = np.sort(order[:half] if split == "d0" else order[half:])
+  if examples <= 0:
+    return indices
+  if examples > indices.size:
+    raise KdJaxError(f"config.teacher.train_examples={examples} exceeds the {indices.size} examples "
+                     f"of data split {split!r}; lower it (0 = all).")
+  subset = np.random.default_rng([split_seed, 1]).choice(indices.size, examples, replace=False)
+  return np.sort(indices[subset])
 
 
 def channel_statistics(images, chunk: int = 4096):
@@ -454,7 +466,8 @@ def run(config, workdir: str) -> dict:
     teacher_variables = load_teachers(teacher, config.teacher.load_from,
                                       config.teacher.ensemble_size, image_shape, mesh)
   num_train = dataset.train_images.shape[0]
-  teacher_split = split_indices(num_train, config.teacher.data_split, config.data.split_seed)
+  teacher_split = split_indices(num_train, config.teacher.data_split, config.data.split_seed,
+                                config.teacher.train_examples)
   distill_split = split_indices(num_train, config.distill.data_split, config.data.split_seed)
   distill_examples = distill_split.size + (0 if appended_ood is None else len(appended_ood))
   test_size = config.evaluation.test_size

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import sys
+import textwrap
 
 import numpy as np
 
@@ -184,9 +185,15 @@ def training_records(workdir: str, phase: str = "student") -> list:
 
 @dataclasses.dataclass
 class Variant:
-  """Runs that differ only in their seed (or share the --group-by values), reported as one row."""
+  """Runs that differ only in their seed (or share the --group-by values), reported as one row.
+
+  Each seed counts once: a second run of a seed already in the variant (a copy, or the same run in
+  two folders) is kept in `duplicates`, out of every statistic, since pooling it would report n = 2
+  with a std of 0 for what is one result.
+  """
   name: str
   runs: list
+  duplicates: list = dataclasses.field(default_factory=list)
 
   def common(self, key):
     """The config value all runs share, or None where they differ or lack it."""
@@ -242,7 +249,7 @@ def group_runs(runs, group_by=None) -> list:
   groups = {}
   for run in runs:
     groups.setdefault(_identity(run, group_by), []).append(run)
-  variants = [Variant(name="", runs=members) for members in groups.values()]
+  variants = [_one_run_per_seed(members) for members in groups.values()]
   keys = list(group_by) if group_by else differing_keys([v.runs[0].config for v in variants])
   experiments = {run.experiment for run in runs if run.variant is not None}
   for variant in variants:
@@ -255,6 +262,21 @@ def group_runs(runs, group_by=None) -> list:
       variant.name = _describe(variant.runs[0].config, keys) or _common_folder(variant.runs)
   _disambiguate(variants)
   return sorted(variants, key=lambda v: _sort_key(v, keys))
+
+
+def _one_run_per_seed(members) -> Variant:
+  """The variant of `members`, keeping the first run (by workdir) of each seed and config (runs of
+  other configs pooled by --group-by may share a seed)."""
+  variant, seen = Variant(name="", runs=[]), set()
+  for run in sorted(members, key=lambda r: r.workdir):
+    seed = run.config.get("seed")
+    key = (json.dumps(seed), _identity(run, None))
+    if seed is not None and key in seen:
+      variant.duplicates.append(run)
+    else:
+      seen.add(key)
+      variant.runs.append(run)
+  return variant
 
 
 def _common_folder(runs) -> str:
@@ -406,6 +428,13 @@ def _markdown_document(table: str, variants, plots) -> str:
       "single teacher accuracy averages its members.", "",
       table, "",
   ]
+  duplicated = [(v, run) for v in variants for run in v.duplicates]
+  if duplicated:
+    lines += ["**Runs left out: same seed as a run already counted in their variant** (pooling them "
+              "would report one result as n = 2 with std 0):", ""]
+    lines += [f"- {v.name}: seed {run.config.get('seed')} again in {run.workdir}"
+              for v, run in duplicated]
+    lines.append("")
   lines += [f"![{name}]({name})" for name in plots]
   lines += ["", "Runs:", ""]
   lines += [f"- {v.name}: " + ", ".join(run.workdir for run in v.runs) for v in variants]
@@ -470,10 +499,21 @@ def _scatter(plt, variants, x_key: str, y_key: str, path: str, *, xlabel: str, y
   return True
 
 
+_LEGEND_WIDTH = 40  # characters per legend line
+
+
+def _legend_label(text: str) -> str:
+  """Long labels (variants named by several config keys) wrapped into lines of _LEGEND_WIDTH
+  characters, so that the legend beside the axes cannot squash them."""
+  return textwrap.fill(text, _LEGEND_WIDTH, break_long_words=True, break_on_hyphens=False)
+
+
 def _finish(plt, fig, ax, path: str, legend_entries: int) -> None:
-  """Saves the figure with the legend outside the axes (variant names can be long)."""
+  """Saves the figure with the legend outside the axes, labels wrapped (variant names can be long)."""
   if legend_entries:
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    handles, labels = ax.get_legend_handles_labels()
+    ax.legend(handles, [_legend_label(label) for label in labels], fontsize=8, loc="upper left",
+              bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
   with files.atomic_path(path) as temporary:
     fig.savefig(temporary, dpi=120, bbox_inches="tight", format="png")
   plt.close(fig)
@@ -508,8 +548,38 @@ def plot_ensemble_size(plt, variants, path: str) -> bool:
   for ax in (left, right):
     ax.set_xticks(sorted(sizes))
     ax.grid(alpha=0.3)
-  left.legend(fontsize=8)
+  handles, labels = left.get_legend_handles_labels()
+  left.legend(handles, [_legend_label(label) for label in labels], fontsize=8)
   _finish(plt, fig, right, path, legend_entries=1)
+  return True
+
+
+def plot_against_key(plt, variants, key: str, path: str, *, xlabel: str, title: str,
+                     log_x: bool = False) -> bool:
+  """Train and test agreement (mean ± std) against a numeric config key, one pair of lines per
+  setting of the other differing keys; False unless the key takes at least two values."""
+  values = [v.common(key) for v in variants]
+  if any(not _is_number(x) for x in values) or len(set(values)) < 2:
+    return False
+  others = [k for k in differing_keys([v.runs[0].config for v in variants]) if k != key]
+  series = {}
+  for variant in variants:
+    series.setdefault(_describe(variant.runs[0].config, others), []).append(variant)
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for (name, members), color in zip(series.items(), _colors(plt, len(series))):
+    members.sort(key=lambda v: v.common(key))
+    xs = [v.common(key) for v in members]
+    prefix = f"{name}: " if name else ""
+    for metric, style, label in (("train_agreement", "-o", "train agreement"),
+                                 ("test_agreement", "--s", "test agreement")):
+      stats = np.array([_percent_stats(v, _metric(metric)) for v in members])
+      ax.errorbar(xs, stats[:, 0], yerr=stats[:, 1], fmt=style, color=color, capsize=3,
+                  label=prefix + label)
+  if log_x:
+    ax.set_xscale("log")
+  ax.set(xlabel=xlabel, ylabel="agreement with the teacher (%)", title=title)
+  ax.grid(alpha=0.3)
+  _finish(plt, fig, ax, path, legend_entries=1)
   return True
 
 
@@ -532,9 +602,12 @@ def plot_training_curves(plt, variants, path: str) -> bool:
     return False
   fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
   for variant, color, (loss_steps, loss), (agree_steps, agreement) in curves:
-    left.plot(loss_steps, loss, color=color, label=variant.name)
+    # A line needs two points: a run that logged once (a short run) is drawn as a marker.
+    left.plot(loss_steps, loss, color=color, label=variant.name,
+              marker="o" if loss_steps.size < 2 else None)
     if agree_steps.size:
-      right.plot(agree_steps, 100 * agreement, color=color, label=variant.name)
+      right.plot(agree_steps, 100 * agreement, color=color, label=variant.name,
+                 marker="o" if agree_steps.size < 2 else None)
   # Losses of different temperatures differ by tau^2: a log axis keeps them all readable.
   if all((c[2][1] > 0).all() for c in curves):
     left.set_yscale("log")
@@ -561,6 +634,14 @@ def write_plots(variants, out_dir: str) -> list:
           xlabel="test agreement (%)", ylabel="train agreement (%)",
           title="Agreement on the distillation (train) set vs the test set", diagonal=True),
       "training_curves.png": lambda path: plot_training_curves(plt, variants, path),
+      # The paper's Fig. 6 (initialization interpolation) and Fig. 5 (training length).
+      "agreement_vs_init_lambda.png": lambda path: plot_against_key(
+          plt, variants, "student.init_lambda", path,
+          xlabel="student init lambda (lambda teacher + (1 - lambda) random)",
+          title="Agreement vs initialization interpolation"),
+      "agreement_vs_student_epochs.png": lambda path: plot_against_key(
+          plt, variants, "student.epochs", path, xlabel="student epochs",
+          title="Agreement vs training length", log_x=True),
   }
   written = []
   for name, draw in plots.items():
