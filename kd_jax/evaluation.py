@@ -13,6 +13,7 @@
 - `stage_cka`: linear CKA between a teacher's and the student's activations at the end of each stage.
 """
 
+import functools
 import time
 from typing import Callable
 
@@ -41,7 +42,8 @@ def make_predict_fn(apply_fn: Callable, *, batch_size: int, mesh, compute_dtype=
   runs longer than PROGRESS_SECONDS prints how far it got.
   """
 
-  @jax.jit
+  # Replicated logits: the host reads them whole in every process of a multi-process run.
+  @functools.partial(jax.jit, out_shardings=parallel.replicated_sharding(mesh))
   def predict_chunk(variables, images, start, mean, std):
     x = jax.lax.dynamic_slice_in_dim(images, start, batch_size)
     x = parallel.shard_batch(augment_lib.normalize(x, mean, std, compute_dtype), mesh)
@@ -121,7 +123,7 @@ class Evaluator:
     """Agreement and KL on `num_batches` batches drawn and augmented as in distillation."""
     batch_size = self.batch_size
 
-    @jax.jit
+    @functools.partial(jax.jit, out_shardings=parallel.replicated_sharding(self.mesh))
     def batch_fidelity(key):
       sample_key, augment_key = jax.random.split(key)
       order = jax.random.permutation(sample_key, data.train_images.shape[0])[:batch_size]
