@@ -13,6 +13,12 @@ times one 3x3 convolution of each PreResNet stage (16, 32 and 64 channels at 32x
 the batch from --batch) alone: forward, and forward plus both gradients (input and kernel). A
 PreResNet-20 is 6 such convolutions per stage, so these records bound how fast any step built on
 this backend's convolution kernels can be.
+
+  python -m benchmarks.parts --sampling [--repeats 20]
+
+times a train step's batch draw (indices + gather of the uint8 images), jitted, for Fashion-MNIST
+(60,000 x 28x28x1) and CIFAR (50,000 x 32x32x3) sized sets at batch 128: `train.sample_batch`
+against the whole-permutation draw it replaced (`jax.random.permutation` of the set every step).
 """
 
 import argparse
@@ -149,6 +155,38 @@ def torch_conv_layers(batch: int, repeats: int, channels_last: bool) -> list:
   return records
 
 
+# (name, train-set size, image shape) of the batch-draw cases
+SAMPLING_SETS = (("fashion_mnist", 60_000, (28, 28, 1)), ("cifar", 50_000, (32, 32, 3)))
+
+
+def permutation_sample_batch(rng, step, images, labels, batch_size: int):
+  """The batch draw before issue 11: the epoch's whole permutation, rebuilt every step (O(N log N))."""
+  steps_per_epoch = images.shape[0] // batch_size
+  epoch, position = step // steps_per_epoch, step % steps_per_epoch
+  key = jax.random.fold_in(jax.random.fold_in(rng, train._ORDER_STREAM), epoch)  # pylint: disable=protected-access
+  order = jax.random.permutation(key, images.shape[0])
+  indices = jax.lax.dynamic_slice_in_dim(order, position * batch_size, batch_size)
+  return images[indices], labels[indices]
+
+
+def sampling(batch: int, repeats: int, sets=SAMPLING_SETS) -> list:
+  """Median ms of one batch draw (a new step each call), old and new, for each set."""
+  records = []
+  for name, size, shape in sets:
+    images = jnp.zeros((size, *shape), jnp.uint8)
+    labels = jnp.zeros((size,), jnp.int32)
+    rng = jax.random.PRNGKey(0)
+    for method, draw in (("permutation", permutation_sample_batch),
+                         ("sample_batch", train.sample_batch)):
+      fn = jax.jit(draw, static_argnums=4)
+      step = iter(range(10**9))
+      records.append({**_jax_environment(), "part": "batch_draw", "set": name, "train_size": size,
+                      "batch": batch, "method": method,
+                      **_time(lambda: jax.block_until_ready(
+                          fn(rng, next(step), images, labels, batch)), repeats)})
+  return records
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--depth", type=int, default=20)
@@ -161,7 +199,13 @@ def main(argv=None):
                       help="flax: time the model with flax.linen.BatchNorm (A/B of the custom VJP)")
   parser.add_argument("--conv-layers", action="store_true",
                       help="time single 3x3 convolutions of each stage instead of whole networks")
+  parser.add_argument("--sampling", action="store_true",
+                      help="time the train step's batch draw (old whole permutation vs sample_batch)")
   args = parser.parse_args(argv)
+  if args.sampling:
+    for record in sampling(args.batch, args.repeats):
+      print(json.dumps(record), flush=True)
+    return
   if args.batchnorm == "flax":
     kd_step.use_flax_batchnorm()
   if args.conv_layers:
