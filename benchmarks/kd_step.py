@@ -60,7 +60,7 @@ import numpy as np
 from kd_jax import config as config_lib
 from kd_jax import ensemble, parallel, train
 from kd_jax.data import augment as augment_lib
-from kd_jax.models import build_model, preresnet
+from kd_jax.models import build_model, lenet, preresnet
 
 KINDS = ("distill", "teacher", "epoch")
 PRECISIONS = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
@@ -78,6 +78,7 @@ MODEL_AUGMENT = {"preresnet": "crop_flip", "lenet5": "none"}
 MODEL_TRAIN_SIZE = {"preresnet": CIFAR_TRAIN_SIZE, "lenet5": MNIST_TRAIN_SIZE}
 DATA_SEED = 0
 _batchnorm_impl = "kd_jax"  # which BatchNorm the models use; see use_flax_batchnorm
+_max_pool_impl = "kd_jax"  # which max pooling LeNet-5 uses; see use_flax_max_pool
 
 # Dense peak TFLOP/s by device kind (substring of jax's device_kind) and compute dtype. The fp32 entry is
 # the TF32 tensor-core peak, because JAX's default matmul/conv precision lets XLA use TF32 for fp32 on
@@ -394,6 +395,7 @@ def _base_record(case: Case) -> dict:
           "classes": case.classes, "precision": case.precision,
           "method": ensemble.resolve_method(case.method), "steps": case.steps,
           "train_size": case.train_size, "batchnorm": _batchnorm_impl,
+          "max_pool": _max_pool_impl if pooling(case) == "max" else None,
           "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
@@ -648,7 +650,9 @@ def side_by_side(cases, rounds: int, mesh=None, torch_channels_last: bool = Fals
     jax_s = statistics.median(itertools.chain(*c.jax_rounds))
     record = {"event": "side_by_side", "kind": c.case.kind, "model": c.case.model,
               "depth": c.case.depth if c.case.model == "preresnet" else None,
-              "pooling": pooling(c.case), "m": c.case.m if c.case.kind == "distill" else None,
+              "pooling": pooling(c.case),
+              "max_pool": _max_pool_impl if pooling(c.case) == "max" else None,
+              "m": c.case.m if c.case.kind == "distill" else None,
               "members": c.case.members if c.case.kind == "teacher" else None,
               "batch": c.case.batch, "classes": c.case.classes, "images_per_step": images,
               "rounds": rounds, "steps_per_round": c.case.steps, "backend": jax.default_backend(),
@@ -810,6 +814,16 @@ def use_flax_batchnorm():
   _batchnorm_impl = "flax"
 
 
+def use_flax_max_pool():
+  """Makes LeNet-5 max-pool with flax's nn.max_pool again (before kd_jax.models.lenet.max_pool).
+
+  For A/B measurements only (--max-pool flax): same values; applies to steps traced after the call.
+  """
+  global _max_pool_impl
+  lenet.max_pool = nn.max_pool
+  _max_pool_impl = "flax"
+
+
 def batchnorm_impl() -> str:
   """'kd_jax' or 'flax': the BatchNorm that models built now use."""
   return _batchnorm_impl
@@ -862,6 +876,8 @@ def parse_args(argv=None):
   parser.add_argument("--study-precision", choices=tuple(PRECISIONS), default=Study.precision)
   parser.add_argument("--batchnorm", choices=("kd_jax", "flax"), default="kd_jax",
                       help="flax: time the models with flax.linen.BatchNorm (A/B of the custom VJP)")
+  parser.add_argument("--max-pool", choices=("kd_jax", "flax"), default="kd_jax",
+                      help="flax: LeNet-5 max-pools with nn.max_pool (A/B of lenet.max_pool)")
   parser.add_argument("--profile-dir", default="",
                       help="also trace 3 steps of each distill/teacher case into this folder and "
                            "print the top operations")
@@ -886,7 +902,9 @@ def main(argv=None):
   args = parse_args(argv)
   if args.batchnorm == "flax":
     use_flax_batchnorm()
-  _emit({**_environment(), "batchnorm": args.batchnorm}, args.out)
+  if args.max_pool == "flax":
+    use_flax_max_pool()
+  _emit({**_environment(), "batchnorm": args.batchnorm, "max_pool": args.max_pool}, args.out)
   if args.side_by_side:
     if args.torch_threads:
       from benchmarks import torch_reference  # pylint: disable=import-outside-toplevel

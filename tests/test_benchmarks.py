@@ -258,3 +258,32 @@ def test_torch_reference_lenet5_steps_run():
                                       pooling="avg")
   assert teacher["members"] == 2 and distill["pooling"] == "avg" and distill["m"] == 2
   np.testing.assert_allclose(teacher["images_per_second"], 8 / (teacher["step_ms"] / 1e3), rtol=0.01)
+
+
+@pytest.mark.parametrize("name,cin,cout,kernel,size,padding,unused", parts.SMALL_CONVS)
+def test_small_conv_variants_compute_the_same_convolution(name, cin, cout, kernel, size, padding,
+                                                          unused):
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size, cin))
+  w = jax.random.normal(jax.random.PRNGKey(1), (kernel, kernel, cin, cout))
+  want = np.asarray(nn.Conv(cout, (kernel, kernel), padding=padding, use_bias=False).apply(
+      {"params": {"kernel": w}}, x))
+  np.testing.assert_allclose(np.asarray(parts.conv_im2col(x, w, padding)), want, rtol=1e-4,
+                             atol=1e-4)
+  for layout, (_, _, out) in parts._LAYOUTS.items():
+    got = parts.conv_in_layout(*parts._to_layout(x, w, layout), padding, layout)
+    got = np.transpose(np.asarray(got), [out.index(d) for d in "NHWC"])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=layout)
+
+
+def test_sampling_mode_times_old_and_new_draws():
+  records = parts.sampling(4, 1, sets=(("tiny", 64, (4, 4, 1)),))
+  assert [r["method"] for r in records] == ["permutation", "sample_batch"]
+  assert all(r["median_ms"] > 0 for r in records)
+
+
+def test_flax_max_pool_switch(monkeypatch):
+  from kd_jax.models import lenet  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(lenet, "max_pool", lenet.max_pool)  # restored after the test
+  monkeypatch.setattr(kd_step, "_max_pool_impl", "kd_jax")
+  kd_step.use_flax_max_pool()
+  assert lenet.max_pool is nn.max_pool and kd_step._max_pool_impl == "flax"

@@ -14,6 +14,22 @@ import jax.numpy as jnp
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 
+def max_pool(x, window_shape, strides):
+  """nn.max_pool (NHWC, 'VALID') computed, for non-overlapping windows, as a reshape and a max.
+
+  The values are nn.max_pool's. The gradient is much cheaper on XLA:CPU, where reduce_window's is a
+  select_and_scatter: the LeNet-5 teacher step ran 24 % faster, the distillation step 15 % (see
+  docs/performance.md). It equals nn.max_pool's except at exact ties of a window's maximum, where it
+  is split equally among the tied inputs instead of going to the first one (after a ReLU, ties at 0
+  get no gradient either way).
+  """
+  (window_h, window_w), (batch, height, width, channels) = window_shape, x.shape
+  if tuple(strides) != tuple(window_shape) or height % window_h or width % window_w:
+    return nn.max_pool(x, window_shape, strides=strides)
+  windows = x.reshape(batch, height // window_h, window_h, width // window_w, window_w, channels)
+  return jnp.max(windows, axis=(2, 4))
+
+
 class LeNet5(nn.Module):
   """LeNet-5; sows 'stage1' (14x14x6) and 'stage2' (5x5x16) after the conv blocks."""
   num_classes: int
@@ -23,10 +39,10 @@ class LeNet5(nn.Module):
   def __call__(self, x, train: bool = False):
     del train  # No dropout or batch statistics.
     x = nn.Conv(6, (5, 5), padding='SAME', kernel_init=conv_init, dtype=self.dtype)(x)
-    x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
+    x = max_pool(nn.relu(x), (2, 2), strides=(2, 2))
     self.sow('intermediates', 'stage1', x)
     x = nn.Conv(16, (5, 5), padding='VALID', kernel_init=conv_init, dtype=self.dtype)(x)
-    x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
+    x = max_pool(nn.relu(x), (2, 2), strides=(2, 2))
     self.sow('intermediates', 'stage2', x)
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(nn.Dense(120, dtype=self.dtype)(x))
