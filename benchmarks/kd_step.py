@@ -58,7 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kd_jax import config as config_lib
-from kd_jax import ensemble, parallel, train
+from kd_jax import ensemble, parallel, runtime, train
 from kd_jax.data import augment as augment_lib
 from kd_jax.models import build_model, lenet, preresnet
 
@@ -820,7 +820,7 @@ def use_flax_max_pool():
   For A/B measurements only (--max-pool flax): same values; applies to steps traced after the call.
   """
   global _max_pool_impl
-  lenet.max_pool = nn.max_pool
+  lenet._POOL["max"] = nn.max_pool  # pylint: disable=protected-access
   _max_pool_impl = "flax"
 
 
@@ -899,6 +899,7 @@ def _torch_record(case: Case):
 
 
 def main(argv=None):
+  runtime.add_cpu_xla_flags()  # as run.py's setup does, before the first JAX computation
   args = parse_args(argv)
   if args.batchnorm == "flax":
     use_flax_batchnorm()

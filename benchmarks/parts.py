@@ -45,7 +45,7 @@ import jax.numpy as jnp
 
 from benchmarks import kd_step, torch_reference
 from kd_jax import config as config_lib
-from kd_jax import train  # noqa: F401  (importing it applies kd_jax's CPU XLA flags, as run.py does)
+from kd_jax import runtime, train
 from kd_jax.models import build_model
 
 
@@ -302,6 +302,7 @@ def main(argv=None):
   parser.add_argument("--sampling", action="store_true",
                       help="time the train step's batch draw (old whole permutation vs sample_batch)")
   args = parser.parse_args(argv)
+  runtime.add_cpu_xla_flags()  # as run.py's setup does, before the first JAX computation
   if args.sampling or args.small_convs:
     for record in (sampling if args.sampling else small_convs)(args.batch, args.repeats):
       print(json.dumps(record), flush=True)

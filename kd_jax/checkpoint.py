@@ -1,6 +1,19 @@
-"""Orbax checkpoints: a CheckpointManager per training phase, plain variable checkpoints per teacher."""
+"""Orbax checkpoints: a CheckpointManager per training phase, plain variable checkpoints per teacher.
+
+Faults these functions handle, so that any interrupted or damaged workdir resumes:
+- Saves are synchronous and checked: a failed write (full disk, lost permissions) raises
+  CheckpointWriteError at once, instead of training on without checkpoints.
+- An unreadable newest checkpoint (truncated file, missing metadata, deleted item) is moved aside to
+  `<step>.unreadable` with a one-line warning and the previous step is restored; with none left the
+  run stops with one line.
+- Teacher variables are written to `<path>.partial` and renamed to `<path>` when complete, so `<path>`
+  existing means a whole checkpoint, and saving a member that exists keeps it (an interrupted run that
+  saved some members of a group saves the rest on resume).
+"""
 
 import os
+import shutil
+import sys
 
 import jax
 import numpy as np
@@ -8,30 +21,119 @@ import orbax.checkpoint as ocp
 
 from kd_jax.errors import KdJaxError
 
+UNREADABLE_SUFFIX = ".unreadable"
+PARTIAL_SUFFIX = ".partial"
+
+
+class CheckpointWriteError(KdJaxError):
+  """A checkpoint could not be written: training stops rather than run on without one."""
+
+
+class UnreadableCheckpoint(KdJaxError):
+  """A checkpoint exists but cannot be restored."""
+
+  def __init__(self, message: str, path: str = ""):
+    super().__init__(message)
+    self.path = path
+
+
+def _reason(error: BaseException) -> str:
+  lines = str(error).strip().splitlines()
+  text = lines[0] if lines else ""
+  return f"{type(error).__name__}: {text[:200]}" if text else type(error).__name__
+
 
 def make_manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
+  # Synchronous saves: a failed write raises where it happened, and the loop knows that the step it
+  # saved is on disk before it goes on (the saves are small next to a training window).
   return ocp.CheckpointManager(
       os.path.abspath(directory),
-      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                           enable_async_checkpointing=False))
 
 
 def save_state(manager: ocp.CheckpointManager, step: int, state) -> None:
-  manager.save(step, args=ocp.args.StandardSave(state), force=True)
+  """Writes `state` as checkpoint `step`; raises CheckpointWriteError if that fails."""
+  try:
+    manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    manager.wait_until_finished()
+  except Exception as e:  # pylint: disable=broad-except (orbax and tensorstore raise many types)
+    raise CheckpointWriteError(
+        f"could not write checkpoint {manager.directory}/{step} ({_reason(e)}); training stopped. "
+        "Free disk space or fix the folder's permissions, then rerun the same command to resume "
+        "from the last checkpoint.") from e
+
+
+def _move_aside(path: str) -> str:
+  target = path + UNREADABLE_SUFFIX
+  if jax.process_index() == 0:
+    if os.path.exists(target):
+      shutil.rmtree(target)
+    os.rename(path, target)
+  return target
 
 
 def restore_latest(manager: ocp.CheckpointManager, template):
-  """Returns (state, step) from the newest checkpoint, or (template, 0) when there is none."""
-  step = manager.latest_step()
-  if step is None:
+  """Returns (state, step) from the newest readable checkpoint, or (template, 0) when there is none.
+
+  Unreadable newer checkpoints are moved aside (one warning line); if no checkpoint is readable this
+  raises UnreadableCheckpoint.
+  """
+  steps = sorted(manager.all_steps(), reverse=True)
+  if not steps:
     return template, 0
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-  return manager.restore(step, args=ocp.args.StandardRestore(abstract)), step
+  unreadable = []
+  for step in steps:
+    # A manager that failed to restore one step can fail on the next for that reason alone (it keeps
+    # what it inferred about the damaged one), so each attempt uses a fresh, read-only manager.
+    reader = ocp.CheckpointManager(
+        manager.directory, options=ocp.CheckpointManagerOptions(create=False))
+    try:
+      state = reader.restore(step, args=ocp.args.StandardRestore(abstract))
+      break
+    except Exception as e:  # pylint: disable=broad-except (a damaged checkpoint fails in many ways)
+      unreadable.append((step, e))
+    finally:
+      reader.close()
+  else:
+    step, error = unreadable[0]
+    raise UnreadableCheckpoint(
+        f"no readable checkpoint in {manager.directory}: step {step} fails with {_reason(error)}"
+        f"{f' and {len(steps) - 1} older one(s) too' if len(steps) > 1 else ''}; delete "
+        f"{manager.directory} to restart this phase from scratch.")
+  if unreadable:
+    for bad_step, _ in unreadable:
+      _move_aside(os.path.join(str(manager.directory), str(bad_step)))
+    manager.reload()
+    newest, error = unreadable[0]
+    print(f"warning: checkpoint {manager.directory}/{newest} is unreadable ({_reason(error)}); "
+          f"moved aside to *{UNREADABLE_SUFFIX}, resuming from step {step}", file=sys.stderr,
+          flush=True)
+  return state, step
 
 
 def save_variables(path: str, variables) -> None:
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(os.path.abspath(path), variables)
-  checkpointer.wait_until_finished()
+  """Saves model variables to `path` atomically; an existing `path` (a complete save) is kept."""
+  path = os.path.abspath(path)
+  if os.path.isdir(path):
+    return
+  partial = path + PARTIAL_SUFFIX
+  try:
+    if jax.process_index() == 0 and os.path.exists(partial):
+      shutil.rmtree(partial)  # left by a save that was killed
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(partial, variables)
+    checkpointer.wait_until_finished()
+    if jax.process_index() == 0:
+      os.rename(partial, path)
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointWriteError(
+        f"could not write teacher checkpoint {path} ({_reason(e)}). Free disk space or fix the "
+        "folder's permissions, then rerun the same command to resume.") from e
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(f"kd_jax saved {path}")
 
 
 def _shapes(tree):
@@ -40,12 +142,19 @@ def _shapes(tree):
 
 
 def load_variables(path: str, template):
-  """Restores model variables saved by `save_variables`, checked against `template`'s shapes."""
+  """Restores model variables saved by `save_variables`, checked against `template`'s shapes.
+
+  Raises UnreadableCheckpoint for a damaged checkpoint, KdJaxError for a missing or misfitting one.
+  """
   path = os.path.abspath(path)
   if not os.path.isdir(path):
     raise KdJaxError(f"teacher checkpoint {path} does not exist; point config.teacher.load_from "
                      "at the workdir of a finished teacher run.")
-  restored = ocp.StandardCheckpointer().restore(path)
+  try:
+    restored = ocp.StandardCheckpointer().restore(path)
+  except Exception as e:  # pylint: disable=broad-except (a damaged checkpoint fails in many ways)
+    raise UnreadableCheckpoint(f"teacher checkpoint {path} is unreadable ({_reason(e)}).",
+                               path=path) from e
   expected, found = _shapes(template), _shapes(restored)
   if expected != found:
     differing = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
@@ -54,4 +163,13 @@ def load_variables(path: str, template):
         f"teacher checkpoint {path} does not fit config.teacher.model: {key} has shape "
         f"{found.get(key, 'missing')} in the checkpoint, {expected.get(key, 'missing')} in the model "
         f"({len(differing)} mismatches); set config.teacher.model to the architecture it was trained with.")
-  return jax.tree.map(lambda t, r: np.asarray(r, dtype=np.asarray(t).dtype), template, restored)
+  values = jax.tree.map(lambda t, r: np.asarray(r, dtype=np.asarray(t).dtype), template, restored)
+  if not all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(values)):
+    raise KdJaxError(f"teacher checkpoint {path} holds non-finite weights (a diverged training); "
+                     "retrain the teachers with a lower learning rate.")
+  return values
+
+
+def move_aside(path: str) -> str:
+  """Renames a damaged checkpoint folder to `<path>.unreadable` (kept for inspection); returns it."""
+  return _move_aside(os.path.abspath(path))

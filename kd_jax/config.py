@@ -2,18 +2,25 @@
 
 A config file in configs/ starts from `default_config()` and changes what its experiment needs; every
 field is listed here once, with its meaning, so `--config.<key>=value` overrides have one reference.
+Where the paper's original code (samuelstanton/gnosis) is the reference, the defaults reproduce it and
+our alternatives are named options (model.head, model.pooling, distill.loss, distill.mixup_lambda,
+distill.rotate_interpolation).
 """
 
 import ml_collections
 
+from kd_jax import ensemble, losses
+from kd_jax.data import augment
 from kd_jax.errors import KdJaxError
+from kd_jax.models import LENET_POOLINGS, VGG_HEADS
 
 PRECISIONS = ("fp32", "bf16")
 OPTIMIZERS = ("sgd", "adam")
 DATA_SPLITS = ("all", "d0", "d1")
 STUDENT_INITS = ("random", "interpolate", "teacher_initial")
-LOSS_KINDS = ("forward_kl", "reverse_kl", "symmetric_kl", "brier", "hard_argmax", "hard_sample")
-ENSEMBLE_METHODS = ("auto", "vmap", "unroll", "scan")
+BATCH_STATS_INITS = ("reestimate", "interpolate")
+OOD_MODES = ("append", "replace")
+ENSEMBLE_METHODS = ensemble.METHODS  # stated once, where they are implemented
 
 
 def optimizer_config(**overrides) -> ml_collections.ConfigDict:
@@ -37,6 +44,10 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
       block="auto",  # auto (bottleneck from depth 44, as the paper's code) | basic | bottleneck
       norm="batch",  # batch | layer (preresnet only)
       width=0,  # 0 = the model's default width
+      # vgg16 classifier: dropout_mlp (the original: Dropout 0.5, Dense 512, ReLU, twice, then the
+      # output layer; 15.29 M parameters at 100 classes) | linear (ours: one Dense layer, 14.77 M)
+      head="dropout_mlp",
+      pooling="avg",  # lenet5 2x2 pooling: avg (the original) | max (ours)
   ))
   cfg.update(overrides)
   return cfg
@@ -54,6 +65,9 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
       num_classes=0,  # idx: number of classes (0 = 10, as MNIST / Fashion-MNIST)
       grayscale=False,  # image_folder: decode as 1-channel images
       cache=True,  # image_folder: keep decoded arrays in ~/.cache/kd_jax (or $KD_JAX_CACHE)
+      # Resize every image to image_size x image_size on the host after loading (bilinear, PIL),
+      # e.g. CIFAR-10 as 28x28 out-of-distribution data for Fashion-MNIST; 0 = native size.
+      image_size=0,
   ))
   cfg.update(overrides)
   return cfg
@@ -77,6 +91,9 @@ def default_config() -> ml_collections.ConfigDict:
       members_per_step=0,  # teachers trained together in one compiled step (0 = all m)
       load_from="",  # a workdir (or its teachers/ folder) with trained teachers to reuse
       data_split="all",  # all | d0 | d1: the part of the train set the teachers learn from
+      # Teachers learn from a seeded subset of this many examples of their data_split (seeded by
+      # data.split_seed; 0 = the whole split), e.g. 200 labelled images (paper section 5, LeNet-5).
+      train_examples=0,
       epochs=200,
       steps=0,  # if > 0, overrides epochs (short runs, tests)
       batch_size=256,
@@ -89,6 +106,13 @@ def default_config() -> ml_collections.ConfigDict:
       # teacher_initial (the teacher's own initial weights; paper Table 1)
       init="random",
       init_lambda=0.0,
+      # init=interpolate, as the original code: the learning rate (start and floor of the cosine)
+      # scaled by (1 - init_lambda), at least 1e-6. False keeps the configured learning rate.
+      init_scale_lr=True,
+      # BatchNorm statistics of an interpolated or teacher_initial student: 'reestimate' (the
+      # original: one train-mode pass over the teachers' training data) | 'interpolate' (mixed like
+      # the weights).
+      init_batch_stats="reestimate",
       epochs=300,
       steps=0,
       batch_size=128,
@@ -98,17 +122,31 @@ def default_config() -> ml_collections.ConfigDict:
   c.distill = ml_collections.ConfigDict(dict(
       temperature=4.0,  # tau, shared by teacher and student
       alpha=0.0,  # weight of the label NLL; 0 = pure distillation
-      loss=LOSS_KINDS[0],  # forward_kl (paper Eq. 1) | reverse_kl | symmetric_kl | brier | hard_*
+      # L_KD: one of kd_jax.losses.KD_KINDS, where each kind's docstring gives its formula and whether
+      # it is the original code's (losses.ORIGINAL_KD_KINDS, its scaling exactly) or ours.
+      loss="forward_kl",  # the paper's Eq. 1
       augment="",  # distillation-data policy, e.g. crop_flip+rotate, mixup, noise ('' = data.augment)
       rotate_degrees=20.0,  # policy parameters (kd_jax/data/augment.py)
       color_jitter=0.2,
       mixup_alpha=0.0,  # 0 = lambda ~ U[0, 1], else Beta(a, a)
+      mixup_lambda="batch",  # batch: one lambda per batch (the original) | example: one per image (ours)
+      rotate_interpolation="nearest",  # nearest (the original, torchvision's default) | bilinear (ours)
       cutmix_alpha=0.0,
       noise_prob=0.2,
       data_split="all",  # all | d0 | d1: the part of the train set the student is distilled on
-      # Out-of-distribution images mixed into each batch (e.g. SVHN): a fraction ood_ratio of the batch.
+      # Out-of-distribution images (e.g. SVHN), used when ood_data.source is set, labelled only by the
+      # teachers. ood_mode 'append' (the original code): ood_examples images of a seeded shuffle of
+      # ood_data's train split are appended to the distillation set, so every in-distribution image is
+      # still seen once per epoch. 'replace': a fraction ood_ratio of each batch is replaced by random
+      # OOD images.
+      ood_mode="append",
+      ood_examples=10000,
       ood_ratio=0.0,
       ood_data=data_config(name="", source=""),
+      # Without augmentation of the distillation images (and no per-step OOD draws) the teachers'
+      # logits never change: compute them once instead of in every step. Same results up to float
+      # rounding; False runs the teachers in every step as with augmented data.
+      cache_teacher_logits=True,
   ))
 
   c.evaluation = ml_collections.ConfigDict(dict(
@@ -117,6 +155,7 @@ def default_config() -> ml_collections.ConfigDict:
       # Distill a second student from an independently trained teacher ensemble and report its
       # agreement with the first ensemble: the baseline for reading agreement.
       independent_student=False,
+      test_size=0,  # evaluate on the first N test examples (0 = the whole test set; smoke runs only)
   ))
 
   c.eval_batch_size = 1000
@@ -139,9 +178,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """Raises KdJaxError (one line) for values that would fail later or silently mean nothing."""
   _check_choice(config.precision, PRECISIONS, "precision")
   _check_choice(config.ensemble_method, ENSEMBLE_METHODS, "ensemble_method")
-  _check_choice(config.distill.loss, LOSS_KINDS, "distill.loss")
+  _check_choice(config.distill.loss, losses.KD_KINDS, "distill.loss")
+  _check_choice(config.distill.mixup_lambda, augment.MIXUP_LAMBDAS, "distill.mixup_lambda")
+  _check_choice(config.distill.rotate_interpolation, augment.ROTATE_INTERPOLATIONS,
+                "distill.rotate_interpolation")
   for phase in ("teacher", "student"):
     cfg = config[phase]
+    _check_choice(cfg.model.get("head", VGG_HEADS[0]), VGG_HEADS, f"{phase}.model.head")
+    _check_choice(cfg.model.get("pooling", LENET_POOLINGS[0]), LENET_POOLINGS,
+                  f"{phase}.model.pooling")
     _check_choice(cfg.optimizer.name, OPTIMIZERS, f"{phase}.optimizer.name")
     _check_positive(cfg.batch_size, f"{phase}.batch_size")
     _check_positive(cfg.optimizer.learning_rate, f"{phase}.optimizer.learning_rate")
@@ -159,13 +204,36 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_choice(config.student.init, STUDENT_INITS, "student.init")
   if not 0.0 <= config.student.init_lambda <= 1.0:
     raise KdJaxError(f"config.student.init_lambda={config.student.init_lambda} must lie in [0, 1].")
+  _check_choice(config.student.init_batch_stats, BATCH_STATS_INITS, "student.init_batch_stats")
+  if config.student.init != "random" and (
+      config.student.model.to_dict() != config.teacher.model.to_dict()):
+    raise KdJaxError(f"config.student.init={config.student.init!r} needs self-distillation: set "
+                     "config.student.model equal to config.teacher.model.")
+  _check_choice(config.distill.ood_mode, OOD_MODES, "distill.ood_mode")
   if not 0.0 <= config.distill.ood_ratio < 1.0:
     raise KdJaxError(f"config.distill.ood_ratio={config.distill.ood_ratio} must lie in [0, 1).")
-  if config.distill.ood_ratio > 0 and not config.distill.ood_data.source:
-    raise KdJaxError("config.distill.ood_ratio > 0 needs config.distill.ood_data.source (and name, "
-                     "path or data_dir) naming the out-of-distribution dataset.")
-  if config.distill.ood_ratio > 0 and config.distill.alpha > 0:
+  ood = config.distill.ood_data.source
+  if config.distill.ood_ratio > 0 and not (ood and config.distill.ood_mode == "replace"):
+    raise KdJaxError("config.distill.ood_ratio > 0 needs config.distill.ood_mode='replace' and "
+                     "config.distill.ood_data.source (and name, path or data_dir) naming the "
+                     "out-of-distribution dataset.")
+  if ood and config.distill.ood_mode == "replace" and not config.distill.ood_ratio > 0:
+    raise KdJaxError("config.distill.ood_mode='replace' needs config.distill.ood_ratio in (0, 1).")
+  if ood and config.distill.ood_mode == "append" and not config.distill.ood_examples > 0:
+    raise KdJaxError("config.distill.ood_mode='append' needs config.distill.ood_examples > 0.")
+  if ood and config.distill.alpha > 0:
     raise KdJaxError("out-of-distribution images have no labels: use config.distill.alpha=0 with "
-                     "config.distill.ood_ratio > 0.")
+                     "config.distill.ood_data.")
+  if config.evaluation.test_size < 0:
+    raise KdJaxError(f"config.evaluation.test_size={config.evaluation.test_size} must be >= 0 "
+                     "(0 = the whole test set).")
+  for key in ("augmented_batches", "cka_examples"):
+    if config.evaluation[key] < 0:
+      raise KdJaxError(f"config.evaluation.{key}={config.evaluation[key]} must be >= 0 (0 = skip).")
+  if config.teacher.train_examples < 0:
+    raise KdJaxError(f"config.teacher.train_examples={config.teacher.train_examples} must be >= 0 "
+                     "(0 = the teachers' whole data split).")
+  if config.data.image_size < 0:
+    raise KdJaxError(f"config.data.image_size={config.data.image_size} must be >= 0 (0 = native).")
   if config.teacher.members_per_step < 0:
     raise KdJaxError("config.teacher.members_per_step must be >= 0 (0 = all members at once).")

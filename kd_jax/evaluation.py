@@ -1,34 +1,94 @@
 """Evaluation after training: what the student learned (generalization) and how much of it is the teacher's.
 
-- `clean_metrics`: every model on a dataset without augmentation, eval-mode BatchNorm: accuracy, NLL and
-  ECE for each teacher, the ensemble and the student; agreement and KL(ensemble || student).
-- `augmented_fidelity`: the same fidelity on batches of the distillation stream itself (the policy the
-  student was trained on), the quantity the original code approximated with running averages.
+- `Evaluator.teacher_logits` / `student_logits`: one compiled, chunked pass of a model over a whole split
+  (clean images, eval-mode BatchNorm), with progress lines on long passes. The run computes each model's
+  logits on each split once and passes them around: the teachers' logits on the distillation set also
+  serve as cached distillation targets (kd_jax/pipeline.py), and the independent baseline reuses the
+  ensemble's test logits.
+- `split_metrics`: accuracy, NLL and ECE for each teacher, the ensemble and the student, and agreement
+  and KL(ensemble || student), from those logits; per-example values in float32 on the device, dataset
+  means in float64 on the host (kd_jax/metrics.py).
+- `augmented_fidelity`: fidelity on batches of the distillation stream itself (the policy the student was
+  trained on), the quantity the original code approximated with running averages.
 - `stage_cka`: linear CKA between a teacher's and the student's activations at the end of each stage.
 """
+
+import time
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kd_jax import ensemble, losses, metrics, parallel, train
+from kd_jax import ensemble, losses, metrics, parallel
 from kd_jax.data import augment as augment_lib
 
-
-@jax.jit
-def _split_metrics(member_logits, student_logits, labels):
-  ensemble_logits = losses.ensemble_log_probs(member_logits)
-  return {
-      "teachers": jax.vmap(lambda z: metrics.classification_metrics(z, labels))(member_logits),
-      "ensemble": metrics.classification_metrics(ensemble_logits, labels),
-      "student": {**metrics.classification_metrics(student_logits, labels),
-                  **metrics.fidelity_metrics(ensemble_logits, student_logits)},
-  }
+# A pass over a split that takes longer than this prints progress lines this often.
+PROGRESS_SECONDS = 10.0
 
 
 def eval_batch_size(requested: int, smallest_split: int, mesh) -> int:
   devices = mesh.devices.size
   return max(min(requested, smallest_split) // devices * devices, devices)
+
+
+def make_predict_fn(apply_fn: Callable, *, batch_size: int, mesh, compute_dtype=jnp.float32):
+  """Returns predict(variables, images, mean, std, label='') -> logits for every image.
+
+  `apply_fn(variables, x)` gives (..., B, C) logits for a normalized batch; the images stay on device
+  and are cut into fixed-size chunks inside one compiled function (the last chunk overlaps the one
+  before it instead of being padded, so there is a single compilation). With a `label`, a pass that
+  runs longer than PROGRESS_SECONDS prints how far it got.
+  """
+
+  @jax.jit
+  def predict_chunk(variables, images, start, mean, std):
+    x = jax.lax.dynamic_slice_in_dim(images, start, batch_size)
+    x = parallel.shard_batch(augment_lib.normalize(x, mean, std, compute_dtype), mesh)
+    return apply_fn(variables, x).astype(jnp.float32)
+
+  def predict(variables, images, mean, std, label: str = ""):
+    num_images = images.shape[0]
+    if num_images < batch_size:
+      raise ValueError(f"{num_images} images are fewer than the evaluation batch size {batch_size}")
+    chunks = []
+    started = last_report = time.time()
+    for start in range(0, num_images, batch_size):
+      clamped = min(start, num_images - batch_size)
+      logits = predict_chunk(variables, images, clamped, mean, std)
+      chunks.append(logits[..., start - clamped:, :])
+      if label and time.time() - last_report > PROGRESS_SECONDS:
+        jax.block_until_ready(logits)
+        last_report = time.time()
+        done = min(start + batch_size, num_images)
+        rate = done / (last_report - started)
+        print(f"[evaluation] {label}: {done}/{num_images} images, {rate:.0f} img/s, "
+              f"ETA {(num_images - done) / rate:.0f}s", flush=True)
+    return jnp.concatenate(chunks, axis=-2)
+
+  return predict
+
+
+@jax.jit
+def _per_example_by_role(member_logits, student_logits, labels):
+  ensemble_logits = losses.ensemble_log_probs(member_logits)
+  return {
+      "teachers": metrics.per_example(member_logits, labels),
+      "ensemble": metrics.per_example(ensemble_logits, labels),
+      "student": metrics.per_example(student_logits, labels, teacher_logits=ensemble_logits),
+  }
+
+
+def split_metrics(member_logits, student_logits, labels) -> dict:
+  """{'teachers': [{..}], 'ensemble': {..}, 'student': {..}} of float values (float64 means)."""
+  values = jax.device_get(_per_example_by_role(member_logits, student_logits, labels))
+  num_members = member_logits.shape[0]
+  return {
+      "teachers": [metrics.summarize({k: v[i] for k, v in values["teachers"].items()})
+                   for i in range(num_members)],
+      "ensemble": metrics.summarize(values["ensemble"]),
+      "student": metrics.summarize(values["student"]),
+  }
 
 
 class Evaluator:
@@ -37,31 +97,27 @@ class Evaluator:
   def __init__(self, teacher, student, *, batch_size: int, mesh, compute_dtype, method: str):
     self.teacher, self.student, self.mesh = teacher, student, mesh
     self.compute_dtype, self.method, self.batch_size = compute_dtype, method, batch_size
-    self.predict_teachers = train.make_predict_fn(
-        self._teacher_logits, batch_size=batch_size, mesh=mesh, compute_dtype=compute_dtype)
-    self.predict_student = train.make_predict_fn(
+    self._predict_teachers = make_predict_fn(
+        self._member_logits, batch_size=batch_size, mesh=mesh, compute_dtype=compute_dtype)
+    self._predict_student = make_predict_fn(
         lambda v, x: student.apply(v, x, train=False), batch_size=batch_size, mesh=mesh,
         compute_dtype=compute_dtype)
 
-  def _teacher_logits(self, stacked_variables, x):
+  def _member_logits(self, stacked_variables, x):
+    """(m, B, C): each member's logits (eval-mode BatchNorm)."""
     return ensemble.map_members(lambda v: self.teacher.apply(v, x, train=False), stacked_variables,
                                 method=self.method)
 
-  def clean_metrics(self, teacher_variables, student_variables, images, labels, mean, std) -> dict:
-    """{'teachers': [{..}], 'ensemble': {..}, 'student': {..}} with float values."""
-    values = jax.device_get(_split_metrics(
-        self.predict_teachers(teacher_variables, images, mean, std),
-        self.predict_student(student_variables, images, mean, std), labels))
-    num_members = len(next(iter(values["teachers"].values())))
-    return {
-        "teachers": [{k: float(v[i]) for k, v in values["teachers"].items()}
-                     for i in range(num_members)],
-        "ensemble": {k: float(v) for k, v in values["ensemble"].items()},
-        "student": {k: float(v) for k, v in values["student"].items()},
-    }
+  def teacher_logits(self, teacher_variables, images, mean, std, label: str = ""):
+    """(m, N, C) float32 logits of every member on every image."""
+    return self._predict_teachers(teacher_variables, images, mean, std, label)
 
-  def augmented_fidelity(self, teacher_variables, student_variables, data: train.DeviceData,
-                         policy, rng, num_batches: int) -> dict:
+  def student_logits(self, student_variables, images, mean, std, label: str = ""):
+    """(N, C) float32 logits of the student on every image."""
+    return self._predict_student(student_variables, images, mean, std, label)
+
+  def augmented_fidelity(self, teacher_variables, student_variables, data, policy, rng,
+                         num_batches: int) -> dict:
     """Agreement and KL on `num_batches` batches drawn and augmented as in distillation."""
     batch_size = self.batch_size
 
@@ -72,12 +128,15 @@ class Evaluator:
       x = augment_lib.normalize(policy(augment_key, data.train_images[order]), data.mean, data.std,
                                 self.compute_dtype)
       x = parallel.shard_batch(x, self.mesh)
-      teacher_logits = losses.ensemble_log_probs(self._teacher_logits(teacher_variables, x))
+      teacher_logits = losses.ensemble_log_probs(self._member_logits(teacher_variables, x))
       student_logits = self.student.apply(student_variables, x, train=False)
-      return metrics.fidelity_metrics(teacher_logits, student_logits)
+      values = metrics.fidelity_per_example(teacher_logits, student_logits)
+      return {"agreement": values["agree"], "kl": values["kl"]}
 
-    per_batch = [batch_fidelity(jax.random.fold_in(rng, i)) for i in range(num_batches)]
-    return {k: float(np.mean([jax.device_get(b[k]) for b in per_batch])) for k in per_batch[0]}
+    per_batch = jax.device_get([batch_fidelity(jax.random.fold_in(rng, i))
+                                for i in range(num_batches)])
+    return {k: float(np.mean(np.concatenate([b[k] for b in per_batch]).astype(np.float64)))
+            for k in ("agreement", "kl")}
 
   def stage_cka(self, teacher_variables, student_variables, images, mean, std) -> dict:
     """Linear CKA per stage between teacher member 0 and the student, on `images` (kept small)."""

@@ -3,12 +3,16 @@
 Generalization (accuracy, NLL, ECE) scores a model against the labels; fidelity (top-1 agreement,
 predictive KL) scores the student against its teacher, both at tau = 1 as in Stanton et al. (2021);
 linear CKA compares the teacher's and the student's intermediate activations (the paper's Table 1).
-Every function is a pure jnp function that jits and computes in float32; batch metrics are means over
-the examples given, so a caller that evaluates in batches should weight by batch size.
+Every jnp function jits and computes in float32; batch metrics are means over the examples given.
+Metrics of a whole dataset (evaluation) come in two halves: `per_example` computes each example's
+quantities on the device in float32, and `summarize` reduces them on the host in float64, because a
+float32 running sum over tens of thousands of examples loses digits (ECE's per-bin sums were off by 13 %
+relative on 50,000 confident examples).
 """
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from kd_jax import losses
 
@@ -78,6 +82,58 @@ def classification_metrics(logits, labels):
       'nll': nll(logits, labels),
       'ece': expected_calibration_error(logits, labels),
   }
+
+
+def per_example(logits, labels, teacher_logits=None, num_bins=10):
+  """Per-example float32 quantities of one model on a dataset, for `summarize`.
+
+  Returns {'correct', 'nll', 'confidence', 'bin'} (each (..., N)), plus {'agree', 'kl'} against
+  `teacher_logits` when given. Leading axes (stacked members) pass through.
+  """
+  log_probs = _log_probs(logits)
+  labels = jnp.broadcast_to(labels, log_probs.shape[:-1])
+  confidence = jnp.exp(jnp.max(log_probs, axis=-1))
+  values = {
+      'correct': (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32),
+      'nll': -jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0],
+      'confidence': confidence,
+      'bin': _confidence_bins(confidence.reshape(-1), num_bins).reshape(confidence.shape),
+  }
+  if teacher_logits is not None:
+    values.update(fidelity_per_example(teacher_logits, logits))
+  return values
+
+
+def fidelity_per_example(teacher_logits, student_logits):
+  """{'agree', 'kl'}: per-example top-1 agreement (0/1) and KL(p_t || p_s) at tau = 1, float32."""
+  teacher_log_probs = _log_probs(teacher_logits)
+  teacher_probs = jnp.exp(teacher_log_probs)
+  kl_terms = jnp.where(teacher_probs > 0,
+                       teacher_probs * (teacher_log_probs - _log_probs(student_logits)), 0.0)
+  same = jnp.argmax(teacher_logits, axis=-1) == jnp.argmax(student_logits, axis=-1)
+  return {'agree': same.astype(jnp.float32), 'kl': jnp.sum(kl_terms, axis=-1)}
+
+
+def summarize(values: dict, num_bins=10) -> dict:
+  """Dataset means of `per_example`'s output (one model, arrays of shape (N,)), in float64.
+
+  {'accuracy', 'nll', 'ece'} and, when present, {'agreement', 'kl'}, as Python floats. ECE is
+  sum_b |sum_{i in b} correct_i - sum_{i in b} confidence_i| / N with the per-bin sums in float64.
+  """
+  as64 = {k: np.asarray(v, np.float64) for k, v in values.items() if k != 'bin'}
+  bins = np.asarray(values['bin'], np.int64)
+  count = as64['correct'].shape[-1]
+  correct_per_bin = np.bincount(bins, weights=as64['correct'], minlength=num_bins)
+  confidence_per_bin = np.bincount(bins, weights=as64['confidence'], minlength=num_bins)
+  summary = {
+      'accuracy': float(np.sum(as64['correct']) / count),
+      'nll': float(np.sum(as64['nll']) / count),
+      'ece': float(np.sum(np.abs(correct_per_bin - confidence_per_bin)) / count),
+  }
+  if 'agree' in as64:
+    summary['agreement'] = float(np.sum(as64['agree']) / count)
+    summary['kl'] = float(np.sum(as64['kl']) / count)
+  return summary
 
 
 def fidelity_metrics(teacher_logits, student_logits):

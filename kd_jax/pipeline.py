@@ -8,23 +8,30 @@ where it stopped, and replays the same batches, so the result equals an uninterr
 """
 
 import dataclasses
+import functools
 import os
-import time
+import sys
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from kd_jax import checkpoint, evaluation, parallel, report, train, workdir as workdir_lib
+from kd_jax import checkpoint, evaluation, losses, loop, parallel, report, runtime, train
+from kd_jax import workdir as workdir_lib
 from kd_jax import config as config_lib
 from kd_jax.data import augment as augment_lib
 from kd_jax.data import load_dataset
-from kd_jax.errors import KdJaxError
+from kd_jax.errors import DivergedError, KdJaxError
 from kd_jax.models import build_model
 
 # fold_in tags under the seed's key. Teacher i of the main ensemble uses (TEACHERS, i); the independent
 # baseline's ensemble and student get streams of their own.
 _TEACHERS, _STUDENT, _INDEPENDENT_TEACHERS, _INDEPENDENT_STUDENT, _SPLIT, _EVALUATION = range(6)
+# fold_in tag under the student's key for the BatchNorm re-estimation pass of an interpolated student.
+_BATCH_STATS = 1
+# The original code's floor for the learning rate of a student interpolated towards its teacher.
+INTERPOLATED_LR_FLOOR = 1e-6
 
 
 @dataclasses.dataclass
@@ -45,25 +52,76 @@ def _seed_key(config, stream: int):
   return jax.random.fold_in(jax.random.PRNGKey(config.seed), stream)
 
 
-def split_indices(num_examples: int, split: str, split_seed: int) -> np.ndarray:
-  """Indices of 'all' the train set, or of its seeded half 'd0' or 'd1' (data recycling)."""
+def split_indices(num_examples: int, split: str, split_seed: int, examples: int = 0) -> np.ndarray:
+  """Indices of 'all' the train set, or of its seeded half 'd0' or 'd1' (data recycling), sorted.
+
+  examples > 0 keeps a seeded subset of that many of them (teacher.train_examples: a few labelled
+  images). The subset uses its own generator, so it does not change the d0 / d1 halves.
+  """
   if split == "all":
-    return np.arange(num_examples)
-  order = np.random.default_rng(split_seed).permutation(num_examples)
-  half = num_examples // 2
-  return np.sort(order[:half] if split == "d0" else order[half:])
+    indices = np.arange(num_examples)
+  else:
+    order = np.random.default_rng(split_seed).permutation(num_examples)
+    half = num_examples // 2
+    indices = np.sort(order[:half] if split == "d0" else order[half:])
+  if examples <= 0:
+    return indices
+  if examples > indices.size:
+    raise KdJaxError(f"config.teacher.train_examples={examples} exceeds the {indices.size} examples "
+                     f"of data split {split!r}; lower it (0 = all).")
+  subset = np.random.default_rng([split_seed, 1]).choice(indices.size, examples, replace=False)
+  return np.sort(indices[subset])
 
 
-def device_data(dataset, train_indices, mesh) -> train.DeviceData:
-  """The dataset on device, with normalization statistics of the full training set."""
-  scaled = dataset.train_images.astype(np.float32) / 255.0
-  mean = scaled.mean(axis=(0, 1, 2))
-  std = scaled.std(axis=(0, 1, 2)) + 1e-8
+def channel_statistics(images, chunk: int = 4096):
+  """Per-channel mean and standard deviation of uint8 images (N, H, W, C) scaled to [0, 1].
+
+  Accumulated in float64 over chunks of images: a float32 sum over a whole dataset stops growing once
+  it reaches 2^24 (on CIFAR-10's 50,000 images every channel's "mean" came out 0.32768), and a float64
+  copy of the whole dataset would take 8 bytes per pixel.
+  """
+  channels = images.shape[-1]
+  total, total_sq = np.zeros(channels), np.zeros(channels)
+  for start in range(0, images.shape[0], chunk):
+    x = images[start:start + chunk].reshape(-1, channels).astype(np.float64) / 255.0
+    total += x.sum(axis=0)
+    total_sq += np.square(x).sum(axis=0)
+  count = images.size // channels
+  mean = total / count
+  std = np.sqrt(np.maximum(total_sq / count - np.square(mean), 0.0))
+  return mean, std
+
+
+def device_data(dataset, train_indices, mesh, *, test_size: int = 0, extra_images=None
+                ) -> train.DeviceData:
+  """The dataset on device, normalized with the statistics of the full training set.
+
+  `extra_images` (out-of-distribution images without labels) are appended to the train split with
+  label -1; `test_size` > 0 keeps the first test_size test examples (smoke runs).
+  """
+  mean, std = channel_statistics(dataset.train_images)
+  train_images = dataset.train_images[train_indices]
+  train_labels = dataset.train_labels[train_indices].astype(np.int32)
+  if extra_images is not None:
+    train_images = np.concatenate([train_images, extra_images])
+    train_labels = np.concatenate([train_labels, np.full(len(extra_images), -1, np.int32)])
+  test_end = test_size or None
   return parallel.replicate(train.DeviceData(
-      train_images=dataset.train_images[train_indices],
-      train_labels=dataset.train_labels[train_indices].astype(np.int32),
-      test_images=dataset.test_images, test_labels=dataset.test_labels.astype(np.int32),
-      mean=mean.astype(np.float32), std=std.astype(np.float32)), mesh)
+      train_images=train_images, train_labels=train_labels,
+      test_images=dataset.test_images[:test_end],
+      test_labels=dataset.test_labels[:test_end].astype(np.int32),
+      mean=mean.astype(np.float32), std=(std + 1e-8).astype(np.float32)), mesh)
+
+
+def appended_ood_images(ood_dataset, count: int, seed: int):
+  """The original code's out-of-distribution set: `count` images of a seeded shuffle of the OOD train
+  split, fixed for the whole run and appended to the distillation set (so every in-distribution image is
+  still seen once per epoch)."""
+  images = ood_dataset.train_images
+  if count > images.shape[0]:
+    raise KdJaxError(f"config.distill.ood_examples={count} exceeds the {images.shape[0]} images of "
+                     "config.distill.ood_data; lower it.")
+  return images[np.random.default_rng(seed).permutation(images.shape[0])[:count]]
 
 
 def schedule_length(phase_cfg, num_train: int, phase: str):
@@ -74,58 +132,6 @@ def schedule_length(phase_cfg, num_train: int, phase: str):
                      "training examples; lower it.")
   total = phase_cfg.steps if phase_cfg.steps > 0 else phase_cfg.epochs * steps_per_epoch
   return int(total), steps_per_epoch
-
-
-def _format_duration(seconds: float) -> str:
-  seconds = int(seconds)
-  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
-      f"{seconds // 60}m{seconds % 60:02d}s"
-
-
-def fit(ctx: Context, name: str, step_fn, state, args, *, manager, start: int, total: int,
-        images_per_step: int, steps_per_epoch: int, log_fields: dict):
-  """Runs step_fn from `start` to `total`, logging progress and checkpointing; returns the state.
-
-  Metrics stay on the device until a log line, which reports their mean over the steps since the last
-  one, so the host runs ahead of the device between logs. Ctrl-C (or SIGTERM, which run.py turns into
-  KeyboardInterrupt) saves a checkpoint before exiting.
-  """
-  cfg = ctx.config
-  step = start
-  window_start, window_step, window_metrics = time.time(), start, []
-  try:
-    while step < total:
-      state, step_metrics = step_fn(state, *args)
-      window_metrics.append(step_metrics)
-      step += 1
-      if step == start + 1:
-        jax.block_until_ready(step_metrics)
-        compile_s = time.time() - window_start
-        print(f"[{name}] first step (including compilation) took {compile_s:.1f}s", flush=True)
-        ctx.log.write({"phase": name, **log_fields, "step": step, "compile_s": round(compile_s, 2)})
-        window_start, window_step = time.time(), step
-      if step % cfg.log_every_steps == 0 or step == total:
-        fetched = jax.device_get(window_metrics)
-        values = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-        elapsed = time.time() - window_start
-        rate = (step - window_step) / elapsed if elapsed > 0 and step > window_step else float("nan")
-        eta = (total - step) / rate if rate == rate and rate > 0 else 0.0
-        shown = " ".join(f"{k} {v:.4f}" for k, v in values.items())
-        print(f"[{name}] step {step}/{total} epoch {step / steps_per_epoch:.2f} | {shown} | "
-              f"{rate * images_per_step:.0f} img/s | ETA {_format_duration(eta)}", flush=True)
-        ctx.log.write({"phase": name, **log_fields, "step": step,
-                       "epoch": round(step / steps_per_epoch, 4), **values,
-                       "images_per_second": round(rate * images_per_step, 1)})
-        window_start, window_step, window_metrics = time.time(), step, []
-      if step % cfg.checkpoint_every_steps == 0 or step == total:
-        checkpoint.save_state(manager, step, state)
-  except KeyboardInterrupt:
-    print(f"[{name}] interrupted at step {step}: saving a checkpoint to resume from", flush=True)
-    checkpoint.save_state(manager, step, state)
-    manager.wait_until_finished()
-    raise
-  manager.wait_until_finished()
-  return state
 
 
 def _member_dir(teachers_dir: str, index: int) -> str:
@@ -175,14 +181,17 @@ def train_teachers(ctx: Context, model, teachers_dir: str, teachers_key, label: 
     state, start = checkpoint.restore_latest(manager, fresh)
     if start:
       print(f"[{name}] resuming at step {start}/{total}", flush=True)
-    state = fit(ctx, name, step_fn, state, (ctx.teacher_data,), manager=manager, start=start,
-                total=total, images_per_step=cfg.batch_size * len(members),
-                steps_per_epoch=steps_per_epoch, log_fields={"members": members})
-    manager.close()
+    phase = loop.Phase(name=name, total=total, steps_per_epoch=steps_per_epoch,
+                       images_per_step=cfg.batch_size * len(members), log_fields={"members": members},
+                       learning_rate=train.learning_rate_schedule(cfg.optimizer, total, steps_per_epoch),
+                       hint="config.teacher.optimizer.learning_rate")
+    state = _fit(ctx, functools.partial(step_fn, data=ctx.teacher_data), state, phase, manager, start)
     trained = jax.device_get(train.model_variables(state))
-    for position, index in enumerate(members):
-      checkpoint.save_variables(_member_dir(teachers_dir, index),
-                                jax.tree.map(lambda x: x[position], trained))
+    with runtime.deferred_signals():  # a member's save completes before a signal stops the run
+      for position, index in enumerate(members):
+        checkpoint.save_variables(_member_dir(teachers_dir, index),
+                                  jax.tree.map(lambda x: x[position], trained))
+    runtime.raise_if_stopped()
 
 
 def load_teachers(model, teachers_dir: str, ensemble_size: int, image_shape, mesh):
@@ -195,6 +204,68 @@ def load_teachers(model, teachers_dir: str, ensemble_size: int, image_shape, mes
   return parallel.replicate(jax.tree.map(lambda *xs: np.stack(xs), *members), mesh)
 
 
+def student_optimizer_config(config):
+  """The student's optimizer config; with the original's rule for a student interpolated towards the
+  trained teacher (student.init='interpolate', init_scale_lr), its learning rate scaled by (1 - lambda)
+  with a floor of INTERPOLATED_LR_FLOOR, so a student that starts near the teacher is not kicked away."""
+  cfg = config.student.optimizer
+  if config.student.init != "interpolate" or not config.student.init_scale_lr:
+    return cfg
+  cfg = ml_collections.ConfigDict(cfg.to_dict())
+  cfg.learning_rate = max(cfg.learning_rate * (1.0 - config.student.init_lambda),
+                          INTERPOLATED_LR_FLOOR)
+  cfg.final_learning_rate = min(cfg.final_learning_rate, cfg.learning_rate)
+  return cfg
+
+
+def reestimate_batch_stats(ctx: Context, model, state: train.TrainState, rng) -> train.TrainState:
+  """Recomputes BatchNorm running statistics with one train-mode pass over the teachers' training data.
+
+  The original code does this for a student initialized from teacher weights: mixing two networks'
+  weights also mixes what their layers output, so neither network's statistics fit the mixture. The
+  pass uses the teachers' augmentation policy and the student's batch size, updates only the statistics
+  (momentum as in training), and leaves the weights unchanged.
+  """
+  if not state.batch_stats:
+    return state
+  data, batch_size = ctx.teacher_data, ctx.config.student.batch_size
+  policy = augment_lib.make_policy(ctx.config.data.augment, ctx.config.distill)
+
+  @jax.jit
+  def update(batch_stats, step):
+    images, _ = train.sample_batch(rng, step, data.train_images, data.train_labels, batch_size)
+    x = augment_lib.normalize(policy(jax.random.fold_in(rng, step), images), data.mean, data.std,
+                              ctx.compute_dtype)
+    x = parallel.shard_batch(x, ctx.mesh)
+    _, updates = model.apply({"params": state.params, "batch_stats": batch_stats}, x, train=True,
+                             mutable=["batch_stats"])
+    return updates["batch_stats"]
+
+  batch_stats = state.batch_stats
+  for step in range(data.train_images.shape[0] // batch_size):
+    batch_stats = update(batch_stats, step)
+  return state.replace(batch_stats=batch_stats)
+
+
+def trained_teachers(ctx: Context, model, teachers_dir: str, teachers_key, label: str = "teachers"):
+  """Trains (or finishes training) the ensemble in teachers_dir and loads it as stacked variables.
+
+  A member checkpoint that cannot be read is moved aside (one warning line) and written again from its
+  group's last training checkpoint.
+  """
+  for _ in range(ctx.config.teacher.ensemble_size + 1):
+    train_teachers(ctx, model, teachers_dir, teachers_key, label)
+    try:
+      return load_teachers(model, teachers_dir, ctx.config.teacher.ensemble_size, ctx.image_shape,
+                           ctx.mesh)
+    except checkpoint.UnreadableCheckpoint as e:
+      moved = checkpoint.move_aside(e.path)
+      print(f"warning: {e} Moved aside to {os.path.basename(moved)}; saving it again from its "
+            "group's training checkpoint", file=sys.stderr, flush=True)
+  raise KdJaxError(f"the teacher checkpoints in {teachers_dir} stay unreadable; delete the folder "
+                   "to train the teachers again.")
+
+
 def initial_student(ctx: Context, student, teacher, tx, rng, teacher_variables):
   """The student's starting state: random, or interpolated towards / set to the teacher's weights."""
   config = ctx.config
@@ -202,9 +273,6 @@ def initial_student(ctx: Context, student, teacher, tx, rng, teacher_variables):
                   out_shardings=parallel.replicated_sharding(ctx.mesh))(rng)
   if config.student.init == "random":
     return state
-  if config.student.model.to_dict() != config.teacher.model.to_dict():
-    raise KdJaxError(f"config.student.init={config.student.init!r} needs self-distillation: set "
-                     "config.student.model equal to config.teacher.model.")
   if config.student.init == "teacher_initial":
     # Member 0's initialization, regenerated from its key: the weights before any teacher training.
     teacher_tx, _, _ = _teacher_optimizer(ctx)
@@ -215,50 +283,115 @@ def initial_student(ctx: Context, student, teacher, tx, rng, teacher_variables):
   else:
     target = jax.tree.map(lambda x: x[0], teacher_variables)
     lam = config.student.init_lambda
-  # BatchNorm running statistics are interpolated like the weights.
   mix = lambda t, r: lam * t + (1.0 - lam) * r  # noqa: E731
   params = jax.tree.map(mix, target["params"], state.params)
   batch_stats = jax.tree.map(mix, target.get("batch_stats", {}), state.batch_stats)
-  return state.replace(params=params, batch_stats=batch_stats, opt_state=tx.init(params))
+  state = state.replace(params=params, batch_stats=batch_stats, opt_state=tx.init(params))
+  if config.student.init_batch_stats == "reestimate":
+    state = reestimate_batch_stats(ctx, student, state, jax.random.fold_in(rng, _BATCH_STATS))
+  return state
 
 
-def distill_student(ctx: Context, student, teacher, teacher_variables, student_dir: str, rng,
-                    label: str = "student"):
+def distill_student(ctx: Context, student, teacher, teacher_variables, student_dir: str, rng, *,
+                    cached_teacher_logits=None, label: str = "student"):
+  """Distills the student from the stacked `teacher_variables` (or from `cached_teacher_logits`, the
+  ensemble's (N, C) logits on the distillation set, when its images are not augmented)."""
   cfg, distill = ctx.config.student, ctx.config.distill
   total, steps_per_epoch = schedule_length(cfg, ctx.distill_data.train_images.shape[0], "student")
   parallel.check_batch_size(cfg.batch_size, ctx.mesh, "config.student.batch_size")
-  tx = train.make_optimizer(cfg.optimizer, total, steps_per_epoch)
+  optimizer_cfg = student_optimizer_config(ctx.config)
+  tx = train.make_optimizer(optimizer_cfg, total, steps_per_epoch)
   step_fn = train.make_distill_step(
       student, teacher, tx, batch_size=cfg.batch_size, augment=distillation_policy(ctx.config),
       mesh=ctx.mesh, temperature=distill.temperature, alpha=distill.alpha, loss_kind=distill.loss,
-      ood_fraction=distill.ood_ratio, compute_dtype=ctx.compute_dtype,
+      ood_fraction=distill.ood_ratio if distill.ood_mode == "replace" else 0.0,
+      cached_teacher_logits=cached_teacher_logits is not None, compute_dtype=ctx.compute_dtype,
       method=ctx.config.ensemble_method)
   manager = checkpoint.make_manager(student_dir)
   fresh = initial_student(ctx, student, teacher, tx, rng, teacher_variables)
   state, start = checkpoint.restore_latest(manager, fresh)
   if start:
     print(f"[{label}] resuming at step {start}/{total}", flush=True)
-  state = fit(ctx, label, step_fn, state, (teacher_variables, ctx.distill_data, ctx.ood_images),
-              manager=manager, start=start, total=total, images_per_step=cfg.batch_size,
-              steps_per_epoch=steps_per_epoch, log_fields={})
-  manager.close()
+  teacher_inputs = teacher_variables if cached_teacher_logits is None else cached_teacher_logits
+  phase = loop.Phase(name=label, total=total, steps_per_epoch=steps_per_epoch,
+                     images_per_step=cfg.batch_size,
+                     learning_rate=train.learning_rate_schedule(optimizer_cfg, total, steps_per_epoch),
+                     hint="config.student.optimizer.learning_rate")
+  step = functools.partial(step_fn, teacher_inputs=teacher_inputs, data=ctx.distill_data,
+                           ood_images=ctx.ood_images)
+  state = _fit(ctx, step, state, phase, manager, start)
   return train.model_variables(state)
+
+
+def _fit(ctx: Context, step, state, phase: loop.Phase, manager, start: int):
+  """loop.fit with the run's logging and checkpoint intervals; closes the phase's manager."""
+  try:
+    return loop.fit(step, state, phase=phase, manager=manager, start=start, log=ctx.log,
+                    log_every=ctx.config.log_every_steps,
+                    checkpoint_every=ctx.config.checkpoint_every_steps)
+  except DivergedError as e:
+    workdir_lib.write_diverged(ctx.workdir, str(e))
+    raise
+  finally:
+    manager.close()
 
 
 def distillation_policy(config):
   return augment_lib.make_policy(config.distill.augment or config.data.augment, config.distill)
 
 
-def evaluate(ctx: Context, evaluator, teacher_variables, student_variables) -> dict:
-  """Clean test and train metrics, plus augmented-stream fidelity and stage CKA when configured."""
+def caches_teacher_logits(config) -> bool:
+  """Whether the ensemble's logits on the distillation set are computed once instead of every step:
+  only when the distillation images never change (no augmentation, no per-step OOD draws)."""
+  policy = config.distill.augment or config.data.augment
+  per_step_ood = bool(config.distill.ood_data.source) and config.distill.ood_mode == "replace"
+  return (config.distill.cache_teacher_logits and not augment_lib.parse_policy(policy)
+          and not per_step_ood)
+
+
+def distillation_targets(ctx: Context, evaluator, teacher_variables, label: str = "teachers"):
+  """(member logits (m, N, C), ensemble logits (N, C)) on the distillation set, or (None, None)."""
+  if not caches_teacher_logits(ctx.config):
+    return None, None
+  data = ctx.distill_data
+  member_logits = evaluator.teacher_logits(teacher_variables, data.train_images, data.mean, data.std,
+                                           label=f"{label} on the distillation set")
+  ensemble_logits = jax.jit(losses.ensemble_log_probs,
+                            out_shardings=parallel.replicated_sharding(ctx.mesh))(member_logits)
+  return member_logits, ensemble_logits
+
+
+def _num_labelled(data: train.DeviceData) -> int:
+  # Appended out-of-distribution images (label -1) sit at the end of the train split.
+  return int(np.sum(jax.device_get(data.train_labels) >= 0))
+
+
+def evaluate(ctx: Context, evaluator, teacher_variables, student_variables, *,
+             train_member_logits=None) -> tuple:
+  """Clean test and train metrics, plus augmented-stream fidelity and stage CKA when configured.
+
+  Returns (results, the members' test logits). "train" is the student's distillation set without
+  appended out-of-distribution images (under data recycling it differs from the teachers' set);
+  `train_member_logits`, the members' logits on the distillation set when distillation cached them,
+  spare recomputing them.
+  """
   config, data = ctx.config, ctx.distill_data
   results = {"teachers": [{} for _ in range(config.teacher.ensemble_size)], "ensemble": {},
              "student": {}}
-  # "train" is the student's distillation set (which differs from the teachers' under data recycling).
-  for split, images, labels in (("test", data.test_images, data.test_labels),
-                                ("train", data.train_images, data.train_labels)):
-    split_results = evaluator.clean_metrics(teacher_variables, student_variables, images, labels,
-                                            data.mean, data.std)
+  labelled = _num_labelled(data)
+  splits = (("test", data.test_images, data.test_labels, None),
+            ("train", data.train_images[:labelled], data.train_labels[:labelled],
+             None if train_member_logits is None else train_member_logits[:, :labelled]))
+  test_member_logits = None
+  for split, images, labels, member_logits in splits:
+    if member_logits is None:
+      member_logits = evaluator.teacher_logits(teacher_variables, images, data.mean, data.std,
+                                               label=f"teachers on {split}")
+    student_logits = evaluator.student_logits(student_variables, images, data.mean, data.std,
+                                              label=f"student on {split}")
+    split_results = evaluation.split_metrics(member_logits, student_logits, labels)
+    if split == "test":
+      test_member_logits = member_logits
     for entry, values in zip(results["teachers"], split_results["teachers"]):
       entry.update({f"{split}_{k}": v for k, v in values.items()})
     for role in ("ensemble", "student"):
@@ -272,25 +405,41 @@ def evaluate(ctx: Context, evaluator, teacher_variables, student_variables) -> d
     images = data.test_images[:config.evaluation.cka_examples]
     results["student"].update(
         evaluator.stage_cka(teacher_variables, student_variables, images, data.mean, data.std))
-  return results
+  return results, test_member_logits
 
 
-def independent_baseline(ctx: Context, evaluator, teacher, student, teacher_variables) -> dict:
+def independent_baseline(ctx: Context, evaluator, teacher, student, test_member_logits) -> dict:
   """A second student, distilled the same way from an independently trained ensemble; its agreement
-  with the FIRST ensemble is what the real student's agreement should be read against."""
+  with the FIRST ensemble (whose test logits are `test_member_logits`) is what the real student's
+  agreement should be read against."""
   config, data = ctx.config, ctx.distill_data
   directory = os.path.join(ctx.workdir, "independent")
   teachers_dir = os.path.join(directory, "teachers")
-  train_teachers(ctx, teacher, teachers_dir, _seed_key(config, _INDEPENDENT_TEACHERS),
-                 label="independent teachers")
-  independent_teachers = load_teachers(teacher, teachers_dir, config.teacher.ensemble_size,
-                                       ctx.image_shape, ctx.mesh)
+  independent_teachers = trained_teachers(ctx, teacher, teachers_dir,
+                                         _seed_key(config, _INDEPENDENT_TEACHERS),
+                                         label="independent teachers")
+  _, targets = distillation_targets(ctx, evaluator, independent_teachers,
+                                    label="independent teachers")
   independent_student = distill_student(
       ctx, student, teacher, independent_teachers, os.path.join(directory, "student"),
-      _seed_key(config, _INDEPENDENT_STUDENT), label="independent student")
-  values = evaluator.clean_metrics(teacher_variables, independent_student, data.test_images,
-                                   data.test_labels, data.mean, data.std)["student"]
+      _seed_key(config, _INDEPENDENT_STUDENT), cached_teacher_logits=targets,
+      label="independent student")
+  student_logits = evaluator.student_logits(independent_student, data.test_images, data.mean,
+                                            data.std, label="independent student on test")
+  values = evaluation.split_metrics(test_member_logits, student_logits, data.test_labels)["student"]
   return {f"independent_test_{k}": v for k, v in values.items()}
+
+
+def check_sizes(config, teacher_examples: int, distill_examples: int, test_examples: int,
+                mesh) -> None:
+  """Raises KdJaxError where the config does not fit the data or the devices (before any work)."""
+  for phase, examples in (("teacher", teacher_examples), ("student", distill_examples)):
+    schedule_length(config[phase], examples, phase)
+    parallel.check_batch_size(config[phase].batch_size, mesh, f"config.{phase}.batch_size")
+  devices = mesh.devices.size
+  if min(test_examples, distill_examples) < devices:
+    raise KdJaxError(f"evaluation needs at least one example per device: {devices} devices, "
+                     f"{min(test_examples, distill_examples)} examples; use fewer devices.")
 
 
 def run(config, workdir: str) -> dict:
@@ -300,11 +449,14 @@ def run(config, workdir: str) -> dict:
   for policy in (config.data.augment, config.distill.augment or config.data.augment):
     augment_lib.make_policy(policy, config.distill)
   dataset = load_dataset(config.data)
-  ood = load_dataset(config.distill.ood_data) if config.distill.ood_ratio > 0 else None
+  ood = load_dataset(config.distill.ood_data) if config.distill.ood_data.source else None
   image_shape = tuple(dataset.train_images.shape[1:])
   if ood is not None and tuple(ood.train_images.shape[1:]) != image_shape:
     raise KdJaxError(f"config.distill.ood_data images have shape {ood.train_images.shape[1:]}, the "
                      f"training images {image_shape}; choose an OOD dataset of the same image size.")
+  appended_ood = None
+  if ood is not None and config.distill.ood_mode == "append":
+    appended_ood = appended_ood_images(ood, config.distill.ood_examples, config.data.split_seed)
   compute_dtype = jnp.bfloat16 if config.precision == "bf16" else jnp.float32
   teacher = build_model(config.teacher.model, dataset.num_classes, compute_dtype)
   student = build_model(config.student.model, dataset.num_classes, compute_dtype)
@@ -313,18 +465,25 @@ def run(config, workdir: str) -> dict:
   if config.teacher.load_from:
     teacher_variables = load_teachers(teacher, config.teacher.load_from,
                                       config.teacher.ensemble_size, image_shape, mesh)
+  num_train = dataset.train_images.shape[0]
+  teacher_split = split_indices(num_train, config.teacher.data_split, config.data.split_seed,
+                                config.teacher.train_examples)
+  distill_split = split_indices(num_train, config.distill.data_split, config.data.split_seed)
+  distill_examples = distill_split.size + (0 if appended_ood is None else len(appended_ood))
+  test_size = config.evaluation.test_size
+  check_sizes(config, teacher_split.size, distill_examples,
+              test_size or int(dataset.test_images.shape[0]), mesh)
   workdir = os.path.abspath(workdir)
   resuming = workdir_lib.prepare(workdir, config)
 
-  num_train = dataset.train_images.shape[0]
-  teacher_split = split_indices(num_train, config.teacher.data_split, config.data.split_seed)
-  distill_split = split_indices(num_train, config.distill.data_split, config.data.split_seed)
-  teacher_data = device_data(dataset, teacher_split, mesh)
-  same_split = np.array_equal(teacher_split, distill_split)
+  teacher_data = device_data(dataset, teacher_split, mesh, test_size=test_size)
+  same_data = np.array_equal(teacher_split, distill_split) and appended_ood is None
   ctx = Context(
       config=config, workdir=workdir, mesh=mesh, teacher_data=teacher_data,
-      distill_data=teacher_data if same_split else device_data(dataset, distill_split, mesh),
-      ood_images=None if ood is None else parallel.replicate(ood.train_images, mesh),
+      distill_data=teacher_data if same_data else device_data(
+          dataset, distill_split, mesh, test_size=test_size, extra_images=appended_ood),
+      ood_images=(parallel.replicate(ood.train_images, mesh)
+                  if ood is not None and config.distill.ood_mode == "replace" else None),
       image_shape=image_shape, compute_dtype=compute_dtype, log=workdir_lib.MetricsLog(workdir))
   print(f"kd_jax: {dataset.name} ({num_train} train / {dataset.test_images.shape[0]} test, "
         f"{dataset.num_classes} classes) on {mesh.devices.size} {jax.default_backend()} device(s); "
@@ -334,22 +493,23 @@ def run(config, workdir: str) -> dict:
 
   if teacher_variables is None:
     teachers_dir = os.path.join(workdir, "teachers")
-    train_teachers(ctx, teacher, teachers_dir, _seed_key(config, _TEACHERS))
-    teacher_variables = load_teachers(teacher, teachers_dir, config.teacher.ensemble_size,
-                                      image_shape, mesh)
-  student_variables = distill_student(ctx, student, teacher, teacher_variables,
-                                      os.path.join(workdir, "student"), _seed_key(config, _STUDENT))
-
-  test_size = int(dataset.test_images.shape[0])
+    teacher_variables = trained_teachers(ctx, teacher, teachers_dir, _seed_key(config, _TEACHERS))
   evaluator = evaluation.Evaluator(
       teacher, student, mesh=mesh, compute_dtype=compute_dtype, method=config.ensemble_method,
       batch_size=evaluation.eval_batch_size(
-          config.eval_batch_size, min(test_size, int(distill_split.size)), mesh))
-  results = evaluate(ctx, evaluator, teacher_variables, student_variables)
+          config.eval_batch_size,
+          min(int(ctx.distill_data.test_images.shape[0]), int(distill_split.size)), mesh))
+  train_member_logits, targets = distillation_targets(ctx, evaluator, teacher_variables)
+  student_variables = distill_student(ctx, student, teacher, teacher_variables,
+                                      os.path.join(workdir, "student"), _seed_key(config, _STUDENT),
+                                      cached_teacher_logits=targets)
+  results, test_member_logits = evaluate(ctx, evaluator, teacher_variables, student_variables,
+                                         train_member_logits=train_member_logits)
   if config.evaluation.independent_student:
     results["student"].update(
-        independent_baseline(ctx, evaluator, teacher, student, teacher_variables))
+        independent_baseline(ctx, evaluator, teacher, student, test_member_logits))
   ctx.log.write({"phase": "evaluation", **report.flatten_results(results)})
+  runtime.raise_if_stopped()  # a signal during evaluation: no results from an interrupted run
   workdir_lib.write_results(workdir, results)
   print(report.results_table(results), flush=True)
   return results

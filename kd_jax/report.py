@@ -16,11 +16,14 @@ import json
 import math
 import os
 import sys
+import textwrap
 
 import numpy as np
 
 from kd_jax.errors import KdJaxError
-from kd_jax.workdir import CONFIG_FILE, METRICS_FILE, OPERATIONAL_KEYS, RESULTS_FILE, flatten_config
+from kd_jax import files
+from kd_jax.workdir import (CONFIG_FILE, METRICS_FILE, OPERATIONAL_KEYS, RESULTS_FILE, flatten_config,
+                            read_diverged)
 
 # (key in results, column title, shown as percent)
 _COLUMNS = (
@@ -55,7 +58,8 @@ def results_table(results: dict) -> str:
     cells = [name]
     for key, _, percent in _COLUMNS:
       value = entry.get(key)
-      cells.append("-" if value is None else f"{100 * value:.2f}" if percent else f"{value:.4f}")
+      cells.append("-" if value is None else "nan" if not math.isfinite(value) else
+                   f"{100 * value:.2f}" if percent else f"{value:.4f}")
     lines.append(cells)
   widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
   text = ["  ".join(cell.rjust(w) if j else cell.ljust(w) for j, (cell, w) in
@@ -122,8 +126,11 @@ def find_workdirs(paths) -> list:
     if real in seen:
       continue
     seen.add(real)
+    diverged = read_diverged(candidate)
     if os.path.isfile(os.path.join(candidate, RESULTS_FILE)):
       workdirs.append(candidate)
+    elif diverged:
+      print(f"note: skipping {candidate}: DIVERGED ({diverged})", file=sys.stderr)
     else:
       print(f"note: skipping {candidate}: no {RESULTS_FILE} yet (unfinished run)", file=sys.stderr)
   if not workdirs:
@@ -133,8 +140,12 @@ def find_workdirs(paths) -> list:
 
 
 def _read_json(path: str):
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except ValueError as e:
+    raise KdJaxError(f"{path} is damaged ({type(e).__name__}: {e}); rerun that run or leave its "
+                     "folder out.") from e
 
 
 def load_run(workdir: str) -> Run:
@@ -174,9 +185,15 @@ def training_records(workdir: str, phase: str = "student") -> list:
 
 @dataclasses.dataclass
 class Variant:
-  """Runs that differ only in their seed (or share the --group-by values), reported as one row."""
+  """Runs that differ only in their seed (or share the --group-by values), reported as one row.
+
+  Each seed counts once: a second run of a seed already in the variant (a copy, or the same run in
+  two folders) is kept in `duplicates`, out of every statistic, since pooling it would report n = 2
+  with a std of 0 for what is one result.
+  """
   name: str
   runs: list
+  duplicates: list = dataclasses.field(default_factory=list)
 
   def common(self, key):
     """The config value all runs share, or None where they differ or lack it."""
@@ -232,7 +249,7 @@ def group_runs(runs, group_by=None) -> list:
   groups = {}
   for run in runs:
     groups.setdefault(_identity(run, group_by), []).append(run)
-  variants = [Variant(name="", runs=members) for members in groups.values()]
+  variants = [_one_run_per_seed(members) for members in groups.values()]
   keys = list(group_by) if group_by else differing_keys([v.runs[0].config for v in variants])
   experiments = {run.experiment for run in runs if run.variant is not None}
   for variant in variants:
@@ -245,6 +262,21 @@ def group_runs(runs, group_by=None) -> list:
       variant.name = _describe(variant.runs[0].config, keys) or _common_folder(variant.runs)
   _disambiguate(variants)
   return sorted(variants, key=lambda v: _sort_key(v, keys))
+
+
+def _one_run_per_seed(members) -> Variant:
+  """The variant of `members`, keeping the first run (by workdir) of each seed and config (runs of
+  other configs pooled by --group-by may share a seed)."""
+  variant, seen = Variant(name="", runs=[]), set()
+  for run in sorted(members, key=lambda r: r.workdir):
+    seed = run.config.get("seed")
+    key = (json.dumps(seed), _identity(run, None))
+    if seed is not None and key in seen:
+      variant.duplicates.append(run)
+    else:
+      seen.add(key)
+      variant.runs.append(run)
+  return variant
 
 
 def _common_folder(runs) -> str:
@@ -362,7 +394,7 @@ def markdown_table(variants, metrics) -> str:
 def write_csv(path: str, variants, metrics, config_keys) -> None:
   """One row per variant: its config values that set it apart, then mean and std of each metric
   (fractions, not percent)."""
-  with open(path, "w", newline="") as f:
+  with files.atomic_path(path) as temporary, open(temporary, "w", newline="") as f:
     writer = csv.writer(f)
     writer.writerow(["variant", "n", *config_keys] +
                     [f"{m.key}_{stat}" for m in metrics for stat in ("mean", "std")])
@@ -378,7 +410,7 @@ def write_runs_csv(path: str, variants) -> None:
   rows = [(variant.name, run, flatten_results(run.results)) for variant in variants
           for run in variant.runs]
   columns = sorted({key for _, _, flat in rows for key, value in flat.items() if _is_number(value)})
-  with open(path, "w", newline="") as f:
+  with files.atomic_path(path) as temporary, open(temporary, "w", newline="") as f:
     writer = csv.writer(f)
     writer.writerow(["variant", "seed", "workdir", *columns])
     for name, run, flat in rows:
@@ -396,6 +428,13 @@ def _markdown_document(table: str, variants, plots) -> str:
       "single teacher accuracy averages its members.", "",
       table, "",
   ]
+  duplicated = [(v, run) for v in variants for run in v.duplicates]
+  if duplicated:
+    lines += ["**Runs left out: same seed as a run already counted in their variant** (pooling them "
+              "would report one result as n = 2 with std 0):", ""]
+    lines += [f"- {v.name}: seed {run.config.get('seed')} again in {run.workdir}"
+              for v, run in duplicated]
+    lines.append("")
   lines += [f"![{name}]({name})" for name in plots]
   lines += ["", "Runs:", ""]
   lines += [f"- {v.name}: " + ", ".join(run.workdir for run in v.runs) for v in variants]
@@ -460,11 +499,23 @@ def _scatter(plt, variants, x_key: str, y_key: str, path: str, *, xlabel: str, y
   return True
 
 
+_LEGEND_WIDTH = 40  # characters per legend line
+
+
+def _legend_label(text: str) -> str:
+  """Long labels (variants named by several config keys) wrapped into lines of _LEGEND_WIDTH
+  characters, so that the legend beside the axes cannot squash them."""
+  return textwrap.fill(text, _LEGEND_WIDTH, break_long_words=True, break_on_hyphens=False)
+
+
 def _finish(plt, fig, ax, path: str, legend_entries: int) -> None:
-  """Saves the figure with the legend outside the axes (variant names can be long)."""
+  """Saves the figure with the legend outside the axes, labels wrapped (variant names can be long)."""
   if legend_entries:
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-  fig.savefig(path, dpi=120, bbox_inches="tight")
+    handles, labels = ax.get_legend_handles_labels()
+    ax.legend(handles, [_legend_label(label) for label in labels], fontsize=8, loc="upper left",
+              bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+  with files.atomic_path(path) as temporary:
+    fig.savefig(temporary, dpi=120, bbox_inches="tight", format="png")
   plt.close(fig)
 
 
@@ -497,8 +548,38 @@ def plot_ensemble_size(plt, variants, path: str) -> bool:
   for ax in (left, right):
     ax.set_xticks(sorted(sizes))
     ax.grid(alpha=0.3)
-  left.legend(fontsize=8)
+  handles, labels = left.get_legend_handles_labels()
+  left.legend(handles, [_legend_label(label) for label in labels], fontsize=8)
   _finish(plt, fig, right, path, legend_entries=1)
+  return True
+
+
+def plot_against_key(plt, variants, key: str, path: str, *, xlabel: str, title: str,
+                     log_x: bool = False) -> bool:
+  """Train and test agreement (mean ± std) against a numeric config key, one pair of lines per
+  setting of the other differing keys; False unless the key takes at least two values."""
+  values = [v.common(key) for v in variants]
+  if any(not _is_number(x) for x in values) or len(set(values)) < 2:
+    return False
+  others = [k for k in differing_keys([v.runs[0].config for v in variants]) if k != key]
+  series = {}
+  for variant in variants:
+    series.setdefault(_describe(variant.runs[0].config, others), []).append(variant)
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for (name, members), color in zip(series.items(), _colors(plt, len(series))):
+    members.sort(key=lambda v: v.common(key))
+    xs = [v.common(key) for v in members]
+    prefix = f"{name}: " if name else ""
+    for metric, style, label in (("train_agreement", "-o", "train agreement"),
+                                 ("test_agreement", "--s", "test agreement")):
+      stats = np.array([_percent_stats(v, _metric(metric)) for v in members])
+      ax.errorbar(xs, stats[:, 0], yerr=stats[:, 1], fmt=style, color=color, capsize=3,
+                  label=prefix + label)
+  if log_x:
+    ax.set_xscale("log")
+  ax.set(xlabel=xlabel, ylabel="agreement with the teacher (%)", title=title)
+  ax.grid(alpha=0.3)
+  _finish(plt, fig, ax, path, legend_entries=1)
   return True
 
 
@@ -521,9 +602,12 @@ def plot_training_curves(plt, variants, path: str) -> bool:
     return False
   fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
   for variant, color, (loss_steps, loss), (agree_steps, agreement) in curves:
-    left.plot(loss_steps, loss, color=color, label=variant.name)
+    # A line needs two points: a run that logged once (a short run) is drawn as a marker.
+    left.plot(loss_steps, loss, color=color, label=variant.name,
+              marker="o" if loss_steps.size < 2 else None)
     if agree_steps.size:
-      right.plot(agree_steps, 100 * agreement, color=color, label=variant.name)
+      right.plot(agree_steps, 100 * agreement, color=color, label=variant.name,
+                 marker="o" if agree_steps.size < 2 else None)
   # Losses of different temperatures differ by tau^2: a log axis keeps them all readable.
   if all((c[2][1] > 0).all() for c in curves):
     left.set_yscale("log")
@@ -550,6 +634,14 @@ def write_plots(variants, out_dir: str) -> list:
           xlabel="test agreement (%)", ylabel="train agreement (%)",
           title="Agreement on the distillation (train) set vs the test set", diagonal=True),
       "training_curves.png": lambda path: plot_training_curves(plt, variants, path),
+      # The paper's Fig. 6 (initialization interpolation) and Fig. 5 (training length).
+      "agreement_vs_init_lambda.png": lambda path: plot_against_key(
+          plt, variants, "student.init_lambda", path,
+          xlabel="student init lambda (lambda teacher + (1 - lambda) random)",
+          title="Agreement vs initialization interpolation"),
+      "agreement_vs_student_epochs.png": lambda path: plot_against_key(
+          plt, variants, "student.epochs", path, xlabel="student epochs",
+          title="Agreement vs training length", log_x=True),
   }
   written = []
   for name, draw in plots.items():
@@ -575,13 +667,18 @@ def write_report(paths, out_dir: str, group_by=None, plots: bool = True) -> str:
   variants = group_runs(runs, group_by)
   metrics = report_metrics(runs)
   table = markdown_table(variants, metrics)
-  os.makedirs(out_dir, exist_ok=True)
+  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    raise KdJaxError(f"--out {out_dir} is a file; give a folder for the report.")
+  try:
+    os.makedirs(out_dir, exist_ok=True)
+  except OSError as e:
+    raise KdJaxError(f"cannot create --out {out_dir} ({e.strerror or e}); give a folder you can "
+                     "write to.") from e
   config_keys = group_by or differing_keys([v.runs[0].config for v in variants])
   write_csv(os.path.join(out_dir, "results.csv"), variants, metrics, config_keys)
   write_runs_csv(os.path.join(out_dir, "runs.csv"), variants)
   images = write_plots(variants, out_dir) if plots else []
-  with open(os.path.join(out_dir, "results.md"), "w") as f:
-    f.write(_markdown_document(table, variants, images))
+  files.write_text(os.path.join(out_dir, "results.md"), _markdown_document(table, variants, images))
   return table
 
 

@@ -6,7 +6,7 @@ the report over all of them.
   python sweep.py --config=... --workdir=... --variants=tau1_m1,tau4_m1 --config.student.epochs=30
 
 An experiment file defines VARIANTS (a tuple of names) and get_config(variant). Every run gets the
-variant's config, the --config.KEY=VALUE overrides (converted to the type of the field they replace;
+variant's config, the --config.KEY=VALUE overrides (parsed as run.py parses them, kd_jax/cli.py;
 unknown keys are an error) and its seed, and runs in this process through kd_jax.pipeline.run.
 
 Layout of --workdir:
@@ -21,30 +21,36 @@ Resuming: a run with results.json is skipped; an unfinished one resumes where it
 pipeline's own resume). A run folder that holds a different config stops the sweep before anything
 runs, as the pipeline would.
 
-Teacher sharing: runs that would train identical teachers (equal seed, `data` and `teacher` sections,
-precision and ensemble_method) train them once. The first of such a group (or the one that has already
-started training its own) trains them; the others set teacher.load_from to its workdir and run after
-it. The same teacher config and seed give the same teachers, so sharing changes no result. A run that
-has already started keeps the teacher.load_from it started with.
+Teacher sharing: runs that would train the same teachers (equal seed, `data` and `teacher` sections
+apart from teacher.ensemble_size, precision and ensemble_method) train them once. Teacher i depends
+only on the seed and its index i, so an ensemble of m members is the first m members of any larger
+one: the run with the largest ensemble of such a group (among those, one that has already started
+training its own) trains them; the others set teacher.load_from to its workdir, load members
+0..m-1 and run after it. Sharing changes no result. A run that has already started keeps the
+teacher.load_from it started with. kd_jax/reproduce.py plans the experiments of a whole suite
+together, so teachers are shared across experiments too.
 """
 
 import argparse
-import ast
 import copy
 import dataclasses
-import importlib.util
 import json
 import os
 import sys
+import time
 
 import ml_collections
 
+from kd_jax import cli
 from kd_jax import config as config_lib
+from kd_jax import files
 from kd_jax import report
-from kd_jax.errors import KdJaxError
+from kd_jax import workdir as workdir_lib
+from kd_jax.errors import INTERRUPTED_EXIT, DivergedError, Interrupted, KdJaxError
 
 REPORT_DIR = "report"
-# Config sections and keys that determine the trained teachers.
+# Config sections and keys that determine the trained teachers (ensemble size apart: a smaller
+# ensemble is the first members of a larger one).
 TEACHER_KEYS = ("seed", "data", "teacher", "precision", "ensemble_method")
 
 
@@ -58,10 +64,7 @@ def load_experiment(path: str):
                      "--variants.")
   if not os.path.isfile(path):
     raise KdJaxError(f"experiment file {path} does not exist; see configs/paper/.")
-  name = os.path.splitext(os.path.basename(path))[0]
-  spec = importlib.util.spec_from_file_location(f"kd_jax_experiment_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = cli.load_module(path, what="experiment file")
   variants = getattr(module, "VARIANTS", None)
   if not callable(getattr(module, "get_config", None)) or not isinstance(variants, (tuple, list)):
     raise KdJaxError(f"{path} is not an experiment file: it needs VARIANTS (a tuple of names) and "
@@ -96,66 +99,16 @@ def parse_seeds(text: str) -> list:
 
 
 def split_overrides(argv) -> tuple:
-  """Separates --config.KEY=VALUE arguments (as (key, text) pairs) from the others."""
-  overrides, rest = [], []
-  for arg in argv:
-    if not arg.startswith("--config."):
-      rest.append(arg)
-      continue
-    key, equals, value = arg[len("--config."):].partition("=")
-    if not equals or not key:
-      raise KdJaxError(f"{arg}: write config overrides as --config.KEY=VALUE.")
-    if key == "seed":
-      raise KdJaxError("--config.seed: the sweep sets the seed of each run; use --seeds.")
-    overrides.append((key, value))
+  """Separates --config.KEY=VALUE arguments (as (KEY, VALUE) pairs) from the others (kd_jax/cli.py)."""
+  overrides, rest = cli.split_overrides(argv)
+  if any(key == "seed" for key, _ in overrides):
+    raise KdJaxError("--config.seed: the sweep sets the seed of each run; use --seeds.")
   return overrides, rest
 
 
-_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
-
-
-def convert(text: str, current, key: str):
-  """`text` as a value of the type of `current` (the field's value before the override)."""
-  try:
-    if isinstance(current, bool):
-      if text.lower() not in _TRUE + _FALSE:
-        raise ValueError
-      return text.lower() in _TRUE
-    if isinstance(current, int):
-      return int(text)
-    if isinstance(current, float):
-      return float(text)
-    if isinstance(current, str):
-      return text
-    if isinstance(current, (tuple, list)):
-      value = ast.literal_eval(text)
-      if not isinstance(value, (tuple, list)):
-        raise ValueError
-      return type(current)(value)
-    if current is None:
-      try:
-        return ast.literal_eval(text)
-      except (ValueError, SyntaxError):
-        return text  # a bare word: a string
-  except (ValueError, SyntaxError):
-    pass
-  raise KdJaxError(f"--config.{key}={text}: expected a {type(current).__name__} like the field's "
-                   f"current value {current!r}.")
-
-
 def apply_overrides(config: ml_collections.ConfigDict, overrides) -> None:
-  for key, text in overrides:
-    *sections, field = key.split(".")
-    node = config
-    for part in sections + [field]:
-      if not isinstance(node, ml_collections.ConfigDict) or part not in node.keys():
-        raise KdJaxError(f"unknown config key '{key}' (from --config.{key}); see kd_jax/config.py "
-                         "for the valid keys.")
-      parent, node = node, node[part]
-    if isinstance(node, ml_collections.ConfigDict):
-      raise KdJaxError(f"--config.{key} is a section; override its fields, e.g. "
-                       f"--config.{key}.{next(iter(node.keys()))}=...")
-    parent[field] = convert(text, node, key)
+  """The --config.KEY=VALUE overrides, parsed as run.py parses them (kd_jax/cli.py)."""
+  cli.apply_overrides(config, overrides)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -170,21 +123,41 @@ class PlannedRun:
   done: bool = False  # results.json exists: skipped
   started: bool = False  # config.json exists
   provider: "PlannedRun" = None  # the run whose teachers this one loads
+  diverged: str = None  # the error of a run that diverged (its diverged.json): skipped, flagged
+  experiment: str = ""  # the experiment file's name, without .py
+  config_file: str = ""
+  variant_index: int = 0  # position in the experiment's VARIANTS (report order)
+  prefix: str = ""  # the experiment's folder in a suite ('' for a single experiment)
 
   @property
   def name(self) -> str:
-    return f"{self.variant}/seed{self.seed}"
+    return f"{self.prefix}{self.variant}/seed{self.seed}"
 
 
-def _read_json(path: str):
-  with open(path) as f:
-    return json.load(f)
+@dataclasses.dataclass
+class Experiment:
+  """One experiment file of a sweep or suite, and where its runs go."""
+  name: str
+  config_file: str
+  module: object
+  variants: list
+  root: str  # runs go to <root>/<variant>/seed<k>
+  prefix: str = ""  # shown before run names ('<experiment>/' in a suite)
+
+  @classmethod
+  def load(cls, config_file: str, root: str, variants_text: str = "", prefix: str = ""):
+    module = load_experiment(config_file)
+    return cls(name=os.path.splitext(os.path.basename(config_file))[0], config_file=config_file,
+               module=module, variants=select_variants(module, variants_text), root=root,
+               prefix=prefix)
 
 
 def _teacher_identity(config) -> str:
+  """What the teachers of a run depend on, apart from how many of them it uses."""
   from kd_jax import workdir as workdir_lib  # imports JAX: only once a plan is made
   values = workdir_lib.config_dict(config)
   values["teacher"].pop("load_from", None)
+  values["teacher"].pop("ensemble_size", None)
   return json.dumps({key: values.get(key) for key in TEACHER_KEYS}, sort_keys=True)
 
 
@@ -197,9 +170,10 @@ def _adopt_saved_state(run: PlannedRun) -> None:
     if os.path.isdir(run.workdir) and os.listdir(run.workdir):
       raise KdJaxError(f"{run.workdir} is not empty and holds no kd_jax run; move it away.")
     return
-  saved = _read_json(config_path)
+  saved = workdir_lib.read_json(config_path, "the run's config")
   run.started = True
   run.done = os.path.isfile(os.path.join(run.workdir, report.RESULTS_FILE))
+  run.diverged = None if run.done else workdir_lib.read_diverged(run.workdir)
   if not run.config.teacher.load_from:
     # Teachers the sweep shares: the run keeps the source it started with (a user's own
     # --config.teacher.load_from is compared like any other key).
@@ -222,8 +196,11 @@ def _share_teachers(runs) -> None:
     else:
       groups.setdefault(_teacher_identity(run.config), []).append(run)
   for members in groups.values():
-    # A run that has started training its own teachers keeps them and serves the others.
-    provider = next((run for run in members if run.started), members[0])
+    # The largest ensemble holds every smaller one as its first members; among runs of that size,
+    # one that has started training its own teachers keeps them and serves the others.
+    largest = max(run.config.teacher.ensemble_size for run in members)
+    candidates = [run for run in members if run.config.teacher.ensemble_size == largest]
+    provider = next((run for run in candidates if run.started), candidates[0])
     for run in members:
       if run is not provider and not run.started:
         run.config.teacher.load_from = provider.workdir
@@ -240,28 +217,44 @@ def _order(runs) -> list:
   return sorted(runs, key=lambda run: (first_use[id(run)], run.provider is not None))
 
 
-def plan(module, variants, seeds, overrides, root: str) -> list:
-  """The sweep's runs, seed by seed (so an interrupted sweep already has every variant once), with
-  teachers shared and each run's saved state read."""
+def plan_experiments(experiments, seeds, overrides) -> list:
+  """The runs of `experiments`, seed by seed (so an interrupted sweep already has every variant of a
+  seed once), with teachers shared across all of them and each run's saved state read."""
   runs = []
   for seed in seeds:
-    for variant in variants:
-      # A copy: an experiment file may hand out one shared config object.
-      config = copy.deepcopy(module.get_config(variant))
-      apply_overrides(config, overrides)
-      config.seed = seed
-      config_lib.validate(config)
-      run = PlannedRun(variant=variant, seed=seed, config=config,
-                       workdir=os.path.abspath(os.path.join(root, variant, f"seed{seed}")))
-      _adopt_saved_state(run)
-      runs.append(run)
+    for experiment in experiments:
+      for variant in experiment.variants:
+        # A copy: an experiment file may hand out one shared config object.
+        config = copy.deepcopy(cli.call_get_config(
+            experiment.module, experiment.module.__file__, variant, what="experiment file"))
+        apply_overrides(config, overrides)
+        config.seed = seed
+        config_lib.validate(config)
+        run = PlannedRun(
+            variant=variant, seed=seed, config=config,
+            workdir=os.path.abspath(os.path.join(experiment.root, variant, f"seed{seed}")),
+            experiment=experiment.name, config_file=experiment.config_file,
+            variant_index=list(experiment.module.VARIANTS).index(variant),
+            prefix=experiment.prefix)
+        _adopt_saved_state(run)
+        runs.append(run)
   _share_teachers(runs)
   return _order(runs)
+
+
+def plan(module, variants, seeds, overrides, root: str) -> list:
+  """The runs of one experiment module in `root` (see plan_experiments)."""
+  name = getattr(module, "__name__", "experiment").replace("kd_jax_experiment_", "")
+  experiment = Experiment(name=name, config_file=getattr(module, "__file__", ""), module=module,
+                          variants=list(variants), root=root)
+  return plan_experiments([experiment], seeds, overrides)
 
 
 def describe(run: PlannedRun) -> str:
   if run.done:
     return "finished: skipped"
+  if run.diverged:
+    return "diverged earlier: skipped (delete its folder to try again)"
   if run.provider is not None:
     return f"teachers from {run.provider.name}"
   if run.config.teacher.load_from:
@@ -272,46 +265,65 @@ def describe(run: PlannedRun) -> str:
 # ---------------------------------------------------------------------------------------------------
 # Running
 
-def write_variant_file(run: PlannedRun, experiment: str, variant_index: int, config_file: str,
-                       overrides) -> None:
-  label = {"experiment": experiment, "variant": run.variant, "variant_index": variant_index,
-           "seed": run.seed, "config_file": config_file,
+def write_variant_file(run: PlannedRun, overrides) -> None:
+  label = {"experiment": run.experiment, "variant": run.variant, "variant_index": run.variant_index,
+           "seed": run.seed, "config_file": run.config_file,
            "overrides": [f"--config.{k}={v}" for k, v in overrides],
            "teachers_from": run.config.teacher.load_from or None}
-  with open(os.path.join(run.workdir, report.VARIANT_FILE), "w") as f:
-    json.dump(label, f, indent=2)
+  files.write_json(os.path.join(run.workdir, report.VARIANT_FILE), label)
+
+
+def execute(runs, overrides=(), dry_run: bool = False, on_finished=None) -> None:
+  """Runs the planned runs in order (a finished one is skipped), labelling each with variant.json;
+  with dry_run, lists them. on_finished(run, seconds) is called after each run this call ran."""
+  total = len(runs)
+  if dry_run:
+    for i, run in enumerate(runs, 1):
+      print(f"  [{i}/{total}] {run.name}: {describe(run)}")
+    return
+  from kd_jax import pipeline  # imports JAX and the models: not needed for a dry run
+  for i, run in enumerate(runs, 1):
+    print(f"\n=== [{i}/{total}] {run.name}: {describe(run)}", flush=True)
+    if not run.done and not run.diverged:
+      start = time.time()
+      try:
+        pipeline.run(run.config, run.workdir)
+        run.done = True
+      except DivergedError as e:
+        # A diverged run is an outcome of its config (e.g. a learning rate too high): the sweep
+        # goes on with the others and flags it at the end.
+        run.diverged = str(e)
+        print(f"run {run.name} diverged: {e}", file=sys.stderr, flush=True)
+      except KdJaxError as e:
+        raise type(e)(f"run {run.name}: {e}") from e
+      if run.done and on_finished is not None:
+        on_finished(run, time.time() - start)
+    if os.path.isdir(run.workdir):
+      write_variant_file(run, overrides)
 
 
 def run_sweep(config_file: str, root: str, seeds, variants_text: str = "", overrides=(),
               dry_run: bool = False) -> list:
   """Plans, runs (unless dry_run) and reports the sweep; returns the planned runs."""
-  module = load_experiment(config_file)
-  variants = select_variants(module, variants_text)
-  experiment = os.path.splitext(os.path.basename(config_file))[0]
-  runs = plan(module, variants, seeds, overrides, root)
+  experiment = Experiment.load(config_file, root, variants_text)
+  runs = plan_experiments([experiment], seeds, overrides)
   total = len(runs)
-  print(f"sweep {experiment}: {len(variants)} variant(s) x {len(seeds)} seed(s) = {total} runs in "
-        f"{root}", flush=True)
+  print(f"sweep {experiment.name}: {len(experiment.variants)} variant(s) x {len(seeds)} seed(s) = "
+        f"{total} runs in {root}", flush=True)
+  execute(runs, overrides, dry_run)
   if dry_run:
-    for i, run in enumerate(runs, 1):
-      print(f"  [{i}/{total}] {run.name}: {describe(run)}")
     return runs
 
-  from kd_jax import pipeline  # imports JAX and the models: not needed for a dry run
-  for i, run in enumerate(runs, 1):
-    print(f"\n=== [{i}/{total}] {run.name}: {describe(run)}", flush=True)
-    if not run.done:
-      try:
-        pipeline.run(run.config, run.workdir)
-      except KdJaxError as e:
-        raise KdJaxError(f"run {run.name}: {e}") from e
-      run.done = True
-    write_variant_file(run, experiment, module.VARIANTS.index(run.variant), config_file, overrides)
-
   out = os.path.join(root, REPORT_DIR)
-  print(f"\n=== report over the finished runs in {root}", flush=True)
-  print(report.write_report([root], out))
-  print(f"\nreport written to {out}/", flush=True)
+  diverged = [run for run in runs if run.diverged]
+  if len(diverged) < total:
+    print(f"\n=== report over the finished runs in {root}", flush=True)
+    print(report.write_report([root], out))
+    print(f"\nreport written to {out}/", flush=True)
+  if diverged:
+    raise DivergedError(f"{len(diverged)} of {total} runs diverged ("
+                        f"{', '.join(run.name for run in diverged)}); each workdir's "
+                        f"{workdir_lib.DIVERGED_FILE} says where.")
   return runs
 
 
@@ -331,9 +343,8 @@ def main(argv) -> None:
     run_sweep(args.config, args.workdir, parse_seeds(args.seeds), args.variants, overrides,
               args.dry_run)
   except KdJaxError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except KeyboardInterrupt:
+    cli.fail(e)
+  except (Interrupted, KeyboardInterrupt):
     print("interrupted; rerun the same command to resume (finished runs are skipped)",
-          file=sys.stderr)
-    sys.exit(130)
+          file=sys.stderr, flush=True)
+    sys.exit(INTERRUPTED_EXIT)

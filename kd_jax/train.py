@@ -5,7 +5,7 @@ from the state's RNG and step counter, so nothing crosses from host to device pe
 from a checkpoint replays exactly the batches the uninterrupted run would have drawn.
 """
 
-import os
+import functools
 from typing import Any, Callable
 
 import flax
@@ -14,41 +14,14 @@ import jax.numpy as jnp
 import optax
 
 from kd_jax import ensemble, losses, metrics, parallel
+# Process setup moved to kd_jax.runtime (entry points call runtime.setup_process()); the names stay
+# importable here for code that looked for them in this module.
+from kd_jax.runtime import CPU_XLA_FLAGS, add_cpu_xla_flags  # noqa: F401
 from kd_jax.data import augment as augment_lib
 from kd_jax.data import order
 
 # fold_in tags that separate the RNG streams derived from one state key.
-_ORDER_STREAM, _STEP_STREAM = 0, 1
-
-# XLA:CPU flags that made our steps faster, per jaxlib version they were measured with (an XLA flag that
-# a later version no longer knows is a fatal error at startup, so other versions get none). 0.10.2:
-# XLA's own (Eigen) convolutions instead of YNNPACK's: the PreResNet-20 distillation step ran about 25%
-# faster on a 2-core Xeon; see docs/performance.md. GPU and TPU backends ignore xla_cpu_* flags.
-CPU_XLA_FLAGS = {
-    "0.10.2": ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",),
-}
-
-
-def add_cpu_xla_flags(environ=None) -> tuple:
-  """Appends this jaxlib's CPU_XLA_FLAGS to XLA_FLAGS; returns the flags it added.
-
-  A flag whose name XLA_FLAGS already mentions is left as the user set it, and KD_JAX_CPU_XLA_FLAGS=0
-  turns the defaults off. XLA reads XLA_FLAGS once, when the first backend starts, so this only acts
-  if it runs before any JAX computation: it runs when this module is imported.
-  """
-  environ = os.environ if environ is None else environ
-  if environ.get("KD_JAX_CPU_XLA_FLAGS", "1") == "0":
-    return ()
-  current = environ.get("XLA_FLAGS", "")
-  added = tuple(flag for flag in CPU_XLA_FLAGS.get(jax.lib.__version__, ())
-                if flag.split("=", 1)[0] not in current)
-  if added:
-    environ["XLA_FLAGS"] = " ".join([current, *added]).strip()
-  return added
-
-
-add_cpu_xla_flags()
-
+_ORDER_STREAM, _STEP_STREAM, _DROPOUT_STREAM = 0, 1, 2
 
 @flax.struct.dataclass
 class TrainState:
@@ -79,7 +52,7 @@ def model_variables(state: TrainState) -> dict:
 
 def learning_rate_schedule(cfg, total_steps: int, steps_per_epoch: int) -> optax.Schedule:
   """Cosine from cfg.learning_rate to cfg.final_learning_rate, after an optional linear warm-up."""
-  warmup_steps = int(cfg.get("warmup_epochs", 0) * steps_per_epoch)
+  warmup_steps = int(cfg.warmup_epochs * steps_per_epoch)
   if warmup_steps:
     return optax.warmup_cosine_decay_schedule(
         0.0, cfg.learning_rate, warmup_steps, max(total_steps, warmup_steps + 1),
@@ -114,22 +87,27 @@ def create_state(model, tx, rng, image_shape) -> TrainState:
       batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params), rng=train_rng)
 
 
-def sample_batch(rng, step, images, labels, batch_size: int):
-  """The step's batch of a fresh random order per epoch; O(batch_size) work, whatever the dataset size.
+def sample_indices(rng, step, num_examples: int, batch_size: int):
+  """The step's example indices, from a fresh random order per epoch; O(batch_size) work.
 
   With N examples and S = N // batch_size steps per epoch, step t is batch t % S of epoch e = t // S:
   positions [(t % S) * batch_size, (t % S + 1) * batch_size) of the epoch's order, a keyed bijection
-  of [0, N) (`kd_jax.data.order.permute`, keyed by rng and e). So every epoch draws S * batch_size
-  distinct examples, and the N % batch_size it leaves out (those at the order's last positions) are
-  different each epoch. The batch depends only on (rng, step), which is what makes resume exact.
+  of [0, N) (`kd_jax.data.order.permute`, keyed by rng and e), evaluated at those positions only. So
+  every epoch draws S * batch_size distinct examples, and the N % batch_size it leaves out (those at
+  the order's last positions) are different each epoch. The indices depend only on (rng, step), which
+  is what makes resume exact.
   """
-  num_examples = images.shape[0]
   steps_per_epoch = num_examples // batch_size
   if steps_per_epoch < 1:
     raise ValueError(f"{num_examples} training examples are fewer than the batch size {batch_size}")
   epoch, position = step // steps_per_epoch, step % steps_per_epoch
   epoch_key = jax.random.fold_in(jax.random.fold_in(rng, _ORDER_STREAM), epoch)
-  indices = order.permute(epoch_key, position * batch_size + jnp.arange(batch_size), num_examples)
+  return order.permute(epoch_key, position * batch_size + jnp.arange(batch_size), num_examples)
+
+
+def sample_batch(rng, step, images, labels, batch_size: int):
+  """The step's (images, labels), drawn by `sample_indices`."""
+  indices = sample_indices(rng, step, images.shape[0], batch_size)
   return images[indices], labels[indices]
 
 
@@ -137,20 +115,35 @@ def step_key(state: TrainState):
   return jax.random.fold_in(jax.random.fold_in(state.rng, _STEP_STREAM), state.step)
 
 
-def _apply_gradients(state: TrainState, tx, grads, batch_stats) -> TrainState:
+def _apply_gradients(state: TrainState, tx, grads, batch_stats):
+  """The updated state, and the global L2 norms of gradient, update and new parameters.
+
+  The norms are step metrics to watch training by, and the training loop's divergence check: a NaN or
+  Inf anywhere in the parameters makes param_norm non-finite (as does a norm beyond float32's range,
+  which is divergence too).
+  """
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                       batch_stats=batch_stats, opt_state=opt_state)
+  params = optax.apply_updates(state.params, updates)
+  norms = {"grad_norm": optax.tree.norm(grads), "update_norm": optax.tree.norm(updates),
+           "param_norm": optax.tree.norm(params)}
+  return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                       opt_state=opt_state), norms
 
 
 def _training_forward(model, state: TrainState, params, x):
-  """Train-mode forward that also returns the updated BatchNorm statistics (if any)."""
+  """Train-mode forward that also returns the updated BatchNorm statistics (if any).
+
+  Dropout (VGG-16's original head) draws its masks from a key of its own stream of (state.rng,
+  state.step), so a resumed run drops the same units; models without dropout ignore it.
+  """
   variables = {"params": params}
+  dropout_key = jax.random.fold_in(jax.random.fold_in(state.rng, _DROPOUT_STREAM), state.step)
+  rngs = {"dropout": dropout_key}
   if state.batch_stats:
     variables["batch_stats"] = state.batch_stats
-    logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"], rngs=rngs)
     return logits, updates["batch_stats"]
-  return model.apply(variables, x, train=True), state.batch_stats
+  return model.apply(variables, x, train=True, rngs=rngs), state.batch_stats
 
 
 def make_supervised_step(model, tx, *, batch_size: int, augment: Callable, mesh,
@@ -172,8 +165,8 @@ def make_supervised_step(model, tx, *, batch_size: int, augment: Callable, mesh,
       return losses.cross_entropy(logits, labels), (logits, batch_stats)
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    new_state = _apply_gradients(state, tx, grads, batch_stats)
-    return new_state, {"loss": loss, "accuracy": metrics.accuracy(logits, labels)}
+    new_state, norms = _apply_gradients(state, tx, grads, batch_stats)
+    return new_state, {"loss": loss, "accuracy": metrics.accuracy(logits, labels), **norms}
 
   def step(stacked_state, data):
     return ensemble.map_members(lambda s: member_step(s, data), stacked_state, method=method)
@@ -195,19 +188,32 @@ def teacher_logits_fn(teacher, method: str):
 
 def make_distill_step(student, teacher, tx, *, batch_size: int, augment: Callable, mesh,
                       temperature: float, alpha: float, loss_kind: str = "forward_kl",
-                      ood_fraction: float = 0.0, compute_dtype=jnp.float32, method: str = "auto"):
+                      ood_fraction: float = 0.0, cached_teacher_logits: bool = False,
+                      compute_dtype=jnp.float32, method: str = "auto"):
   """Compiled distillation step: teacher-ensemble forward + student forward/backward + update, fused.
 
-  The teachers see the same augmented batch as the student and receive no gradient. With
-  ood_fraction > 0, that fraction of each batch is replaced by random images of `ood_images` (labelled
-  only by the teacher; their label is -1 and they are left out of the logged accuracy).
-  """
-  ensemble_logits = teacher_logits_fn(teacher, method)
-  num_ood = int(round(ood_fraction * batch_size))
+  step(state, teacher, data, ood_images) -> (state, metrics). `teacher` is the stacked teacher
+  variables, whose ensemble runs inside the step on the same augmented batch as the student and
+  receives no gradient; or, with cached_teacher_logits, an (N, C) table of the ensemble's logits on
+  `data.train_images`, computed once when the distillation images are not augmented (they never
+  change, so neither do the teacher's outputs), from which the step gathers its batch's rows.
 
-  def step(state: TrainState, teacher_variables, data: DeviceData, ood_images=None):
-    images, labels = sample_batch(state.rng, state.step, data.train_images, data.train_labels,
-                                  batch_size)
+  With ood_fraction > 0, that fraction of each batch is replaced by random images of `ood_images`
+  (labelled only by the teacher; their label is -1 and they are left out of the logged accuracy).
+
+  The logged `loss` is the objective minus its value for a student that equals the teacher (for the
+  paper's loss, tau^2 KL(p_t^tau || p_s^tau) instead of the cross-entropy): 0 at a perfect match, with
+  the same gradient, since the subtracted term does not depend on the student.
+  """
+  num_ood = int(round(ood_fraction * batch_size))
+  if cached_teacher_logits and num_ood:
+    raise ValueError("cached teacher logits need a fixed distillation set; ood_fraction draws "
+                     "fresh out-of-distribution images each step")
+  ensemble_logits = teacher_logits_fn(teacher, method)
+
+  def step(state: TrainState, teacher_inputs, data: DeviceData, ood_images=None):
+    indices = sample_indices(state.rng, state.step, data.train_images.shape[0], batch_size)
+    images, labels = data.train_images[indices], data.train_labels[indices]
     augment_key, loss_key, ood_key = jax.random.split(step_key(state), 3)
     if num_ood:
       picked = jax.random.randint(ood_key, (num_ood,), 0, ood_images.shape[0])
@@ -215,49 +221,27 @@ def make_distill_step(student, teacher, tx, *, batch_size: int, augment: Callabl
       labels = jnp.concatenate([labels[:batch_size - num_ood], jnp.full((num_ood,), -1, jnp.int32)])
     x = augment_lib.normalize(augment(augment_key, images), data.mean, data.std, compute_dtype)
     x = parallel.shard_batch(x, mesh)
-    teacher_logits = jax.lax.stop_gradient(ensemble_logits(teacher_variables, x))
+    if cached_teacher_logits:
+      teacher_logits = parallel.shard_batch(teacher_inputs[indices], mesh)
+    else:
+      teacher_logits = ensemble_logits(teacher_inputs, x)
+    objective = functools.partial(losses.distillation_loss, teacher_logits=teacher_logits,
+                                  labels=labels, alpha=alpha, temperature=temperature,
+                                  kind=loss_kind, rng=loss_key)
 
     def loss_fn(params):
       logits, batch_stats = _training_forward(student, state, params, x)
-      loss = losses.distillation_loss(logits, teacher_logits, labels, alpha=alpha,
-                                      temperature=temperature, kind=loss_kind, rng=loss_key)
-      return loss, (logits, batch_stats)
+      return objective(logits), (logits, batch_stats)
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    new_state = _apply_gradients(state, tx, grads, batch_stats)
-    in_distribution = batch_size - num_ood
-    step_metrics = {"loss": loss,
-                    "accuracy": metrics.accuracy(logits[:in_distribution], labels[:in_distribution]),
-                    **metrics.fidelity_metrics(teacher_logits, logits)}
+    new_state, norms = _apply_gradients(state, tx, grads, batch_stats)
+    # Out-of-distribution images (label -1, replaced or appended) have no accuracy.
+    labelled = labels >= 0
+    correct = (jnp.argmax(logits, axis=-1) == labels) & labelled
+    step_metrics = {"loss": loss - objective(teacher_logits),
+                    "accuracy": jnp.sum(correct) / jnp.maximum(jnp.sum(labelled), 1),
+                    **metrics.fidelity_metrics(teacher_logits, logits), **norms}
     return new_state, step_metrics
 
   replicated = parallel.replicated_sharding(mesh)
   return jax.jit(step, donate_argnums=0, out_shardings=(replicated, replicated))
-
-
-def make_predict_fn(apply_fn: Callable, *, batch_size: int, mesh, compute_dtype=jnp.float32):
-  """Returns predict(variables, images, mean, std) -> logits for every image (clean, eval mode).
-
-  `apply_fn(variables, x)` gives (..., B, C) logits for a normalized batch; the images stay on device
-  and are cut into fixed-size chunks inside one compiled function (the last chunk overlaps the one
-  before it instead of being padded, so there is a single compilation).
-  """
-
-  @jax.jit
-  def predict_chunk(variables, images, start, mean, std):
-    x = jax.lax.dynamic_slice_in_dim(images, start, batch_size)
-    x = parallel.shard_batch(augment_lib.normalize(x, mean, std, compute_dtype), mesh)
-    return apply_fn(variables, x).astype(jnp.float32)
-
-  def predict(variables, images, mean, std):
-    num_images = images.shape[0]
-    if num_images < batch_size:
-      raise ValueError(f"{num_images} images are fewer than the evaluation batch size {batch_size}")
-    chunks = []
-    for start in range(0, num_images, batch_size):
-      clamped = min(start, num_images - batch_size)
-      logits = predict_chunk(variables, images, clamped, mean, std)
-      chunks.append(logits[..., start - clamped:, :])
-    return jnp.concatenate(chunks, axis=-2)
-
-  return predict

@@ -2,6 +2,7 @@
 distributions, composition, dtype/range/shape contracts, jit and errors."""
 
 import functools
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -16,13 +17,13 @@ KEY = jax.random.PRNGKey(0)
 
 # Jitted handles on the ops under test: in eager mode every primitive is compiled separately for its
 # shapes, which on a small CPU costs far more than one compilation of the whole op.
-rotate = jax.jit(augment.rotate)
-random_rotate = jax.jit(augment.random_rotate, static_argnames="max_degrees")
+rotate = jax.jit(augment.rotate, static_argnames="interpolation")
+random_rotate = jax.jit(augment.random_rotate, static_argnames=("max_degrees", "interpolation"))
 adjust_hue = jax.jit(augment.adjust_hue)
 color_jitter_apply = jax.jit(augment.color_jitter_apply)
 random_color_jitter = jax.jit(augment.random_color_jitter, static_argnames="strength")
-sample_mixup = jax.jit(augment.sample_mixup, static_argnames=("batch", "alpha"))
-mixup = jax.jit(augment.mixup, static_argnames="alpha")
+sample_mixup = jax.jit(augment.sample_mixup, static_argnames=("batch", "alpha", "lambda_per"))
+mixup = jax.jit(augment.mixup, static_argnames=("alpha", "lambda_per"))
 sample_cutmix = jax.jit(augment.sample_cutmix, static_argnames=("shape", "alpha"))
 paste_boxes = jax.jit(augment.paste_boxes)
 cutmix = jax.jit(augment.cutmix, static_argnames="alpha")
@@ -78,27 +79,66 @@ def test_random_flips_flip_about_half_and_only_as_flips():
 # ---- rotation ---------------------------------------------------------------------------------
 
 
-def test_rotation_by_zero_is_identity():
+@pytest.mark.parametrize("interpolation", augment.ROTATE_INTERPOLATIONS)
+def test_rotation_by_zero_is_identity(interpolation):
   x = images_u8((2, 5, 7, 3)).astype(np.float32)
-  np.testing.assert_array_equal(np.asarray(rotate(x, np.zeros(2))), x)
+  np.testing.assert_array_equal(np.asarray(rotate(x, np.zeros(2), interpolation=interpolation)), x)
 
 
-@pytest.mark.parametrize("size", [4, 5])
+@pytest.mark.parametrize("size", [4, 5, 32])
 def test_rotation_by_90_is_counter_clockwise_rot90(size):
   """+90 degrees equals np.rot90 over (H, W) (counter-clockwise as displayed); -90 is the reverse.
 
-  sin/cos of pi/2 are inexact in float32, so a border pixel may blend ~1e-7 of the zero fill.
+  Nearest (the original's) is exact; sin/cos of pi/2 are inexact in float32, so with bilinear a
+  border pixel may blend ~1e-7 of the zero fill.
   """
-  x = images_u8((2, size, size, 3)).astype(np.float32)
-  out = np.asarray(rotate(x, np.array([90.0, -90.0])))
-  np.testing.assert_allclose(out[0], np.rot90(x[0], k=1, axes=(0, 1)), atol=1e-3)
-  np.testing.assert_allclose(out[1], np.rot90(x[1], k=-1, axes=(0, 1)), atol=1e-3)
+  x = images_u8((3, size, size, 3)).astype(np.float32)
+  angles = np.array([90.0, -90.0, 180.0])
+  expected = [np.rot90(x[0], k=1, axes=(0, 1)), np.rot90(x[1], k=-1, axes=(0, 1)),
+              np.rot90(x[2], k=2, axes=(0, 1))]
+  nearest = np.asarray(rotate(x, angles, interpolation="nearest"))
+  for out, want in zip(nearest, expected):
+    np.testing.assert_array_equal(out, want)
+  bilinear = np.asarray(rotate(x, angles, interpolation="bilinear"))
+  for out, want in zip(bilinear, expected):
+    np.testing.assert_allclose(out, want, atol=1e-3)
+
+
+def test_rotation_defaults_to_the_originals_nearest_interpolation():
+  x = images_u8((4, 8, 8, 3))
+  angles = np.array([10.0, 33.0, -71.0, 5.0], np.float32)
+  out = np.asarray(jax.jit(augment.rotate)(x.astype(np.float32), angles))
+  np.testing.assert_array_equal(out, np.asarray(rotate(x.astype(np.float32), angles,
+                                                       interpolation="nearest")))
+  # Every output pixel is a pixel of the input or the zero fill: no blending.
+  for image, rotated in zip(x, out):
+    pixels = {tuple(p) for p in image.reshape(-1, 3)} | {(0, 0, 0)}
+    assert {tuple(p) for p in rotated.reshape(-1, 3).astype(np.uint8)} <= pixels
+  assert augment.DEFAULTS["rotate_interpolation"] == "nearest"
+
+
+@pytest.mark.parametrize("shape", [(32, 32, 3), (7, 9, 1)])
+def test_nearest_rotation_matches_pil_as_torchvision_calls_it(shape):
+  """torchvision's RandomRotation on a PIL image (the original's data path) is PIL's rotate with
+  NEAREST, zero fill, centre (w/2, h/2). float32 vs double may flip a rare exact tie."""
+  image_module = pytest.importorskip("PIL.Image")
+  rng = np.random.default_rng(3)
+  angles = np.concatenate([[0.0, 90.0, -90.0, 180.0, 45.0], rng.uniform(-90, 90, 11)])
+  x = images_u8((len(angles),) + shape, seed=4)
+  out = np.asarray(rotate(x.astype(np.float32), angles.astype(np.float32),
+                          interpolation="nearest"))
+  for image, angle, rotated in zip(x, angles, out):
+    pil = image_module.fromarray(image[..., 0] if shape[-1] == 1 else image)
+    expected = np.asarray(pil.rotate(float(angle), resample=image_module.NEAREST, fillcolor=0))
+    expected = expected.reshape(shape)
+    differs = np.any(rotated != expected, axis=-1)
+    assert differs.mean() <= 0.005, (angle, differs.sum())
 
 
 def test_rotation_matches_a_numpy_bilinear_reference():
   x = images_u8((1, 6, 5, 1)).astype(np.float32)
   angle = 17.0
-  out = np.asarray(rotate(x, np.array([angle])))[0, ..., 0]
+  out = np.asarray(rotate(x, np.array([angle]), interpolation="bilinear"))[0, ..., 0]
   img = x[0, ..., 0]
   h, w = img.shape
   t = np.deg2rad(angle)
@@ -121,7 +161,8 @@ def test_random_rotation_angles_stay_within_the_bound():
   size = 21
   x = np.zeros((64, size, size, 1), np.float32)
   x[:, 10, 20] = 255.0  # on the row through the centre, 10 pixels right of it
-  out = np.asarray(random_rotate(KEY, x, 20.0))[..., 0]
+  # Bilinear keeps the pixel's sub-pixel position (nearest would round it by up to ~3 degrees).
+  out = np.asarray(random_rotate(KEY, x, 20.0, interpolation="bilinear"))[..., 0]
   rows, cols = np.mgrid[:size, :size]
   mass = out.sum(axis=(1, 2))
   dy = (out * (rows - 10)).sum(axis=(1, 2)) / mass
@@ -201,23 +242,50 @@ def test_color_jitter_order_is_respected_per_image():
 # ---- mixup, cutmix, noise ---------------------------------------------------------------------
 
 
-def test_mixup_is_the_drawn_convex_combination():
+@pytest.mark.parametrize("lambda_per", augment.MIXUP_LAMBDAS)
+def test_mixup_is_the_drawn_convex_combination(lambda_per):
   x = images_u8((6, 3, 3, 3))
   key = jax.random.PRNGKey(4)
-  lam, perm = map(np.asarray, sample_mixup(key, batch=6))
+  lam, perm = map(np.asarray, sample_mixup(key, batch=6, lambda_per=lambda_per))
   assert sorted(perm.tolist()) == list(range(6))
   expected = lam[:, None, None, None] * x + (1 - lam[:, None, None, None]) * x[perm].astype(np.float32)
-  np.testing.assert_allclose(np.asarray(mixup(key, x)), expected, rtol=1e-5, atol=1e-3)
+  np.testing.assert_allclose(np.asarray(mixup(key, x, lambda_per=lambda_per)), expected, rtol=1e-5,
+                             atol=1e-3)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.2])
+def test_mixup_draws_one_lambda_per_batch_by_default_as_the_original(alpha):
+  lam, _ = sample_mixup(KEY, batch=64, alpha=alpha)
+  lam = np.asarray(lam)
+  assert lam.shape == (64,) and np.all(lam == lam[0])
+  assert inspect.signature(augment.sample_mixup).parameters["lambda_per"].default == "batch"
+  assert inspect.signature(augment.mixup).parameters["lambda_per"].default == "batch"
+  assert augment.DEFAULTS["mixup_lambda"] == "batch"
+
+
+def test_mixup_per_example_option_draws_one_lambda_per_image():
+  lam, _ = sample_mixup(KEY, batch=64, lambda_per="example")
+  assert len(np.unique(np.asarray(lam))) == 64
+  # Through the default policy every image is lam * own + (1 - lam) * partner with the same lam.
+  x = images_u8((16, 3, 3, 1))
+  batch_lam, perm = sample_mixup(KEY, batch=16)
+  np.testing.assert_allclose(np.asarray(mixup(KEY, x)),
+                             np.asarray(augment.mix(x, jnp.full((16,), batch_lam[0]), perm)),
+                             atol=1e-3)
 
 
 def test_mixup_lambda_distribution():
-  lam, _ = sample_mixup(KEY, batch=20000)
+  lam, _ = sample_mixup(KEY, batch=20000, lambda_per="example")
   lam = np.asarray(lam)
   assert lam.min() >= 0 and lam.max() <= 1
   assert abs(lam.mean() - 0.5) < 0.01 and abs(lam.var() - 1 / 12) < 0.005  # U[0, 1]
-  beta, _ = sample_mixup(KEY, batch=20000, alpha=0.2)
+  beta, _ = sample_mixup(KEY, batch=20000, alpha=0.2, lambda_per="example")
   beta = np.asarray(beta)
   assert abs(beta.var() - 1 / (4 * 1.4)) < 0.01  # Beta(0.2, 0.2): var = 1 / (4 (2a + 1))
+  # One lambda per batch, over many batches (keys): the same distribution.
+  keys = jax.random.split(KEY, 20000)
+  per_batch = np.asarray(jax.jit(jax.vmap(lambda k: augment.sample_mixup(k, 2)[0][0]))(keys))
+  assert abs(per_batch.mean() - 0.5) < 0.01 and abs(per_batch.var() - 1 / 12) < 0.005
 
 
 def test_cutmix_pixels_come_from_image_or_partner_and_box_fraction_matches():
@@ -316,6 +384,26 @@ def test_config_options_are_read():
   assert not np.any(noise == x)
   with pytest.raises(KdJaxError, match="color_jitter"):
     augment.make_policy("color_jitter", ml_collections.ConfigDict({"color_jitter": 0.6}))
+
+
+def test_config_chooses_rotation_interpolation_and_mixup_lambda():
+  x = images_u8((8, 6, 6, 3))
+  options = lambda **kw: ml_collections.ConfigDict({"rotate_degrees": 30.0, **kw})
+  by_name = {}
+  for interpolation in augment.ROTATE_INTERPOLATIONS:
+    policy = jax.jit(augment.make_policy("rotate", options(rotate_interpolation=interpolation)))
+    by_name[interpolation] = np.asarray(policy(KEY, x))
+  key = jax.random.split(KEY, 1)[0]  # make_policy's subkey for its single op
+  degrees = jax.random.uniform(key, (8,), minval=-30.0, maxval=30.0)
+  for interpolation, out in by_name.items():
+    np.testing.assert_allclose(out, np.asarray(rotate(x.astype(np.float32), degrees,
+                                                      interpolation=interpolation)), atol=1e-4)
+  assert not np.allclose(by_name["nearest"], by_name["bilinear"])
+  mixed = np.asarray(jax.jit(augment.make_policy("mixup", options(mixup_lambda="example")))(KEY, x))
+  np.testing.assert_allclose(mixed, np.asarray(mixup(key, x, lambda_per="example")), atol=1e-3)
+  for bad in (options(rotate_interpolation="bicubic"), options(mixup_lambda="pixel")):
+    with pytest.raises(KdJaxError, match="bicubic|pixel"):
+      augment.make_policy("rotate", bad)
 
 
 def test_unknown_names_and_bad_options_raise_kdjaxerror():

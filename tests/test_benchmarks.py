@@ -283,7 +283,7 @@ def test_sampling_mode_times_old_and_new_draws():
 
 def test_flax_max_pool_switch(monkeypatch):
   from kd_jax.models import lenet  # pylint: disable=import-outside-toplevel
-  monkeypatch.setattr(lenet, "max_pool", lenet.max_pool)  # restored after the test
+  monkeypatch.setitem(lenet._POOL, "max", lenet.max_pool)  # restored after the test
   monkeypatch.setattr(kd_step, "_max_pool_impl", "kd_jax")
   kd_step.use_flax_max_pool()
-  assert lenet.max_pool is nn.max_pool and kd_step._max_pool_impl == "flax"
+  assert lenet._POOL["max"] is nn.max_pool and kd_step._max_pool_impl == "flax"

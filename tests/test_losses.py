@@ -135,8 +135,7 @@ def test_gradient_has_tau_squared_scaling(tau):
   np.testing.assert_allclose(grad, closed_form, rtol=1e-4, atol=1e-7)
 
 
-@pytest.mark.parametrize('kind', ['forward_kl', 'reverse_kl', 'symmetric_kl', 'brier', 'hard_argmax',
-                                  'hard_sample'])
+@pytest.mark.parametrize('kind', losses.KD_KINDS)
 def test_teacher_receives_no_gradient(kind):
   student, teacher, labels = _logits(15), _logits(16), _labels(17)
   grad_teacher = jax.grad(
@@ -145,33 +144,136 @@ def test_teacher_receives_no_gradient(kind):
   np.testing.assert_array_equal(grad_teacher, np.zeros_like(teacher))
 
 
-def _np_variant(kind, student, teacher, tau):
-  """Per-batch mean of each L_KD variant, written independently in float64."""
+# --- Each kind against a direct float64 transcription of its formula, values and gradients -------
+# The transcriptions follow the original code's formulas (gnosis/distillation/classification.py):
+# torch's Categorical KL, F.mse_loss (mean over batch and classes), -(temp^2 * ...).mean().
+
+
+def _np_per_example(kind, student, teacher, tau, hard_labels=None):
+  """Per-example L_KD of `kind` in float64; hard_labels are the teacher labels of the hard kinds."""
   p_s, p_t = _np_softmax(student, tau), _np_softmax(teacher, tau)
   if kind == 'forward_kl':
-    per_example = -tau**2 * np.sum(p_t * np.log(p_s), axis=-1)
+    return -tau**2 * np.sum(p_t * np.log(p_s), axis=-1)
+  if kind == 'reverse_ce':
+    return tau**2 * np.sum(p_s * np.log(1.0 / p_t), axis=-1)
+  if kind == 'reverse_kl':
+    return tau**2 * _np_kl(p_s, p_t)
+  if kind == 'symmetric_kl':
+    return _np_kl(p_t, p_s) + _np_kl(p_s, p_t)
+  if kind == 'symmetric_kl_tau2':
+    return tau**2 * 0.5 * (_np_kl(p_t, p_s) + _np_kl(p_s, p_t))
+  if kind == 'brier':
+    return np.mean((p_s - p_t) ** 2, axis=-1)
+  if kind == 'brier_tau2':
+    return tau**2 * np.sum((p_s - p_t) ** 2, axis=-1)
+  if kind in ('hard_argmax', 'hard_sample'):
+    return -tau**2 * np.log(p_s[np.arange(len(hard_labels)), hard_labels])
+  raise AssertionError(kind)
+
+
+def _np_gradient(kind, student, teacher, tau, hard_labels=None):
+  """d(batch mean of L_KD)/d(student logits), derived by hand, float64 (checked by finite differences)."""
+  p_s, p_t = _np_softmax(student, tau), _np_softmax(teacher, tau)
+  num_classes = student.shape[-1]
+  log_ratio = np.log(p_s) - np.log(p_t)
+  reverse_kl_grad = p_s * (log_ratio - _np_kl(p_s, p_t)[:, None])  # d KL(p_s||p_t) / d(z_s / tau)
+  if kind == 'forward_kl':
+    grad = tau * (p_s - p_t)
+  elif kind == 'reverse_ce':
+    cost = -np.log(p_t)
+    grad = tau * p_s * (cost - np.sum(p_s * cost, axis=-1, keepdims=True))
   elif kind == 'reverse_kl':
-    per_example = tau**2 * _np_kl(p_s, p_t)
+    grad = tau * reverse_kl_grad
   elif kind == 'symmetric_kl':
-    per_example = tau**2 * 0.5 * (_np_kl(p_t, p_s) + _np_kl(p_s, p_t))
-  elif kind == 'brier':
-    per_example = tau**2 * np.sum((p_s - p_t) ** 2, axis=-1)
-  elif kind == 'hard_argmax':
-    hard = teacher.argmax(axis=-1)
-    per_example = -np.log(_np_softmax(student)[np.arange(len(hard)), hard])
-  return per_example.mean()
+    grad = ((p_s - p_t) + reverse_kl_grad) / tau
+  elif kind == 'symmetric_kl_tau2':
+    grad = 0.5 * tau * ((p_s - p_t) + reverse_kl_grad)
+  elif kind in ('brier', 'brier_tau2'):
+    gap = p_s - p_t
+    grad = 2.0 / tau * p_s * (gap - np.sum(p_s * gap, axis=-1, keepdims=True))
+    grad = grad / num_classes if kind == 'brier' else grad * tau**2
+  else:
+    grad = tau * (p_s - np.eye(num_classes)[hard_labels])
+  return grad / student.shape[0]
 
 
-@pytest.mark.parametrize('kind', ['forward_kl', 'reverse_kl', 'symmetric_kl', 'brier', 'hard_argmax'])
-@pytest.mark.parametrize('tau', [1.0, 4.0])
-def test_variant_matches_numpy(kind, tau):
-  student, teacher = _logits(18), _logits(19)
-  expected = _np_variant(kind, student, teacher, tau)
+def _teacher_labels(kind, teacher, tau, rng):
+  if kind == 'hard_argmax':
+    return teacher.argmax(axis=-1)
+  if kind == 'hard_sample':  # the same draw as the loss makes from `rng`
+    return np.asarray(jax.random.categorical(rng, jnp.asarray(teacher, jnp.float32) / tau, axis=-1))
+  return None
+
+
+CASES = [(kind, tau) for kind in losses.KD_KINDS for tau in (1.0, 4.0)]
+
+
+@pytest.mark.parametrize('kind, tau', CASES)
+def test_numpy_gradient_matches_finite_differences(kind, tau):
+  """Checks the hand-derived gradients used below, independently of JAX (float64 central differences)."""
+  student = _logits(40, shape=(3, CLASSES)).astype(np.float64)
+  teacher = _logits(41, shape=(3, CLASSES)).astype(np.float64)
+  labels = teacher.argmax(axis=-1)  # any fixed labels exercise the hard-label formula
+  loss = lambda z: np.mean(_np_per_example(kind, z, teacher, tau, labels))
+  numeric = np.zeros_like(student)
+  eps = 1e-6
+  for index in np.ndindex(student.shape):
+    step = np.zeros_like(student)
+    step[index] = eps
+    numeric[index] = (loss(student + step) - loss(student - step)) / (2 * eps)
+  np.testing.assert_allclose(_np_gradient(kind, student, teacher, tau, labels), numeric, rtol=1e-6,
+                             atol=1e-9)
+
+
+@pytest.mark.parametrize('kind, tau', CASES)
+def test_kind_value_and_gradient_match_numpy(kind, tau):
+  student, teacher, rng = _logits(18), _logits(19), jax.random.key(5)
+  hard_labels = _teacher_labels(kind, teacher, tau, rng)
+  loss_fn = lambda z: losses.distillation_loss(z, teacher, None, alpha=0.0, temperature=tau,
+                                               kind=kind, rng=rng)
+  value, grad = jax.value_and_grad(loss_fn)(student)
+  assert value.dtype == jnp.float32
+  expected = np.mean(_np_per_example(kind, student, teacher, tau, hard_labels))
+  np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(grad, _np_gradient(kind, student, teacher, tau, hard_labels),
+                             rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize('kind', ['symmetric_kl', 'brier', 'hard_argmax', 'reverse_ce'])
+def test_original_kinds_reject_our_old_scaling(kind):
+  """Guards the original's scale at tau = 4, C = 5: our former definitions differ by these factors.
+
+  (symmetric_kl was tau^2/2 times, brier C tau^2 times the original's; hard_argmax scored the student
+  at tau = 1 without tau^2; the reverse kind was the true reverse KL, without the student's entropy.)
+  """
+  student, teacher, tau = _logits(42), _logits(43), 4.0
   result = losses.distillation_loss(student, teacher, None, alpha=0.0, temperature=tau, kind=kind)
-  np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-7)
+  p_s, p_t = _np_softmax(student, tau), _np_softmax(teacher, tau)
+  old = {'symmetric_kl': tau**2 * 0.5 * (_np_kl(p_t, p_s) + _np_kl(p_s, p_t)),
+         'brier': tau**2 * np.sum((p_s - p_t) ** 2, axis=-1),
+         'hard_argmax': -np.log(_np_softmax(student)[np.arange(BATCH), teacher.argmax(-1)]),
+         'reverse_ce': tau**2 * _np_kl(p_s, p_t)}[kind].mean()
+  assert abs(float(result) - old) > 1e-3 * abs(old)
 
 
-@pytest.mark.parametrize('kind', ['reverse_kl', 'symmetric_kl', 'brier'])
+def test_reverse_ce_is_reverse_kl_plus_student_entropy():
+  student, teacher, tau = _logits(44), _logits(45), 4.0
+  kwargs = dict(alpha=0.0, temperature=tau)
+  p_s = _np_softmax(student, tau)
+  entropy = -np.sum(p_s * np.log(p_s), axis=-1).mean()
+  np.testing.assert_allclose(
+      losses.distillation_loss(student, teacher, None, kind='reverse_ce', **kwargs),
+      losses.distillation_loss(student, teacher, None, kind='reverse_kl', **kwargs) + tau**2 * entropy,
+      rtol=1e-5)
+  # At p_s = p_t the reverse KL is stationary; the reverse cross-entropy is not.
+  at_teacher = lambda kind: jax.grad(lambda z: losses.distillation_loss(
+      z, teacher, None, kind=kind, **kwargs))(teacher)
+  np.testing.assert_allclose(at_teacher('reverse_kl'), 0.0, atol=1e-6)
+  assert np.abs(at_teacher('reverse_ce')).max() > 1e-2
+
+
+@pytest.mark.parametrize('kind', ['reverse_kl', 'symmetric_kl', 'symmetric_kl_tau2', 'brier',
+                                  'brier_tau2'])
 def test_divergence_variants_vanish_when_student_equals_teacher(kind):
   logits = _logits(20)
   result = losses.distillation_loss(logits, logits, None, alpha=0.0, temperature=4.0, kind=kind)
@@ -181,9 +283,9 @@ def test_divergence_variants_vanish_when_student_equals_teacher(kind):
 def test_variant_mixes_with_label_term():
   student, teacher, labels = _logits(21), _logits(22), _labels(23)
   nll = np.mean([-np.log(_np_softmax(student[b])[labels[b]]) for b in range(BATCH)])
-  expected = 0.25 * nll + 0.75 * _np_variant('reverse_kl', student, teacher, 4.0)
-  result = losses.distillation_loss(student, teacher, labels, alpha=0.25, temperature=4.0,
-                                    kind='reverse_kl')
+  expected = 0.5 * nll + 0.5 * np.mean(_np_per_example('brier', student, teacher, 4.0))
+  result = losses.distillation_loss(student, teacher, labels, alpha=0.5, temperature=4.0,
+                                    kind='brier')
   np.testing.assert_allclose(result, expected, rtol=1e-5)
 
 
@@ -206,12 +308,12 @@ def test_hard_sample_requires_rng():
                              kind='hard_sample')
 
 
-def test_hard_sample_expectation_is_tempered_teacher_cross_entropy():
-  # Averaged over many draws, the loss approaches H(p_t^tau, p_s) with the student at tau = 1.
+def test_hard_sample_expectation_is_forward_kl():
+  # Averaged over many draws y ~ p_t^tau, -tau^2 log p_s^tau(y) approaches tau^2 H(p_t^tau, p_s^tau).
   student, teacher, tau = _logits(26), _logits(27), 2.0
   keys = jax.random.split(jax.random.key(0), 4000)
   mean_loss = jnp.mean(jax.vmap(lambda k: _hard_sample_loss(student, teacher, k, tau))(keys))
-  expected = np.mean(-np.sum(_np_softmax(teacher, tau) * np.log(_np_softmax(student)), axis=-1))
+  expected = losses.distillation_loss(student, teacher, None, alpha=0.0, temperature=tau)
   np.testing.assert_allclose(mean_loss, expected, rtol=0.03)
 
 
@@ -228,12 +330,13 @@ def test_invalid_kind_raises_and_lists_valid_kinds():
   with pytest.raises(ValueError, match='forward_kl') as error:
     losses.distillation_loss(_logits(0), _logits(1), None, alpha=0.0, temperature=1.0, kind='kl_div')
   assert 'kl_div' in str(error.value)
-  assert set(losses.KD_KINDS) == {'forward_kl', 'reverse_kl', 'symmetric_kl', 'brier', 'hard_argmax',
-                                  'hard_sample'}
+  assert losses.ORIGINAL_KD_KINDS == ('forward_kl', 'reverse_ce', 'symmetric_kl', 'brier',
+                                      'hard_argmax', 'hard_sample')
+  assert set(losses.KD_KINDS) == set(losses.ORIGINAL_KD_KINDS) | {'reverse_kl', 'symmetric_kl_tau2',
+                                                                  'brier_tau2'}
 
 
-@pytest.mark.parametrize('kind', ['forward_kl', 'reverse_kl', 'symmetric_kl', 'brier', 'hard_argmax',
-                                  'hard_sample'])
+@pytest.mark.parametrize('kind', losses.KD_KINDS)
 def test_distillation_loss_jits_with_traced_alpha_and_temperature(kind):
   student, teacher, labels = _logits(30), _logits(31), _labels(32)
 

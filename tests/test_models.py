@@ -22,6 +22,8 @@ MODEL_CASES = {
     'preresnet20_layer': (dict(name='preresnet', depth=20, norm='layer'), (2, 32, 32, 3)),
     'lenet5': (dict(name='lenet5'), (2, 28, 28, 1)),
     'vgg16': (dict(name='vgg16'), (2, 32, 32, 3)),
+    'vgg16_linear': (dict(name='vgg16', head='linear'), (2, 32, 32, 3)),
+    'lenet5_max': (dict(name='lenet5', pooling='max'), (2, 28, 28, 1)),
     'digits_cnn': (dict(name='digits_cnn'), (2, 8, 8, 1)),
     'mlp': (dict(name='mlp'), (2, 8, 8, 1)),
 }
@@ -119,12 +121,14 @@ def lenet5_formula(num_classes):
           + dense_params(5 * 5 * 16, 120) + dense_params(120, 84) + dense_params(84, num_classes))
 
 
-def vgg16_formula(num_classes):
+def vgg16_formula(num_classes, head='dropout_mlp'):
   channels = (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512)
   total, c_in = 0, 3
   for c_out in channels:
     total += conv_params(3, c_in, c_out, bias=True)
     c_in = c_out
+  if head == 'dropout_mlp':  # the original's Linear(512, 512) twice (dropout has no parameters)
+    total += 2 * dense_params(512, 512)
   return total + dense_params(512, num_classes)
 
 
@@ -138,7 +142,12 @@ def vgg16_formula(num_classes):
     (dict(name='preresnet', depth=56, block='bottleneck'), 100, preresnet_formula(56, True, 100),
      613_556),
     (dict(name='lenet5'), 10, lenet5_formula(10), 61_706),
-    (dict(name='vgg16'), 10, vgg16_formula(10), 14_719_818),
+    (dict(name='lenet5', pooling='max'), 10, lenet5_formula(10), 61_706),
+    (dict(name='vgg16', head='linear'), 10, vgg16_formula(10, 'linear'), 14_719_818),
+    (dict(name='vgg16', head='linear'), 100, vgg16_formula(100, 'linear'), 14_765_988),
+    # The original's VGG-16: 15.29 M parameters at 100 classes (the paper's CIFAR-100 setting).
+    (dict(name='vgg16'), 100, vgg16_formula(100), 15_291_300),
+    (dict(name='vgg16'), 10, vgg16_formula(10), 15_245_130),
 ])
 def test_param_counts_match_formulas(cfg_fields, num_classes, formula, exact):
   assert formula == exact  # the formula agrees with the hand-computed total
@@ -173,7 +182,8 @@ def test_output_shape_and_float32_logits(case):
   logits = model.apply(variables, x, train=False)
   assert logits.shape == (shape[0], 7) and logits.dtype == jnp.float32
   assert np.all(np.isfinite(logits))
-  logits_train, _ = model.apply(variables, x, train=True, mutable=['batch_stats'])
+  logits_train, _ = model.apply(variables, x, train=True, mutable=['batch_stats'],
+                                rngs={'dropout': jax.random.PRNGKey(1)})
   assert logits_train.shape == (shape[0], 7) and logits_train.dtype == jnp.float32
 
 
@@ -282,6 +292,8 @@ def test_intermediates_hold_each_stage(cfg_fields, shape, expected):
     (dict(name='resnet'), ['preresnet', 'lenet5', 'vgg16', 'digits_cnn', 'mlp']),
     (dict(name='mlp', width=-3), ['width']),
     (dict(name='lenet5', width=12), ['width']),
+    (dict(name='lenet5', pooling='sum'), ['pooling', "'sum'", 'avg', 'max']),
+    (dict(name='vgg16', head='mlp'), ['head', "'mlp'", 'dropout_mlp', 'linear']),
 ])
 def test_bad_config_raises_one_line_error(cfg_fields, fragments):
   with pytest.raises(KdJaxError) as error:
@@ -344,3 +356,64 @@ def test_digits_cnn_learns_sklearn_digits():
   logits = model.apply({'params': params}, images[test], train=False)
   accuracy = float(np.mean(np.argmax(logits, -1) == labels[test]))
   assert accuracy > 0.9, accuracy
+
+
+# --- Options that reproduce the original code (gnosis/models/lenet.py, vgg.py) -----------------
+
+
+def test_lenet5_defaults_to_the_originals_average_pooling():
+  assert build_model(make_cfg(name='lenet5'), 10).pooling == 'avg'
+  x = random_input((2, 28, 28, 1), seed=3)
+  avg_model, variables = built_case('lenet5', 7)
+  max_model, _ = built_case('lenet5_max', 7)
+  (stage1,) = avg_model.apply(variables, x, train=False, mutable=['intermediates'])[1][
+      'intermediates']['stage1']
+  # Independent recomputation of stage 1: conv (pad 2) + ReLU, then the mean of each 2x2 block.
+  kernel = np.asarray(variables['params']['Conv_0']['kernel'], np.float64)  # (5, 5, 1, 6)
+  bias = np.asarray(variables['params']['Conv_0']['bias'], np.float64)
+  padded = np.pad(x.astype(np.float64), ((0, 0), (2, 2), (2, 2), (0, 0)))
+  conv = np.zeros((2, 28, 28, 6))
+  for i in range(5):
+    for j in range(5):
+      conv += padded[:, i:i + 28, j:j + 28, :1] * kernel[i, j, 0]
+  relu = np.maximum(conv + bias, 0.0)
+  expected = relu.reshape(2, 14, 2, 14, 2, 6).mean(axis=(2, 4))
+  np.testing.assert_allclose(stage1, expected, rtol=1e-4, atol=1e-5)
+  # Same parameters, max pooling: a different network function.
+  assert not np.allclose(avg_model.apply(variables, x, train=False),
+                         max_model.apply(variables, x, train=False))
+
+
+def test_vgg16_defaults_to_the_originals_dropout_head():
+  model, variables = built_case('vgg16', 7)
+  assert model.head == 'dropout_mlp'
+  dense = variables['params']
+  assert [dense[f'Dense_{i}']['kernel'].shape for i in range(3)] == [(512, 512), (512, 512),
+                                                                    (512, 7)]
+  x = random_input((2, 32, 32, 3), seed=4)
+  # Eval mode: no dropout, deterministic, and equal to the head computed by hand in NumPy.
+  (features,) = model.apply(variables, x, train=False, mutable=['intermediates'])[1][
+      'intermediates']['stage5']
+  h = np.asarray(features, np.float64).reshape(2, -1)
+  for i in range(2):
+    h = np.maximum(h @ np.asarray(dense[f'Dense_{i}']['kernel'], np.float64)
+                   + np.asarray(dense[f'Dense_{i}']['bias'], np.float64), 0.0)
+  expected = h @ np.asarray(dense['Dense_2']['kernel'], np.float64) + np.asarray(
+      dense['Dense_2']['bias'], np.float64)
+  np.testing.assert_allclose(model.apply(variables, x, train=False), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_vgg16_dropout_is_random_in_training_only_and_needs_a_key():
+  model, variables = built_case('vgg16', 7)
+  x = random_input((2, 32, 32, 3), seed=5)
+  train = lambda seed: np.asarray(model.apply(variables, x, train=True,
+                                              rngs={'dropout': jax.random.PRNGKey(seed)}))
+  np.testing.assert_array_equal(train(0), train(0))  # a key fixes the masks
+  assert not np.allclose(train(0), train(1))
+  assert not np.allclose(train(0), model.apply(variables, x, train=False))
+  with pytest.raises(Exception, match='dropout'):
+    model.apply(variables, x, train=True)
+  # The 'linear' head (ours) has no dropout: train and eval agree and no key is needed.
+  linear, linear_variables = built_case('vgg16_linear', 7)
+  np.testing.assert_allclose(linear.apply(linear_variables, x, train=True),
+                             linear.apply(linear_variables, x, train=False), rtol=1e-6)

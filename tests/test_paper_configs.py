@@ -16,7 +16,8 @@ from PIL import Image
 import configs.paper
 from conftest import run_cli
 from kd_jax import config as kd_config
-from kd_jax import pipeline
+from kd_jax import losses, pipeline
+from kd_jax.errors import KdJaxError
 
 EXPERIMENTS = sorted(m.name for m in pkgutil.iter_modules(configs.paper.__path__))
 # Variants run end to end (the others only build and validate): one per distinct code path. The single
@@ -46,9 +47,10 @@ def image_folders(tmp_path_factory):
 
 def _tiny(config, in_folder, ood_folder):
   config.data.update(dict(source="image_folder", path=in_folder, cache=False, name="tiny"))
-  if config.distill.ood_ratio > 0:
+  if config.distill.ood_data.source:
     config.distill.ood_data = kd_config.data_config(source="image_folder", path=ood_folder,
                                                     cache=False, name="tiny_ood")
+    config.distill.ood_examples = min(config.distill.ood_examples, 8)
   for phase in ("teacher", "student"):
     config[phase].model.depth = 8
     config[phase].steps = 2
@@ -98,3 +100,59 @@ def test_cli_runs_a_variant_and_rejects_an_unknown_one(tmp_path):
   result = run_cli(["--config=configs/paper/ensemble_size.py:m99", f"--workdir={tmp_path / 'w'}"])
   assert result.returncode == 2, result.stderr
   assert "m1, m3, m5, m12" in result.stderr.strip().splitlines()[-1]
+
+
+# --- The paper configs use the original code's definitions (samuelstanton/gnosis) ---------------
+
+
+def _all_paper_configs():
+  for experiment in EXPERIMENTS:
+    module = importlib.import_module(f"configs.paper.{experiment}")
+    for variant in module.VARIANTS:
+      yield f"{experiment}:{variant}", module.get_config(variant)
+
+
+def test_paper_configs_use_the_original_models_losses_and_policies():
+  for name, config in _all_paper_configs():
+    for phase in ("teacher", "student"):
+      assert config[phase].model.head == "dropout_mlp", name  # VGG-16: two 512-wide dropout layers
+      assert config[phase].model.pooling == "avg", name  # LeNet-5: average pooling
+    assert config.distill.loss in losses.ORIGINAL_KD_KINDS, name
+    assert config.distill.mixup_lambda == "batch", name  # one MixUp lambda per batch
+    assert config.distill.rotate_interpolation == "nearest", name  # torchvision's default
+
+
+def test_loss_variants_use_the_originals_kinds_and_alpha():
+  module = importlib.import_module("configs.paper.loss_variants")
+  expected = {"forward_kl": ("forward_kl", 0.0), "reverse_ce": ("reverse_ce", 0.0),
+              "symmetric_kl": ("symmetric_kl", 0.5), "brier": ("brier", 0.5),
+              "hard_argmax": ("hard_argmax", 0.5), "hard_sample": ("hard_sample", 0.5),
+              "forward_kl_alpha0.5": ("forward_kl", 0.5)}
+  assert set(module.VARIANTS) == set(expected)
+  for variant, (kind, alpha) in expected.items():
+    config = module.get_config(variant)
+    assert (config.distill.loss, config.distill.alpha) == (kind, alpha), variant
+    assert config.distill.temperature == 4.0 and config.teacher.ensemble_size == 5
+
+
+def test_augmentation_mixup_and_rotate_use_the_originals_draws():
+  module = importlib.import_module("configs.paper.augmentation")
+  assert "mixup" in module.get_config("mixup").distill.augment
+  assert "rotate" in module.get_config("rotate").distill.augment
+  assert module.get_config("rotate").distill.rotate_degrees == 20.0  # the paper's +-20 degrees
+
+
+@pytest.mark.parametrize("field, value", [("distill.loss", "kl"), ("distill.mixup_lambda", "pixel"),
+                                          ("distill.rotate_interpolation", "bicubic"),
+                                          ("student.model.head", "mlp"),
+                                          ("teacher.model.pooling", "sum")])
+def test_validate_rejects_unknown_choices(field, value):
+  config = kd_config.default_config()
+  *parents, leaf = field.split(".")
+  node = config
+  for parent in parents:
+    node = node[parent]
+  node[leaf] = value
+  with pytest.raises(KdJaxError, match=f"config.{field}='{value}'"):
+    kd_config.validate(config)
+

@@ -1,5 +1,5 @@
-"""LeNet-5's max pooling as a reshape and a max (kd_jax/models/lenet.py): nn.max_pool's values and,
-away from ties, its gradient; checked against NumPy and flax."""
+"""LeNet-5's max pooling (pooling='max') as a reshape and a max (kd_jax/models/lenet.py): nn.max_pool's
+values and, away from ties, its gradient; checked against NumPy and flax."""
 
 import flax.linen as nn
 import jax
@@ -43,7 +43,7 @@ def test_overlapping_or_ragged_windows_fall_back_to_flax():
 
 def test_lenet5_outputs_and_gradients_unchanged(monkeypatch):
   """The whole network against the same network pooled by nn.max_pool: same logits and gradients."""
-  model = LeNet5(num_classes=10)
+  model = LeNet5(num_classes=10, pooling="max")
   x = jax.random.normal(jax.random.PRNGKey(4), (8, 28, 28, 1))
   variables = model.init(jax.random.PRNGKey(5), x)
 
@@ -52,7 +52,7 @@ def test_lenet5_outputs_and_gradients_unchanged(monkeypatch):
     return model.apply(variables, x), jax.grad(loss)(variables["params"])
 
   ours = logits_and_grads()
-  monkeypatch.setattr(lenet, "max_pool", nn.max_pool)
+  monkeypatch.setitem(lenet._POOL, "max", nn.max_pool)
   reference = logits_and_grads()
   np.testing.assert_array_equal(np.asarray(ours[0]), np.asarray(reference[0]))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), ours[1],

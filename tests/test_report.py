@@ -192,3 +192,96 @@ def test_same_variant_name_with_other_configs_is_told_apart(tmp_path):
 def test_ignored_keys_cover_the_pipelines_operational_keys():
   from kd_jax import workdir
   assert set(workdir.OPERATIONAL_KEYS) <= set(report.IGNORED_KEYS)
+
+
+# ---------------------------------------------------------------------------------------------------
+# What a newcomer found (issue 8): one-point curves, Fig. 6's plot, long legends, repeated seeds
+
+class _CapturingPyplot:
+  """matplotlib.pyplot, except that close() keeps the figure for inspection."""
+
+  def __init__(self):
+    self.figures = []
+    self._plt = report._pyplot()
+
+  def __getattr__(self, name):
+    return getattr(self._plt, name)
+
+  def close(self, fig):
+    self.figures.append(fig)
+
+
+def test_training_curves_of_runs_that_logged_one_point_are_visible(tmp_path):
+  write_run(tmp_path / "a", steps=(4,))
+  variants = report.group_runs([report.load_run(str(tmp_path / "a"))])
+  plt = _CapturingPyplot()
+  assert report.plot_training_curves(plt, variants, str(tmp_path / "curves.png"))
+  loss_axes, agreement_axes = plt.figures[0].axes[:2]
+  for ax in (loss_axes, agreement_axes):
+    (line,) = ax.get_lines()
+    assert len(line.get_xdata()) == 1
+    # A one-point line without a marker draws nothing: the empty axes of issue 8.
+    assert line.get_marker() not in (None, "None", "", " ")
+  plt._plt.close("all")
+
+
+def test_init_interpolation_sweep_gets_a_train_agreement_vs_lambda_plot(tmp_path):
+  for lam in (0.0, 0.5, 1.0):
+    for seed in range(2):
+      write_run(tmp_path / f"lam{lam}_s{seed}", seed=seed, student__init="interpolate",
+                student__init_lambda=lam)
+  report.write_report([str(tmp_path)], str(tmp_path / "out"))
+  assert (tmp_path / "out" / "agreement_vs_init_lambda.png").read_bytes()[:8] == PNG_SIGNATURE
+  assert not (tmp_path / "out" / "agreement_vs_student_epochs.png").exists()
+  assert "agreement_vs_init_lambda.png" in (tmp_path / "out" / "results.md").read_text()
+  variants = report.group_runs([report.load_run(str(p)) for p in sorted(tmp_path.glob("lam*"))])
+  plt = _CapturingPyplot()
+  assert report.plot_against_key(plt, variants, "student.init_lambda", str(tmp_path / "x.png"),
+                                 xlabel="lambda", title="t")
+  train_line = plt.figures[0].axes[0].get_lines()[0]
+  assert list(train_line.get_xdata()) == [0.0, 0.5, 1.0]
+  expected = [100 * np.mean([json.load(open(tmp_path / f"lam{lam}_s{s}" / "results.json"))
+                             ["student"]["train_agreement"] for s in range(2)])
+              for lam in (0.0, 0.5, 1.0)]
+  np.testing.assert_allclose(train_line.get_ydata(), expected, rtol=1e-6)
+  plt._plt.close("all")
+
+
+def test_long_variant_names_do_not_squash_the_plots(tmp_path):
+  """Variants told apart by long config values: the legend must not widen the figure several-fold."""
+  import matplotlib.image
+  for i in range(4):
+    write_run(tmp_path / f"v{i}", m=1 + i, data__path=f"/data/{i}/" + "a-very-long-folder-name/" * 8,
+              data__name=f"dataset-with-a-long-name-{i}" * 3)
+  report.write_report([str(tmp_path / "v*")], str(tmp_path / "out"))
+  for name in ("agreement_vs_accuracy.png", "agreement_vs_ensemble_size.png",
+               "training_curves.png"):
+    height, width = matplotlib.image.imread(tmp_path / "out" / name).shape[:2]
+    # The axes alone are 7-12 inches at 120 dpi; a legend of 40-character lines adds about 3.
+    assert width < 1900, (name, width)
+
+
+def test_two_runs_of_one_seed_are_not_pooled_and_are_flagged(tmp_path):
+  write_run(tmp_path / "a" / "seed0", seed=0)
+  write_run(tmp_path / "copy" / "seed0", seed=0)  # the same run, twice
+  write_run(tmp_path / "a" / "seed1", seed=1)
+  report.write_report([str(tmp_path)], str(tmp_path / "out"), plots=False)
+  (row,) = read_csv(tmp_path / "out" / "results.csv")
+  assert row["n"] == "2"
+  accuracies = [json.load(open(tmp_path / "a" / f"seed{s}" / "results.json"))["student"]
+                ["test_accuracy"] for s in (0, 1)]
+  assert float(row["student_test_accuracy_std"]) == pytest.approx(np.std(accuracies, ddof=1),
+                                                                  rel=1e-5)
+  document = (tmp_path / "out" / "results.md").read_text()
+  assert "same seed as a run already counted" in document
+  assert f"seed 0 again in {tmp_path / 'copy' / 'seed0'}" in document
+  assert len(read_csv(tmp_path / "out" / "runs.csv")) == 2
+
+
+def test_one_seed_twice_is_n_1_not_n_2_with_std_0(tmp_path):
+  write_run(tmp_path / "a", seed=3)
+  write_run(tmp_path / "b", seed=3)
+  report.write_report([str(tmp_path / "a"), str(tmp_path / "b")], str(tmp_path / "out"),
+                      plots=False)
+  (row,) = read_csv(tmp_path / "out" / "results.csv")
+  assert row["n"] == "1"

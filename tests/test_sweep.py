@@ -159,3 +159,75 @@ def test_experiment_file_without_variants_is_refused(tmp_path):
   plain.write_text("def get_config():\n  return None\n")
   with pytest.raises(KdJaxError, match="VARIANTS"):
     sweep.load_experiment(str(plain))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Ensemble sizes share one trained ensemble (issue 8)
+
+SIZES_EXPERIMENT = f"""
+import sys
+sys.path.insert(0, {str(REPO / "tests")!r})
+from conftest import tiny_config
+
+VARIANTS = ("m1", "m3", "m2", "longer")
+
+
+def get_config(variant=None):
+  config = tiny_config(ensemble_size={{"m1": 1, "m2": 2, "m3": 3, "longer": 2}}[variant])
+  if variant == "longer":
+    config.teacher.steps = 16  # other teachers: trains its own
+  return config
+"""
+
+
+@pytest.fixture
+def sizes_experiment(tmp_path):
+  path = tmp_path / "sizes.py"
+  path.write_text(SIZES_EXPERIMENT)
+  return str(path)
+
+
+def test_smaller_ensembles_load_the_first_members_of_the_largest(sizes_experiment, tmp_path):
+  runs = sweep.run_sweep(sizes_experiment, str(tmp_path / "w"), [0, 1], dry_run=True)
+  by_name = {run.name: run for run in runs}
+  for seed in (0, 1):
+    provider = by_name[f"m3/seed{seed}"]
+    assert provider.provider is None and not provider.config.teacher.load_from
+    for user in ("m1", "m2"):
+      run = by_name[f"{user}/seed{seed}"]
+      assert run.provider is provider
+      assert run.config.teacher.load_from == provider.workdir
+      assert runs.index(run) > runs.index(provider)
+    assert by_name[f"longer/seed{seed}"].provider is None
+  # 3 + 2 teacher trainings per seed instead of 1 + 3 + 2 + 2.
+  assert sum(run.provider is None for run in runs) == 4
+
+
+def test_a_started_smaller_ensemble_keeps_its_own_teachers(sizes_experiment, tmp_path):
+  started = tmp_path / "w" / "m1" / "seed0"
+  started.mkdir(parents=True)
+  config = sweep.load_experiment(sizes_experiment).get_config("m1")
+  config.seed = 0
+  (started / "config.json").write_text(config.to_json_best_effort(sort_keys=True))
+  runs = {run.name: run for run in sweep.run_sweep(sizes_experiment, str(tmp_path / "w"), [0],
+                                                   dry_run=True)}
+  assert runs["m1/seed0"].provider is None and runs["m1/seed0"].started
+  assert runs["m2/seed0"].provider is runs["m3/seed0"]
+
+
+def test_shared_members_equal_teachers_trained_alone(tmp_path):
+  """Teacher i depends only on the seed and i: member 0 of a trained 2-ensemble, loaded by an m = 1
+  run, scores like the teacher an m = 1 run trains itself."""
+  from conftest import tiny_config
+  from kd_jax import pipeline
+  pair = tiny_config(ensemble_size=2)
+  pipeline.run(pair, str(tmp_path / "pair"))
+  shared = tiny_config(ensemble_size=1)
+  shared.teacher.load_from = str(tmp_path / "pair")
+  alone = tiny_config(ensemble_size=1)
+  shared_results = pipeline.run(shared, str(tmp_path / "shared"))
+  alone_results = pipeline.run(alone, str(tmp_path / "alone"))
+  for key in ("test_accuracy", "test_nll", "train_accuracy"):
+    assert shared_results["teachers"][0][key] == pytest.approx(
+        alone_results["teachers"][0][key], rel=1e-4, abs=1e-6)
+  assert not (tmp_path / "shared" / "teachers").exists()

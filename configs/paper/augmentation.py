@@ -1,9 +1,14 @@
 """Distillation-data policies (Stanton et al. 2021, Fig. 4, section 5): 5x PreResNet-56 -> PreResNet-56
 on CIFAR-100, tau = 4. The teachers are trained once with crop + flip; only the student's data changes.
 
-Variants: baseline (crop + flip), rotate (+-20 deg), vflip, color_jitter (0.2 each), all (combined),
-mixup (inputs only, lambda ~ U[0, 1]; the teacher labels the mixed image), cutmix (not in the paper),
-noise (each image replaced by uniform noise with p = 0.2), ood_svhn (SVHN images, 1 in 5 per batch).
+Variants: baseline (crop + flip), rotate (+-20 deg, nearest-pixel sampling), vflip, color_jitter (0.2
+each), all (combined), mixup (inputs only, one lambda ~ U[0, 1] per batch; the teacher labels the mixed
+image), cutmix (not in the paper), noise (each image replaced by uniform noise with p = 0.2), ood_svhn
+(10,000 fixed SVHN images appended to the training set). Rotation, MixUp and the OOD set follow the
+original code (torchvision's RandomRotation on PIL images samples the nearest pixel; gnosis' mixup_data
+draws one lambda per batch; gnosis appends a seeded 10,000-image subset of SVHN):
+distill.rotate_interpolation = 'nearest' and distill.mixup_lambda = 'batch', set below; our variants are
+--config.distill.rotate_interpolation=bilinear and --config.distill.mixup_lambda=example.
 Paper: baseline test agreement 84.5 %, best (MixUp) only 86 %; MixUp and GAN give the best student
 accuracy, not the best fidelity; noise and OOD data hurt. (The SN-GAN samples policy is not included.)
 
@@ -25,7 +30,9 @@ OVERRIDES = {
     "mixup": {"distill.augment": "crop_flip+mixup"},
     "cutmix": {"distill.augment": "crop_flip+cutmix"},
     "noise": {"distill.augment": "crop_flip+noise"},
-    "ood_svhn": {"distill.augment": "crop_flip", "distill.ood_ratio": 0.2,
+    # The original's OOD set: 10,000 fixed SVHN images appended to the 50,000 (ood_mode 'append').
+    "ood_svhn": {"distill.augment": "crop_flip", "distill.ood_mode": "append",
+                 "distill.ood_examples": 10000,
                  "distill.ood_data": kd_config.data_config(name="svhn_cropped", source="tfds")},
 }
 VARIANTS = tuple(OVERRIDES)
@@ -34,4 +41,7 @@ VARIANTS = tuple(OVERRIDES)
 def get_config(variant=None):
   config = cifar_kd.get_config()
   config.teacher.ensemble_size = 5
+  # The original's choices (also the defaults; set here so that the paper config states them).
+  config.distill.rotate_interpolation = "nearest"
+  config.distill.mixup_lambda = "batch"
   return with_variant(config, OVERRIDES, variant)

@@ -2,8 +2,8 @@
 Stanton et al. 2021 Fig. 6, sized for a 2-core CPU): LeNet-5 self-distillation on 10,000 Fashion-MNIST
 images, the student starting at lambda * theta_teacher + (1 - lambda) * theta_random.
 
-LeNet-5 has no BatchNorm, so, like the paper's LayerNorm ResNet, the student's function does not depend
-on batch statistics. Expected direction (paper): train agreement near 100 % once lambda >= 0.5, clearly
+LeNet-5 (with the original code's average pooling, model.pooling = 'avg') has no BatchNorm, so, like
+the paper's LayerNorm ResNet, the student's function does not depend on batch statistics. Expected direction (paper): train agreement near 100 % once lambda >= 0.5, clearly
 lower from a random start (lambda = 0). Our measured table is in docs/experiments.md.
 
 Reads the byte-exact Fashion-MNIST IDX files from ../shared/data/fashion-mnist (relative to the repo

@@ -12,6 +12,11 @@ Each random op is split into a deterministic core that takes its draw explicitly
 factors, lambdas, boxes, masks) and a keyed wrapper that samples the draw; the cores are what the
 tests compare against NumPy references. Semantics follow torchvision's transforms of the same name.
 
+Where the paper's original code (samuelstanton/gnosis) made a choice, the default reproduces it and our
+alternative is a named option: rotation samples the nearest pixel, as torchvision's RandomRotation on
+PIL images (`rotate_interpolation`: 'nearest' | 'bilinear'), and MixUp draws one lambda for the whole
+batch, as gnosis' mixup_data (`mixup_lambda`: 'batch' | 'example'). The original has no CutMix.
+
 Each keyed wrapper makes a single `jax.random.uniform` call and derives all its draws (integers by
 flooring, Bernoullis by thresholding, permutations by argsort) from it: every random call inlines a
 Threefry hash into the step, and on CPU each one adds a noticeable amount of compile time.
@@ -30,9 +35,15 @@ DEFAULTS = {
     "rotate_degrees": 20.0,  # rotation angle ~ U[-d, d] degrees
     "color_jitter": 0.2,  # brightness, contrast, saturation and hue strength (one number for all)
     "mixup_alpha": 0.0,  # 0: lambda ~ U[0, 1] (the paper); > 0: lambda ~ Beta(a, a)
+    "mixup_lambda": "batch",  # batch: one lambda per batch (the original) | example: one per image
+    "rotate_interpolation": "nearest",  # nearest (the original, torchvision's default) | bilinear
     "cutmix_alpha": 0.0,  # 0: box area fraction ~ U[0, 1]; > 0: ~ Beta(a, a)
     "noise_prob": 0.2,  # probability that an image is replaced by uniform noise
 }
+
+# Choices of the string options; the first is the original code's.
+MIXUP_LAMBDAS = ("batch", "example")
+ROTATE_INTERPOLATIONS = ("nearest", "bilinear")
 
 MAX_VALUE = 255.0  # images are kept on the uint8 scale until `normalize`
 
@@ -135,11 +146,32 @@ def _bilinear_sample(images, rows, cols):
   return out
 
 
-def rotate(images, degrees):
-  """Rotates each image by `degrees` (B,) about its centre; bilinear, zero fill, same size.
+def _nearest_sample(images, rows, cols):
+  """Samples images (B, H, W, C) at the pixel nearest to float source coordinates (B, H', W').
+
+  Pixel i covers [i - 0.5, i + 0.5), so the nearest pixel is floor(coordinate + 0.5) (halves round
+  up), as PIL's NEAREST affine transform, which torchvision's RandomRotation calls on PIL images;
+  sources outside the image give the zero fill.
+  """
+  batch, height, width, channels = images.shape
+  flat = images.reshape(batch, height * width, channels)
+  row, col = jnp.floor(rows + 0.5), jnp.floor(cols + 0.5)
+  inside = (row >= 0) & (row <= height - 1) & (col >= 0) & (col <= width - 1)
+  index = (jnp.clip(row, 0, height - 1) * width + jnp.clip(col, 0, width - 1)).astype(jnp.int32)
+  values = jnp.take_along_axis(flat, index.reshape(batch, -1, 1), axis=1)
+  return jnp.where(inside[..., None], values.reshape(rows.shape + (channels,)), 0.0)
+
+
+_SAMPLERS = {"nearest": _nearest_sample, "bilinear": _bilinear_sample}
+
+
+def rotate(images, degrees, interpolation: str = "nearest"):
+  """Rotates each image by `degrees` (B,) about its centre; zero fill, same size.
 
   Positive angles turn the picture counter-clockwise as displayed (rows down, columns right), as
   torchvision's rotate; so 90 degrees on a square image equals np.rot90(image) (axes H, W).
+  `interpolation` is 'nearest' (the original's: torchvision's default, exact pixel values) or
+  'bilinear' (ours: smoother, blends the border into the fill).
   """
   _, height, width, _ = images.shape
   theta = jnp.asarray(degrees, jnp.float32) * (math.pi / 180.0)
@@ -150,13 +182,13 @@ def rotate(images, degrees):
   # Inverse mapping: each output pixel reads the source pixel that the rotation carries onto it.
   src_cols = cos * dx - sin * dy + centre_col
   src_rows = sin * dx + cos * dy + centre_row
-  return _bilinear_sample(images.astype(jnp.float32), src_rows, src_cols)
+  return _SAMPLERS[interpolation](images.astype(jnp.float32), src_rows, src_cols)
 
 
-def random_rotate(key, images, max_degrees: float = 20.0):
+def random_rotate(key, images, max_degrees: float = 20.0, interpolation: str = "nearest"):
   """Rotation by an angle ~ U[-max_degrees, max_degrees] per image."""
   degrees = jax.random.uniform(key, (images.shape[0],), minval=-max_degrees, maxval=max_degrees)
-  return rotate(images, degrees)
+  return rotate(images, degrees, interpolation)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -271,10 +303,16 @@ def _mixing_fraction(key, u, alpha: float):
   return u
 
 
-def sample_mixup(key, batch: int, alpha: float = 0.0):
-  """Per-example lambda (B,) and the partner permutation (B,) used by `mixup`."""
+def sample_mixup(key, batch: int, alpha: float = 0.0, lambda_per: str = "batch"):
+  """Lambdas (B,) and the partner permutation (B,) used by `mixup`.
+
+  lambda_per='batch' (the original's mixup_data: one np.random.beta draw per batch) repeats a single
+  lambda over the batch; 'example' (ours) draws one per image.
+  """
   u = jax.random.uniform(key, (2, batch))
-  return _mixing_fraction(jax.random.fold_in(key, 1), u[0], alpha), _permutation(u[1])
+  num_lambdas = 1 if lambda_per == "batch" else batch
+  lam = _mixing_fraction(jax.random.fold_in(key, 1), u[0, :num_lambdas], alpha)
+  return jnp.broadcast_to(lam, (batch,)), _permutation(u[1])
 
 
 def mix(images, lam, perm):
@@ -284,9 +322,9 @@ def mix(images, lam, perm):
   return lam * images + (1.0 - lam) * images[perm]
 
 
-def mixup(key, images, alpha: float = 0.0):
+def mixup(key, images, alpha: float = 0.0, lambda_per: str = "batch"):
   """MixUp on inputs only: each image mixed with a random partner from the same batch."""
-  lam, perm = sample_mixup(key, images.shape[0], alpha)
+  lam, perm = sample_mixup(key, images.shape[0], alpha, lambda_per)
   return mix(images, lam, perm)
 
 
@@ -356,6 +394,14 @@ def _option(cfg, name: str):
   return float(value)
 
 
+def _choice(cfg, name: str, choices) -> str:
+  value = DEFAULTS[name] if cfg is None else cfg.get(name, DEFAULTS[name])
+  if value not in choices:
+    raise KdJaxError(f"augmentation option {name}={value!r} is not valid; choose one of "
+                     f"{', '.join(choices)}.")
+  return value
+
+
 def _check_range(name: str, value: float, low: float, high: float):
   if not low <= value <= high:
     raise KdJaxError(f"augmentation option {name}={value} must lie in [{low}, {high}].")
@@ -368,6 +414,8 @@ def _builders(cfg):
   mixup_alpha = _option(cfg, "mixup_alpha")
   cutmix_alpha = _option(cfg, "cutmix_alpha")
   noise_prob = _option(cfg, "noise_prob")
+  mixup_lambda = _choice(cfg, "mixup_lambda", MIXUP_LAMBDAS)
+  interpolation = _choice(cfg, "rotate_interpolation", ROTATE_INTERPOLATIONS)
   _check_range("rotate_degrees", degrees, 0.0, 180.0)
   _check_range("color_jitter", strength, 0.0, 0.5)  # hue shifts beyond half a turn are meaningless
   _check_range("mixup_alpha", mixup_alpha, 0.0, math.inf)
@@ -378,10 +426,10 @@ def _builders(cfg):
       "crop_flip": crop_flip,
       "flip": random_horizontal_flip,
       "crop": random_crop,
-      "rotate": lambda key, x: random_rotate(key, x, degrees),
+      "rotate": lambda key, x: random_rotate(key, x, degrees, interpolation),
       "vflip": random_vertical_flip,
       "color_jitter": lambda key, x: random_color_jitter(key, x, strength),
-      "mixup": lambda key, x: mixup(key, x, mixup_alpha),
+      "mixup": lambda key, x: mixup(key, x, mixup_alpha, mixup_lambda),
       "cutmix": lambda key, x: cutmix(key, x, cutmix_alpha),
       "noise": lambda key, x: random_noise(key, x, noise_prob),
   }

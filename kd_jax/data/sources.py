@@ -121,6 +121,7 @@ def load_dataset(cfg) -> Dataset:
     raise KdJaxError(f"unknown data.source={source!r}: use one of {', '.join(SOURCES)}")
   start = time.perf_counter()
   dataset = _take_train_prefix(loaders[source](cfg), int(cfg.get("train_size", 0) or 0))
+  dataset = resize_images(dataset, int(cfg.get("image_size", 0) or 0))
   logging.info("Loaded %s from %s in %.1fs: train %s, test %s, %d classes.", dataset.name, source,
                time.perf_counter() - start, dataset.train_images.shape, dataset.test_images.shape,
                dataset.num_classes)
@@ -138,6 +139,30 @@ def _take_train_prefix(dataset, train_size):
   # Copies, so the full arrays can be freed instead of staying alive behind views.
   return dataclasses.replace(dataset, train_images=dataset.train_images[:train_size].copy(),
                              train_labels=dataset.train_labels[:train_size].copy())
+
+
+def resize_images(dataset, size: int):
+  """Every image resized to size x size with PIL's bilinear filter (0 or the native size: unchanged).
+
+  For pairing datasets of different resolutions, e.g. CIFAR-10 in grayscale at 28x28 as
+  out-of-distribution images for Fashion-MNIST; runs once on the host, after train_size.
+  """
+  if size < 0:
+    raise KdJaxError(f"data.image_size={size} must be >= 0 (0 keeps the native size).")
+  if size == 0 or dataset.train_images.shape[1:3] == (size, size):
+    return dataset
+
+  def resize(images):
+    channels = images.shape[-1]
+    out = np.empty((images.shape[0], size, size, channels), np.uint8)
+    for i, image in enumerate(images):
+      # PIL takes (H, W) for one channel and (H, W, 3) for RGB.
+      pil = PIL.Image.fromarray(image[..., 0] if channels == 1 else image)
+      out[i] = np.asarray(pil.resize((size, size), PIL.Image.BILINEAR)).reshape(size, size, channels)
+    return out
+
+  return dataclasses.replace(dataset, train_images=resize(dataset.train_images),
+                             test_images=resize(dataset.test_images))
 
 
 def _dataset_name(cfg, default):

@@ -14,7 +14,10 @@ Config fields (`cfg.name` required, the others optional):
   norm:  'batch' | 'layer' (preresnet; 'layer' = LayerNorm over H, W, C of each example)
   width: base width: preresnet first-stage planes (16), vgg16 first-block channels (64),
          digits_cnn first conv channels (32), mlp hidden units (256); lenet5 has a fixed width.
-`depth`, `block` and `norm` are ignored by the other models.
+  head:  'dropout_mlp' | 'linear' (vgg16 classifier; 'dropout_mlp', the default, is the original
+         code's: two 512-wide Dropout-Dense-ReLU layers; 'linear' is one Dense layer)
+  pooling: 'avg' | 'max' (lenet5; 'avg', the default, is the original code's)
+`depth`, `block`, `norm`, `head` and `pooling` are ignored by the models they do not name.
 """
 
 import flax.linen as nn
@@ -23,10 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from kd_jax.errors import KdJaxError
-from kd_jax.models.lenet import LeNet5
+from kd_jax.models.lenet import LENET_POOLINGS, LeNet5
 from kd_jax.models.preresnet import PreResNet, blocks_per_stage
 from kd_jax.models.small import MLP, DigitsCNN
-from kd_jax.models.vgg import VGG, VGG16_LAYOUT
+from kd_jax.models.vgg import VGG, VGG16_LAYOUT, VGG_HEADS
 
 MODEL_NAMES = ('digits_cnn', 'lenet5', 'mlp', 'preresnet', 'vgg16')
 DEFAULT_WIDTH = {'preresnet': 16, 'vgg16': 64, 'digits_cnn': 32, 'mlp': 256}
@@ -54,6 +57,14 @@ def resolve_preresnet_block(depth: int, block: str) -> str:
         'bottleneck from it on'
     ) from None
   return resolved
+
+
+def _get_choice(cfg, field: str, choices, name: str) -> str:
+  """cfg.<field> (default: the first of `choices`, the original code's), or a one-line KdJaxError."""
+  value = cfg.get(field, choices[0])
+  if value not in choices:
+    raise KdJaxError(f'{name} {field} {value!r} is unknown; valid values: {", ".join(choices)}')
+  return value
 
 
 def _get_width(cfg, name: str) -> int:
@@ -90,10 +101,11 @@ def build_model(cfg, num_classes: int, dtype=jnp.float32) -> nn.Module:
     if cfg.get('width', None) not in (None, 0):
       # Refuse rather than silently ignore, so a width sweep cannot train the same net repeatedly.
       raise KdJaxError('lenet5 has a fixed width; set model.width=0 (its default)')
-    return LeNet5(num_classes=num_classes, dtype=dtype)
+    return LeNet5(num_classes=num_classes, pooling=_get_choice(cfg, 'pooling', LENET_POOLINGS, name),
+                  dtype=dtype)
   if name == 'vgg16':
     return VGG(num_classes=num_classes, layout=VGG16_LAYOUT, width=_get_width(cfg, name),
-               dtype=dtype)
+               head=_get_choice(cfg, 'head', VGG_HEADS, name), dtype=dtype)
   if name == 'digits_cnn':
     return DigitsCNN(num_classes=num_classes, width=_get_width(cfg, name), dtype=dtype)
   return MLP(num_classes=num_classes, width=_get_width(cfg, name), dtype=dtype)
@@ -104,5 +116,5 @@ def param_count(params) -> int:
   return int(sum(np.prod(leaf.shape, dtype=np.int64) for leaf in jax.tree_util.tree_leaves(params)))
 
 
-__all__ = ['build_model', 'param_count', 'MODEL_NAMES', 'PreResNet', 'LeNet5', 'VGG', 'DigitsCNN',
-           'MLP']
+__all__ = ['build_model', 'param_count', 'MODEL_NAMES', 'VGG_HEADS', 'LENET_POOLINGS', 'PreResNet',
+           'LeNet5', 'VGG', 'DigitsCNN', 'MLP']

@@ -1,8 +1,9 @@
 """LeNet-5 for 28x28x1 images (MNIST / EMNIST), the paper's model for its LeNet-5 experiments.
 
-conv 6@5x5 'SAME' -> ReLU -> maxpool 2 -> conv 16@5x5 'VALID' -> ReLU -> maxpool 2 -> Dense 120 ->
-ReLU -> Dense 84 -> ReLU -> Dense num_classes; 61,706 parameters for 10 classes. ReLU and max
-pooling replace the 1998 tanh and trainable subsampling, as in common modern re-implementations.
+conv 6@5x5 'SAME' -> ReLU -> pool 2 -> conv 16@5x5 'VALID' -> ReLU -> pool 2 -> Dense 120 -> ReLU ->
+Dense 84 -> ReLU -> Dense num_classes; 61,706 parameters for 10 classes. ReLU replaces the 1998 tanh.
+The 2x2 pooling (stride 2) is `pooling`: 'avg' (the paper's original code, gnosis/models/lenet.py, and
+closest to the 1998 subsampling) or 'max' (ours, as in many modern re-implementations).
 """
 
 from typing import Any
@@ -30,19 +31,28 @@ def max_pool(x, window_shape, strides):
   return jnp.max(windows, axis=(2, 4))
 
 
+# Pooling choices; the first is the original code's.
+LENET_POOLINGS = ('avg', 'max')
+_POOL = {'avg': nn.avg_pool, 'max': max_pool}
+
+
 class LeNet5(nn.Module):
   """LeNet-5; sows 'stage1' (14x14x6) and 'stage2' (5x5x16) after the conv blocks."""
   num_classes: int
+  pooling: str = 'avg'
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     del train  # No dropout or batch statistics.
+    if self.pooling not in _POOL:
+      raise ValueError(f'LeNet5 pooling {self.pooling!r} is not one of {LENET_POOLINGS}')
+    pool = _POOL[self.pooling]
     x = nn.Conv(6, (5, 5), padding='SAME', kernel_init=conv_init, dtype=self.dtype)(x)
-    x = max_pool(nn.relu(x), (2, 2), strides=(2, 2))
+    x = pool(nn.relu(x), (2, 2), strides=(2, 2))
     self.sow('intermediates', 'stage1', x)
     x = nn.Conv(16, (5, 5), padding='VALID', kernel_init=conv_init, dtype=self.dtype)(x)
-    x = max_pool(nn.relu(x), (2, 2), strides=(2, 2))
+    x = pool(nn.relu(x), (2, 2), strides=(2, 2))
     self.sow('intermediates', 'stage2', x)
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(nn.Dense(120, dtype=self.dtype)(x))

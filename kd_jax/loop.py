@@ -1,0 +1,150 @@
+"""The training loop shared by every phase: steps, progress lines, metrics, checkpoints, and stopping.
+
+    state = loop.fit(step_fn, state, phase=Phase(...), manager=manager, start=start, log=log, ...)
+
+`step_fn(state) -> (state, metrics)` is a compiled step with everything else it reads already bound
+(functools.partial at the call site says what a step receives). The loop:
+- keeps at most `max_steps_ahead` steps in flight: the host blocks on the metrics of the step that many
+  steps back. Unbounded run-ahead queued so many steps on forced multi-device CPU runs that XLA's
+  all-reduce rendezvous timed out; a few steps in flight keep an accelerator busy all the same;
+- checks every step's metrics as they arrive (loss, metrics and the parameter norm): the first
+  non-finite value stops the phase with DivergedError, and since checkpoints are saved only after the
+  steps before them were checked, every checkpoint on disk holds finite parameters;
+- logs the mean of each metric over the steps since the last log line (plus the learning rate);
+- saves a checkpoint every `checkpoint_every` steps and at the end; a failed save stops the run;
+- between steps, honours a stop signal (kd_jax/runtime.py): it saves a checkpoint, prints one line
+  and raises Interrupted.
+"""
+
+import dataclasses
+import math
+import time
+from typing import Callable, Optional
+
+import jax
+import numpy as np
+
+from kd_jax import checkpoint, runtime
+from kd_jax.errors import DivergedError, Interrupted
+
+# Steps the host may dispatch before it waits for the oldest one (see the module docstring).
+MAX_STEPS_AHEAD = 4
+
+
+@dataclasses.dataclass
+class Phase:
+  """One training phase as the loop reports it."""
+  name: str  # in progress lines, e.g. "teachers 1-3/3" or "student"
+  total: int  # steps of the whole phase
+  steps_per_epoch: int
+  images_per_step: int
+  log_fields: dict = dataclasses.field(default_factory=dict)  # added to each metrics.jsonl record
+  learning_rate: Optional[Callable] = None  # the optax schedule, logged as "lr"
+  hint: str = ""  # what to change when the phase diverges, e.g. "config.student.optimizer.learning_rate"
+
+
+def format_duration(seconds: float) -> str:
+  seconds = int(seconds)
+  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
+      f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _non_finite(metrics: dict) -> Optional[str]:
+  """The first metric of a fetched step that is not finite, as 'name value', or None."""
+  for key, value in metrics.items():
+    values = np.asarray(value, dtype=np.float64)
+    if not np.isfinite(values).all():
+      return f"{key} {values.ravel()[~np.isfinite(values.ravel())][0]}"
+  return None
+
+
+class _Window:
+  """Fetched step metrics since the last log line, and the timing of that window."""
+
+  def __init__(self, step: int):
+    self.start_time, self.start_step, self.metrics = time.time(), step, []
+
+  def means(self) -> dict:
+    return {k: float(np.mean([np.mean(m[k]) for m in self.metrics])) for k in self.metrics[0]}
+
+
+def fit(step_fn: Callable, state, *, phase: Phase, manager, start: int, log, log_every: int,
+        checkpoint_every: int, max_steps_ahead: int = MAX_STEPS_AHEAD):
+  """Runs step_fn from step `start` to `phase.total` (see the module docstring); returns the state."""
+  step = start
+  saved_step = start if start else None  # the checkpoint on disk that `state` was restored from
+  in_flight = []  # (step number, metrics on device), oldest first
+  window = _Window(start)
+
+  def check(keep: int) -> None:
+    """Fetches and checks the metrics of all but the newest `keep` steps in flight."""
+    while len(in_flight) > keep:
+      number, metrics = in_flight.pop(0)
+      fetched = jax.device_get(metrics)
+      bad = _non_finite(fetched)
+      if bad is not None:
+        last = f"step {saved_step}" if saved_step else "none (the phase restarts)"
+        raise DivergedError(
+            f"[{phase.name}] diverged at step {number}/{phase.total}: {bad}. Training stopped; the "
+            f"last checkpoint, which resumes, is {last}. "
+            f"{f'Lower {phase.hint} or ' if phase.hint else ''}check the data and config.")
+      window.metrics.append(fetched)
+
+  def save() -> None:
+    nonlocal saved_step
+    check(keep=0)  # only a state whose steps were all checked is saved
+    if saved_step != step and step > 0:
+      checkpoint.save_state(manager, step, state)
+      saved_step = step
+
+  def log_line() -> None:
+    nonlocal window
+    values = window.means()
+    if phase.learning_rate is not None:
+      # The rate the last step used: the schedule is evaluated at the optimizer's count before it.
+      values["lr"] = float(phase.learning_rate(step - 1))
+    elapsed = time.time() - window.start_time
+    rate = (step - window.start_step) / elapsed if elapsed > 0 and step > window.start_step else 0.0
+    eta = (phase.total - step) / rate if rate > 0 else 0.0
+    shown = " ".join(f"{k} {v:.4g}" if k == "lr" else f"{k} {v:.4f}" for k, v in values.items())
+    print(f"[{phase.name}] step {step}/{phase.total} epoch {step / phase.steps_per_epoch:.2f} | "
+          f"{shown} | {rate * phase.images_per_step:.0f} img/s | ETA {format_duration(eta)}",
+          flush=True)
+    log.write({"phase": phase.name, **phase.log_fields, "step": step,
+               "epoch": round(step / phase.steps_per_epoch, 4), **values,
+               "images_per_second": round(rate * phase.images_per_step, 1)})
+    window = _Window(step)
+
+  with runtime.deferred_signals():
+    while step < phase.total:
+      if runtime.stop_requested():
+        _stop(phase, step, save)
+      state, metrics = step_fn(state)
+      step += 1
+      in_flight.append((step, metrics))
+      if step == start + 1:
+        check(keep=0)
+        compile_s = time.time() - window.start_time
+        print(f"[{phase.name}] first step (including compilation) took {compile_s:.1f}s", flush=True)
+        log.write({"phase": phase.name, **phase.log_fields, "step": step,
+                   "compile_s": round(compile_s, 2)})
+        # The throughput of the window excludes compilation; its metric means include the step.
+        window.start_time, window.start_step = time.time(), step
+      check(keep=max_steps_ahead)
+      if step % log_every == 0 or step == phase.total:
+        check(keep=0)
+        log_line()
+      if step % checkpoint_every == 0 or step == phase.total:
+        save()
+    if runtime.stop_requested():
+      # The signal came during the last steps or the final save: the phase is complete and saved.
+      _stop(phase, step, save)
+  return state
+
+
+def _stop(phase: Phase, step: int, save: Callable) -> None:
+  """Saves the state at `step`, prints one line and raises Interrupted."""
+  save()
+  print(f"[{phase.name}] stopped at step {step}/{phase.total} by a signal; checkpoint saved",
+        flush=True)
+  raise Interrupted(f"{phase.name} at step {step}")
