@@ -180,6 +180,7 @@ def other_busy_fraction(start, end):
 class Case:
   kind: str = "distill"
   model: str = "preresnet"  # one of MODELS
+  lenet_pooling: str = ""  # lenet5: 'avg' | 'max'; '' = the model config's default
   depth: int = 20
   m: int = 3  # teachers in the ensemble (distill, epoch)
   members: int = 1  # teachers trained together in one step (teacher)
@@ -217,6 +218,8 @@ def _model(case: Case):
   cfg = config_lib.model_config(name=case.model)
   if case.model == "preresnet":
     cfg.depth = case.depth
+  if case.model == "lenet5" and case.lenet_pooling:
+    cfg.pooling = case.lenet_pooling
   return build_model(cfg, case.classes, PRECISIONS[case.precision])
 
 
@@ -229,10 +232,8 @@ def case_data(case: Case, mesh) -> train.DeviceData:
 
 
 def pooling(case: Case):
-  """LeNet-5's pooling ('max' or 'avg', as kd_jax's default model has it); None for other models."""
-  if case.model != "lenet5":
-    return None
-  return getattr(_model(case), "pooling", "max")  # LeNet5 without the attribute max-pools
+  """LeNet-5's pooling ('max' or 'avg': case.lenet_pooling or the config default); None otherwise."""
+  return _model(case).pooling if case.model == "lenet5" else None
 
 
 def _augment(case: Case):
@@ -264,7 +265,8 @@ def build_distill(case: Case, mesh, data):
   model = _model(case)
   tx = _optimizer(case, teacher=False)
   step = train.make_distill_step(
-      model, model, tx, batch_size=case.batch, augment=_augment(case), mesh=mesh, temperature=4.0, alpha=0.0, compute_dtype=PRECISIONS[case.precision],
+      model, model, tx, batch_size=case.batch, augment=_augment(case), mesh=mesh,
+      temperature=4.0, alpha=0.0, compute_dtype=PRECISIONS[case.precision],
       method=case.method)
   init = jax.jit(lambda key: train.create_state(model, tx, key, image_shape(case)),
                  out_shardings=parallel.replicated_sharding(mesh))
@@ -538,7 +540,8 @@ def grid(args) -> list:
       m = 1  # teacher cases ignore m; keep one copy of each
     else:
       members = 1
-    cases.append(Case(kind=kind, model=model, depth=depth, m=m, members=members, batch=batch, classes=classes,
+    cases.append(Case(kind=kind, model=model, lenet_pooling=args.lenet_pooling, depth=depth, m=m,
+                      members=members, batch=batch, classes=classes,
                       precision=precision, method=method, steps=args.steps, warmup=args.warmup,
                       train_size=args.train_size or MODEL_TRAIN_SIZE[model],
                       epoch_steps=args.epoch_steps))
@@ -574,12 +577,12 @@ def full_cases(steps: int, large_batch: int) -> list:
 # Side by side with PyTorch eager (benchmarks/torch_reference.py).
 
 
-def side_by_side_cases(models, steps: int, warmup: int) -> list:
+def side_by_side_cases(models, steps: int, warmup: int, lenet_pooling: str = "") -> list:
   """Per model: the teacher step (3 stacked members, batch 256) and the distill step (3 teachers, 128)."""
   cases = []
   for model in models:
     common = dict(model=model, classes=10 if model == "lenet5" else 100, steps=steps,
-                  warmup=warmup, train_size=MODEL_TRAIN_SIZE[model])
+                  warmup=warmup, train_size=MODEL_TRAIN_SIZE[model], lenet_pooling=lenet_pooling)
     cases.append(Case(kind="teacher", members=3, batch=256, **common))
     cases.append(Case(kind="distill", m=3, batch=128, **common))
   return cases
@@ -876,6 +879,8 @@ def parse_args(argv=None):
   parser.add_argument("--study-precision", choices=tuple(PRECISIONS), default=Study.precision)
   parser.add_argument("--batchnorm", choices=("kd_jax", "flax"), default="kd_jax",
                       help="flax: time the models with flax.linen.BatchNorm (A/B of the custom VJP)")
+  parser.add_argument("--lenet-pooling", choices=("", "avg", "max"), default="",
+                      help="LeNet-5's pooling (default: the model config's, 'avg')")
   parser.add_argument("--max-pool", choices=("kd_jax", "flax"), default="kd_jax",
                       help="flax: LeNet-5 max-pools with nn.max_pool (A/B of lenet.max_pool)")
   parser.add_argument("--profile-dir", default="",
@@ -911,7 +916,8 @@ def main(argv=None):
       from benchmarks import torch_reference  # pylint: disable=import-outside-toplevel
       if torch_reference.available():
         torch_reference.torch.set_num_threads(args.torch_threads)
-    cases = side_by_side_cases(args.model or ["lenet5"], args.steps, args.warmup)
+    cases = side_by_side_cases(args.model or ["lenet5"], args.steps, args.warmup,
+                               args.lenet_pooling)
     records = side_by_side(cases, args.rounds, torch_channels_last=args.torch_channels_last)
     for record in records:
       _emit(record, args.out)

@@ -260,7 +260,8 @@ def permutation_sample_batch(rng, step, images, labels, batch_size: int):
   """The batch draw before issue 11: the epoch's whole permutation, rebuilt every step (O(N log N))."""
   steps_per_epoch = images.shape[0] // batch_size
   epoch, position = step // steps_per_epoch, step % steps_per_epoch
-  key = jax.random.fold_in(jax.random.fold_in(rng, train._ORDER_STREAM), epoch)  # pylint: disable=protected-access
+  stream = train._ORDER_STREAM  # pylint: disable=protected-access
+  key = jax.random.fold_in(jax.random.fold_in(rng, stream), epoch)
   order = jax.random.permutation(key, images.shape[0])
   indices = jax.lax.dynamic_slice_in_dim(order, position * batch_size, batch_size)
   return images[indices], labels[indices]

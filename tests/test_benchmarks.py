@@ -186,7 +186,10 @@ def test_lenet5_cases_run_the_library_steps():
   distill = kd_step.run_case(kd_step.Case(kind="distill", m=2, batch=8, **LENET_TINY))
   for record in (teacher, distill):
     assert record["model"] == "lenet5" and record["depth"] is None
-    assert record["pooling"] in ("max", "avg") and record["compiles"] == 1
+    assert record["pooling"] == "avg" and record["max_pool"] is None and record["compiles"] == 1
+  max_pooled = kd_step.run_case(kd_step.Case(kind="distill", m=1, batch=8, lenet_pooling="max",
+                                             **LENET_TINY))
+  assert max_pooled["pooling"] == "max" and max_pooled["max_pool"] == "kd_jax"
   np.testing.assert_allclose(teacher["images_per_second"], 16 / (teacher["step_ms"] / 1e3),
                              rtol=0.01)
 
