@@ -6,6 +6,8 @@
   python -m benchmarks.kd_step --kind teacher --members 1 5 --depth 56 --batch 256
   python -m benchmarks.kd_step --full                     # the issue's whole table (GPU)
   python -m benchmarks.kd_step --estimate-study           # the paper's baseline study, in minutes
+  python -m benchmarks.kd_step --side-by-side             # LeNet-5 steps, kd_jax and PyTorch interleaved
+  python -m benchmarks.kd_step --side-by-side --model preresnet   # the same for PreResNet-20
 
 Every case prints one JSON line (keys: see `RECORD_KEYS`) as soon as it is measured, and a table at the
 end. Kinds of case:
@@ -24,6 +26,18 @@ Compilations are counted with a jax.monitoring listener over the whole measured 
 cost analysis of the lowered step; the fraction of the device's peak is given where the peak is known.
 On CPU the record also says how busy the rest of the machine was while the steps were timed
 (`host_other_busy`), because on a shared machine that, not the code, can decide the number.
+
+Models: `--model preresnet` (the default; CIFAR-shaped 32x32x3 data, crop and flip) or `lenet5`
+(Fashion-MNIST-shaped 28x28x1 data, 60,000 train images, no augmentation, as configs/fashion_mnist_kd.py;
+use --classes 10). The model is built by kd_jax.models.build_model from its default config.
+
+Side by side (`--side-by-side`): for each model, the teacher step (3 stacked members, batch 256) and the
+distillation step (3 teachers, batch 128) of kd_jax and of benchmarks/torch_reference.py (PyTorch eager,
+the same networks, data shapes and optimizers) are each built and warmed up once, then timed in
+`--rounds` alternating rounds of `--steps` steps (kd_jax first in even rounds, PyTorch first in odd
+ones), so that load from other processes falls on both. One table row per case: the medians over all
+timed steps, images per second and their ratio (kd_jax / PyTorch; > 1 means kd_jax is faster). Without
+torch installed, only the kd_jax columns are filled.
 """
 
 import argparse
@@ -44,9 +58,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from kd_jax import config as config_lib
-from kd_jax import ensemble, parallel, train
+from kd_jax import ensemble, parallel, runtime, train
 from kd_jax.data import augment as augment_lib
-from kd_jax.models import build_model, preresnet
+from kd_jax.models import build_model, lenet, preresnet
 
 KINDS = ("distill", "teacher", "epoch")
 PRECISIONS = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
@@ -55,9 +69,16 @@ RECORD_KEYS = ("kind", "backend", "device", "model", "depth", "m", "members", "b
                "step_ms_min", "images_per_second", "flops_per_step", "achieved_tflops",
                "peak_tflops", "peak_fraction", "peak_memory_bytes", "compiled_memory_bytes")
 CIFAR_TRAIN_SIZE = 50_000  # the paper's train sets (CIFAR-10/100)
+MNIST_TRAIN_SIZE = 60_000  # (Fashion-)MNIST's train set
 IMAGE_SHAPE = (32, 32, 3)
+MODELS = ("preresnet", "lenet5")
+# Per model: input shape, and the augmentation its paper configs use.
+MODEL_IMAGE_SHAPE = {"preresnet": IMAGE_SHAPE, "lenet5": (28, 28, 1)}
+MODEL_AUGMENT = {"preresnet": "crop_flip", "lenet5": "none"}
+MODEL_TRAIN_SIZE = {"preresnet": CIFAR_TRAIN_SIZE, "lenet5": MNIST_TRAIN_SIZE}
 DATA_SEED = 0
 _batchnorm_impl = "kd_jax"  # which BatchNorm the models use; see use_flax_batchnorm
+_max_pool_impl = "kd_jax"  # which max pooling LeNet-5 uses; see use_flax_max_pool
 
 # Dense peak TFLOP/s by device kind (substring of jax's device_kind) and compute dtype. The fp32 entry is
 # the TF32 tensor-core peak, because JAX's default matmul/conv precision lets XLA use TF32 for fp32 on
@@ -158,6 +179,8 @@ def other_busy_fraction(start, end):
 @dataclasses.dataclass(frozen=True)
 class Case:
   kind: str = "distill"
+  model: str = "preresnet"  # one of MODELS
+  lenet_pooling: str = ""  # lenet5: 'avg' | 'max'; '' = the model config's default
   depth: int = 20
   m: int = 3  # teachers in the ensemble (distill, epoch)
   members: int = 1  # teachers trained together in one step (teacher)
@@ -171,14 +194,16 @@ class Case:
   epoch_steps: int = 0  # epoch: steps to run (0 = the whole epoch, train_size // batch)
 
 
-def synthetic_data(num_train: int, num_classes: int, mesh) -> train.DeviceData:
-  """A CIFAR-shaped in-memory dataset of random uint8 images, placed as the pipeline places data."""
+def synthetic_data(num_train: int, num_classes: int, mesh,
+                   image_shape=IMAGE_SHAPE) -> train.DeviceData:
+  """An in-memory dataset of random uint8 images (CIFAR-shaped by default), placed as the pipeline
+  places data."""
   rng = np.random.default_rng(DATA_SEED)
   num_test = 1_000
-  images = rng.integers(0, 256, (num_train + num_test, *IMAGE_SHAPE), dtype=np.uint8)
+  images = rng.integers(0, 256, (num_train + num_test, *image_shape), dtype=np.uint8)
   labels = rng.integers(0, num_classes, num_train + num_test).astype(np.int32)
   # Per-channel statistics without a float copy of the whole set (numpy casts in chunks).
-  pixels = images[:num_train].reshape(-1, IMAGE_SHAPE[-1])
+  pixels = images[:num_train].reshape(-1, image_shape[-1])
   mean = pixels.mean(axis=0, dtype=np.float64) / 255.0
   std = pixels.std(axis=0, dtype=np.float64) / 255.0 + 1e-8
   return parallel.replicate(train.DeviceData(
@@ -188,24 +213,49 @@ def synthetic_data(num_train: int, num_classes: int, mesh) -> train.DeviceData:
 
 
 def _model(case: Case):
-  return build_model(config_lib.model_config(name="preresnet", depth=case.depth), case.classes,
-                     PRECISIONS[case.precision])
+  if case.model not in MODELS:
+    raise ValueError(f"model {case.model!r} is not one of {MODELS}")
+  cfg = config_lib.model_config(name=case.model)
+  if case.model == "preresnet":
+    cfg.depth = case.depth
+  if case.model == "lenet5" and case.lenet_pooling:
+    cfg.pooling = case.lenet_pooling
+  return build_model(cfg, case.classes, PRECISIONS[case.precision])
+
+
+def image_shape(case: Case) -> tuple:
+  return MODEL_IMAGE_SHAPE[case.model]
+
+
+def case_data(case: Case, mesh) -> train.DeviceData:
+  return synthetic_data(case.train_size, case.classes, mesh, image_shape(case))
+
+
+def pooling(case: Case):
+  """LeNet-5's pooling ('max' or 'avg': case.lenet_pooling or the config default); None otherwise."""
+  return _model(case).pooling if case.model == "lenet5" else None
+
+
+def _augment(case: Case):
+  return augment_lib.POLICIES[MODEL_AUGMENT[case.model]]
 
 
 def _optimizer(case: Case, teacher: bool):
-  """The paper's recipes (teacher: SGD 0.1; student: Nesterov 0.05), over a nominal 300 epochs."""
+  """The paper's recipes (teacher: SGD 0.1, LeNet-5 0.05; student: Nesterov 0.05), nominal 300 epochs."""
   steps_per_epoch = max(case.train_size // case.batch, 1)
-  if teacher:
+  if teacher and case.model == "lenet5":  # configs/fashion_mnist_kd.py
+    cfg = config_lib.optimizer_config(learning_rate=0.05, weight_decay=5e-4)
+  elif teacher:
     cfg = config_lib.optimizer_config(learning_rate=0.1)
   else:
     cfg = config_lib.optimizer_config(learning_rate=5e-2, final_learning_rate=1e-6, nesterov=True)
   return train.make_optimizer(cfg, 300 * steps_per_epoch, steps_per_epoch)
 
 
-def _stacked_states(model, tx, count: int, mesh):
+def _stacked_states(model, tx, count: int, mesh, shape=IMAGE_SHAPE):
   """`count` independently initialized train states stacked on a leading axis (one compile)."""
   keys = jax.random.split(jax.random.PRNGKey(1), count)
-  init = jax.jit(jax.vmap(lambda key: train.create_state(model, tx, key, IMAGE_SHAPE)),
+  init = jax.jit(jax.vmap(lambda key: train.create_state(model, tx, key, shape)),
                  out_shardings=parallel.replicated_sharding(mesh))
   return init(keys)
 
@@ -215,13 +265,13 @@ def build_distill(case: Case, mesh, data):
   model = _model(case)
   tx = _optimizer(case, teacher=False)
   step = train.make_distill_step(
-      model, model, tx, batch_size=case.batch, augment=augment_lib.POLICIES["crop_flip"],
-      mesh=mesh, temperature=4.0, alpha=0.0, compute_dtype=PRECISIONS[case.precision],
+      model, model, tx, batch_size=case.batch, augment=_augment(case), mesh=mesh,
+      temperature=4.0, alpha=0.0, compute_dtype=PRECISIONS[case.precision],
       method=case.method)
-  init = jax.jit(lambda key: train.create_state(model, tx, key, IMAGE_SHAPE),
+  init = jax.jit(lambda key: train.create_state(model, tx, key, image_shape(case)),
                  out_shardings=parallel.replicated_sharding(mesh))
   state = init(jax.random.PRNGKey(0))
-  teachers = _stacked_states(model, tx, case.m, mesh)
+  teachers = _stacked_states(model, tx, case.m, mesh, image_shape(case))
   teacher_variables = train.model_variables(teachers)
   return step, [state, teacher_variables, data]
 
@@ -231,9 +281,9 @@ def build_teacher(case: Case, mesh, data):
   model = _model(case)
   tx = _optimizer(case, teacher=True)
   step = train.make_supervised_step(
-      model, tx, batch_size=case.batch, augment=augment_lib.POLICIES["crop_flip"], mesh=mesh,
+      model, tx, batch_size=case.batch, augment=_augment(case), mesh=mesh,
       compute_dtype=PRECISIONS[case.precision], method=case.method)
-  return step, [_stacked_states(model, tx, case.members, mesh), data]
+  return step, [_stacked_states(model, tx, case.members, mesh, image_shape(case)), data]
 
 
 def _images_per_step(case: Case) -> int:
@@ -340,18 +390,20 @@ def _flops_fields(flops, step_s, precision):
 
 def _base_record(case: Case) -> dict:
   return {"kind": case.kind, "backend": jax.default_backend(), "device": device_name(),
-          "devices": jax.device_count(), "model": "preresnet", "depth": case.depth,
+          "devices": jax.device_count(), "model": case.model,
+          "depth": case.depth if case.model == "preresnet" else None, "pooling": pooling(case),
           "m": case.m if case.kind != "teacher" else None,
           "members": case.members if case.kind == "teacher" else None, "batch": case.batch,
           "classes": case.classes, "precision": case.precision,
           "method": ensemble.resolve_method(case.method), "steps": case.steps,
           "train_size": case.train_size, "batchnorm": _batchnorm_impl,
+          "max_pool": _max_pool_impl if pooling(case) == "max" else None,
           "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
 def measure_input(case: Case, mesh, data, repeats: int = 20) -> float:
   """Median seconds of the step's input part alone: batch gather + crop/flip + normalize."""
-  augment = augment_lib.POLICIES["crop_flip"]
+  augment = _augment(case)
   dtype = PRECISIONS[case.precision]
 
   @jax.jit
@@ -415,7 +467,7 @@ def run_case(case: Case, mesh=None, data=None) -> dict:
   mesh = parallel.make_mesh() if mesh is None else mesh
   parallel.check_batch_size(case.batch, mesh, "--batch")
   if data is None:
-    data = synthetic_data(case.train_size, case.classes, mesh)
+    data = case_data(case, mesh)
   if case.kind == "epoch":
     return measure_epoch(case, mesh, data)
   return measure_step(case, mesh, data)
@@ -439,7 +491,7 @@ def profile_case(case: Case, directory: str, num_steps: int = 3, mesh=None, data
   them, and the step time minus the listed total is a lower bound of their share.
   """
   mesh = parallel.make_mesh() if mesh is None else mesh
-  data = synthetic_data(case.train_size, case.classes, mesh) if data is None else data
+  data = case_data(case, mesh) if data is None else data
   step, args = (build_distill if case.kind == "distill" else build_teacher)(case, mesh, data)
   _, _, args = time_steps(step, args, 0, warmup=2)
   with jax.profiler.trace(directory):
@@ -481,16 +533,18 @@ def _summarize_trace(directory: str, num_steps: int, top: int) -> list:
 def grid(args) -> list:
   """The cases that the command line asks for (every combination of the listed values)."""
   cases = []
-  for kind, depth, m, members, batch, classes, precision, method in itertools.product(
-      args.kind, args.depth, args.m, args.members, args.batch, args.classes, args.precision,
-      args.method):
+  for model, kind, depth, m, members, batch, classes, precision, method in itertools.product(
+      args.model or ["preresnet"], args.kind, args.depth, args.m, args.members, args.batch,
+      args.classes, args.precision, args.method):
     if kind == "teacher":
       m = 1  # teacher cases ignore m; keep one copy of each
     else:
       members = 1
-    cases.append(Case(kind=kind, depth=depth, m=m, members=members, batch=batch, classes=classes,
+    cases.append(Case(kind=kind, model=model, lenet_pooling=args.lenet_pooling, depth=depth, m=m,
+                      members=members, batch=batch, classes=classes,
                       precision=precision, method=method, steps=args.steps, warmup=args.warmup,
-                      train_size=args.train_size, epoch_steps=args.epoch_steps))
+                      train_size=args.train_size or MODEL_TRAIN_SIZE[model],
+                      epoch_steps=args.epoch_steps))
   return list(dict.fromkeys(cases))
 
 
@@ -517,6 +571,130 @@ def full_cases(steps: int, large_batch: int) -> list:
                       steps=steps))
   cases.append(Case(kind="epoch", depth=56, m=5, batch=128, precision="bf16"))
   return cases
+
+
+# ------------------------------------------------------------------------------------------------
+# Side by side with PyTorch eager (benchmarks/torch_reference.py).
+
+
+def side_by_side_cases(models, steps: int, warmup: int, lenet_pooling: str = "") -> list:
+  """Per model: the teacher step (3 stacked members, batch 256) and the distill step (3 teachers, 128)."""
+  cases = []
+  for model in models:
+    common = dict(model=model, classes=10 if model == "lenet5" else 100, steps=steps,
+                  warmup=warmup, train_size=MODEL_TRAIN_SIZE[model], lenet_pooling=lenet_pooling)
+    cases.append(Case(kind="teacher", members=3, batch=256, **common))
+    cases.append(Case(kind="distill", m=3, batch=128, **common))
+  return cases
+
+
+@dataclasses.dataclass
+class _Contender:
+  """One case's kd_jax step (with its threaded arguments) and PyTorch step, and their step times."""
+  case: Case
+  step: object
+  args: list
+  compile_s: float
+  compiles: int
+  torch_step: object = None
+  jax_rounds: list = dataclasses.field(default_factory=list)  # per round: that round's step seconds
+  torch_rounds: list = dataclasses.field(default_factory=list)
+
+
+def _prepare_contender(case: Case, mesh, data, use_torch: bool, torch_channels_last: bool):
+  from benchmarks import torch_reference  # pylint: disable=import-outside-toplevel
+  step, args = (build_distill if case.kind == "distill" else build_teacher)(case, mesh, data)
+  with CompileCounter() as counter:
+    start = time.perf_counter()
+    step.lower(*args).compile()
+    compile_s = time.perf_counter() - start
+    _, _, args = time_steps(step, args, 0, max(case.warmup, 1))
+  contender = _Contender(case, step, args, compile_s, counter.count)
+  if use_torch:
+    contender.torch_step, _ = torch_reference.build(
+        case.kind, case.model, case.depth, case.m, case.members, case.batch, case.classes,
+        torch_channels_last, pooling(case) or "max", case.train_size)
+    torch_reference.time_step(contender.torch_step, max(case.warmup, 1))
+  return contender
+
+
+def side_by_side(cases, rounds: int, mesh=None, torch_channels_last: bool = False) -> list:
+  """Times each case's kd_jax and PyTorch steps in alternating rounds; one record per case.
+
+  Everything is built, compiled and warmed up first. Then, `rounds` times, each case runs
+  `case.steps` kd_jax steps and `case.steps` PyTorch steps, kd_jax first in even rounds and PyTorch
+  first in odd ones. A record's step_ms are medians over all its timed steps; `*_round_ms` are the
+  per-round medians, to show how much load moved the numbers.
+  """
+  from benchmarks import torch_reference  # pylint: disable=import-outside-toplevel
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  use_torch = torch_reference.available()
+  data_cache, contenders = {}, []
+  for case in cases:
+    key = (case.train_size, case.classes, image_shape(case))
+    if key not in data_cache:
+      data_cache[key] = case_data(case, mesh)
+    contenders.append(_prepare_contender(case, mesh, data_cache[key], use_torch,
+                                         torch_channels_last))
+  before = _cpu_jiffies()
+  with CompileCounter() as timed_compiles:
+    for round_index in range(rounds):
+      for c in contenders:
+        for framework in (("jax", "torch") if round_index % 2 == 0 else ("torch", "jax")):
+          if framework == "jax":
+            times, _, c.args = time_steps(c.step, c.args, c.case.steps, 0)
+            c.jax_rounds.append(times)
+          elif c.torch_step is not None:
+            c.torch_rounds.append(torch_reference.time_step(c.torch_step, c.case.steps))
+  busy = other_busy_fraction(before, _cpu_jiffies())
+  records = []
+  for c in contenders:
+    images = _images_per_step(c.case)
+    jax_s = statistics.median(itertools.chain(*c.jax_rounds))
+    record = {"event": "side_by_side", "kind": c.case.kind, "model": c.case.model,
+              "depth": c.case.depth if c.case.model == "preresnet" else None,
+              "pooling": pooling(c.case),
+              "max_pool": _max_pool_impl if pooling(c.case) == "max" else None,
+              "m": c.case.m if c.case.kind == "distill" else None,
+              "members": c.case.members if c.case.kind == "teacher" else None,
+              "batch": c.case.batch, "classes": c.case.classes, "images_per_step": images,
+              "rounds": rounds, "steps_per_round": c.case.steps, "backend": jax.default_backend(),
+              "device": device_name(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+              "jax_compile_s": round(c.compile_s, 2), "jax_compiles": c.compiles,
+              "jax_compiles_while_timed": timed_compiles.count,
+              "jax_step_ms": round(jax_s * 1e3, 2),
+              "jax_round_ms": [round(statistics.median(t) * 1e3, 1) for t in c.jax_rounds],
+              "jax_images_per_second": round(images / jax_s, 1),
+              "torch": None, "torch_step_ms": None, "torch_images_per_second": None, "ratio": None,
+              "host_other_busy": busy}
+    if c.torch_step is not None:
+      torch_s = statistics.median(itertools.chain(*c.torch_rounds))
+      torch = torch_reference.torch
+      record.update(
+          torch=f"{torch.__version__}, {torch.get_num_threads()} threads, "
+                f"{'channels_last' if torch_channels_last else 'NCHW'}",
+          torch_step_ms=round(torch_s * 1e3, 2),
+          torch_round_ms=[round(statistics.median(t) * 1e3, 1) for t in c.torch_rounds],
+          torch_images_per_second=round(images / torch_s, 1), ratio=round(torch_s / jax_s, 3))
+    records.append(record)
+  return records
+
+
+_SIDE_BY_SIDE_COLUMNS = (("model", 9), ("kind", 7), ("m", 2), ("members", 7), ("batch", 5),
+                         ("jax_step_ms", 11), ("jax_images_per_second", 10), ("torch_step_ms", 13),
+                         ("torch_images_per_second", 11), ("ratio", 9), ("host_other_busy", 5))
+_SIDE_BY_SIDE_HEADERS = {"jax_step_ms": "kd_jax ms", "jax_images_per_second": "kd_jax img/s",
+                         "torch_step_ms": "PyTorch ms", "torch_images_per_second": "torch img/s",
+                         "ratio": "kd_jax/pt", "host_other_busy": "busy"}
+
+
+def side_by_side_table(records) -> str:
+  """kd_jax and PyTorch columns per case; ratio = kd_jax img/s / PyTorch img/s."""
+  header = " ".join(f"{_SIDE_BY_SIDE_HEADERS.get(k, k):>{w}}" for k, w in _SIDE_BY_SIDE_COLUMNS)
+  lines = [header, "-" * len(header)]
+  for record in records:
+    lines.append(" ".join(f"{_cell(record.get(k)):>{w}}" for k, w in _SIDE_BY_SIDE_COLUMNS))
+  return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -639,6 +817,16 @@ def use_flax_batchnorm():
   _batchnorm_impl = "flax"
 
 
+def use_flax_max_pool():
+  """Makes LeNet-5 max-pool with flax's nn.max_pool again (before kd_jax.models.lenet.max_pool).
+
+  For A/B measurements only (--max-pool flax): same values; applies to steps traced after the call.
+  """
+  global _max_pool_impl
+  lenet._POOL["max"] = nn.max_pool  # pylint: disable=protected-access
+  _max_pool_impl = "flax"
+
+
 def batchnorm_impl() -> str:
   """'kd_jax' or 'flax': the BatchNorm that models built now use."""
   return _batchnorm_impl
@@ -649,6 +837,8 @@ def parse_args(argv=None):
       description="Time kd_jax's compiled distillation and teacher steps.",
       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
   parser.add_argument("--kind", nargs="+", choices=KINDS, default=["distill"])
+  parser.add_argument("--model", nargs="+", choices=MODELS, default=None,
+                      help="default: preresnet (--side-by-side: lenet5)")
   parser.add_argument("--depth", nargs="+", type=int, default=[20])
   parser.add_argument("--m", nargs="+", type=int, default=[3], help="teachers in the ensemble")
   parser.add_argument("--members", nargs="+", type=int, default=[1],
@@ -658,16 +848,26 @@ def parse_args(argv=None):
   parser.add_argument("--precision", nargs="+", choices=tuple(PRECISIONS), default=["fp32"])
   parser.add_argument("--method", nargs="+", choices=ensemble.METHODS, default=["auto"],
                       help="how the stacked members run inside the step")
-  parser.add_argument("--steps", type=int, default=20,
-                      help="timed steps per case (0 = compile only: FLOPs and planned memory)")
+  parser.add_argument("--steps", type=int, default=None,
+                      help="timed steps per case (0 = compile only: FLOPs and planned memory); "
+                           "default 20, with --side-by-side 10 per round")
   parser.add_argument("--warmup", type=int, default=3, help="untimed steps after compiling")
-  parser.add_argument("--train-size", type=int, default=CIFAR_TRAIN_SIZE,
-                      help="synthetic train-set size (an epoch case runs over all of it)")
+  parser.add_argument("--train-size", type=int, default=0,
+                      help="synthetic train-set size (an epoch case runs over all of it; 0 = the "
+                           "model's data set: 50,000 for preresnet, 60,000 for lenet5)")
   parser.add_argument("--epoch-steps", type=int, default=0,
                       help="epoch cases: run only this many steps and extrapolate (0 = whole epoch)")
   parser.add_argument("--quick", action="store_true", help="a small CPU-sized set of cases")
   parser.add_argument("--full", action="store_true", help="the issue's whole table (for a GPU)")
   parser.add_argument("--large-batch", type=int, default=1024, help="the large batch of --full")
+  parser.add_argument("--side-by-side", action="store_true",
+                      help="kd_jax and PyTorch teacher and distill steps of --model (default lenet5), "
+                           "interleaved, with a comparison table")
+  parser.add_argument("--rounds", type=int, default=5, help="--side-by-side: alternating rounds")
+  parser.add_argument("--torch-channels-last", action="store_true",
+                      help="--side-by-side: PyTorch in channels-last memory format")
+  parser.add_argument("--torch-threads", type=int, default=0,
+                      help="--side-by-side: torch.set_num_threads (0 = torch's default)")
   parser.add_argument("--torch", action="store_true",
                       help="also time benchmarks/torch_reference.py for each fp32 distill case")
   parser.add_argument("--estimate-study", action="store_true",
@@ -679,11 +879,18 @@ def parse_args(argv=None):
   parser.add_argument("--study-precision", choices=tuple(PRECISIONS), default=Study.precision)
   parser.add_argument("--batchnorm", choices=("kd_jax", "flax"), default="kd_jax",
                       help="flax: time the models with flax.linen.BatchNorm (A/B of the custom VJP)")
+  parser.add_argument("--lenet-pooling", choices=("", "avg", "max"), default="",
+                      help="LeNet-5's pooling (default: the model config's, 'avg')")
+  parser.add_argument("--max-pool", choices=("kd_jax", "flax"), default="kd_jax",
+                      help="flax: LeNet-5 max-pools with nn.max_pool (A/B of lenet.max_pool)")
   parser.add_argument("--profile-dir", default="",
                       help="also trace 3 steps of each distill/teacher case into this folder and "
                            "print the top operations")
   parser.add_argument("--out", default="", help="also append the JSON lines to this file")
-  return parser.parse_args(argv)
+  args = parser.parse_args(argv)
+  if args.steps is None:
+    args.steps = 10 if args.side_by_side else 20
+  return args
 
 
 def _torch_record(case: Case):
@@ -697,10 +904,25 @@ def _torch_record(case: Case):
 
 
 def main(argv=None):
+  runtime.add_cpu_xla_flags()  # as run.py's setup does, before the first JAX computation
   args = parse_args(argv)
   if args.batchnorm == "flax":
     use_flax_batchnorm()
-  _emit({**_environment(), "batchnorm": args.batchnorm}, args.out)
+  if args.max_pool == "flax":
+    use_flax_max_pool()
+  _emit({**_environment(), "batchnorm": args.batchnorm, "max_pool": args.max_pool}, args.out)
+  if args.side_by_side:
+    if args.torch_threads:
+      from benchmarks import torch_reference  # pylint: disable=import-outside-toplevel
+      if torch_reference.available():
+        torch_reference.torch.set_num_threads(args.torch_threads)
+    cases = side_by_side_cases(args.model or ["lenet5"], args.steps, args.warmup,
+                               args.lenet_pooling)
+    records = side_by_side(cases, args.rounds, torch_channels_last=args.torch_channels_last)
+    for record in records:
+      _emit(record, args.out)
+    print(side_by_side_table(records))
+    return
   if args.estimate_study:
     study = Study(depth=args.study_depth, members_per_step=args.members_per_step,
                   teacher_batch=args.teacher_batch, student_batch=args.student_batch,
@@ -727,9 +949,9 @@ def main(argv=None):
   data_cache = {}
   records = []
   for case in cases:
-    key = (case.train_size, case.classes)
+    key = (case.train_size, case.classes, image_shape(case))
     if key not in data_cache:
-      data_cache = {key: synthetic_data(case.train_size, case.classes, mesh)}
+      data_cache = {key: case_data(case, mesh)}
     record = run_case(case, mesh, data_cache[key])
     _emit(record, args.out)
     records.append(record)

@@ -13,9 +13,27 @@ times one 3x3 convolution of each PreResNet stage (16, 32 and 64 channels at 32x
 the batch from --batch) alone: forward, and forward plus both gradients (input and kernel). A
 PreResNet-20 is 6 such convolutions per stage, so these records bound how fast any step built on
 this backend's convolution kernels can be.
+
+  python -m benchmarks.parts --small-convs [--batch 128] [--repeats 10]
+
+times alternatives for the small convolutions of LeNet-5 (5x5, 1->6 at 28x28 'same', 6->16 at 14x14
+'valid') and PreResNet's 16-channel stage (3x3, 16->16 at 32x32) on this backend: XLA's convolution
+in NHWC/HWIO (flax's layout), in NCHW/OIHW and in NHWC/OIHW dimension numbers (inputs already in that
+layout), and im2col (k*k shifted slices, one matmul); forward, and forward plus gradients (kernel
+and input; kernel only for a first layer, whose input needs none). For the m = 3 teachers' first
+convolution, which all read the same input, m convolutions against one with m times the output
+channels. And LeNet-5's 2x2 pooling (flax max_pool / avg_pool, i.e. reduce_window, against a reshape
+and a max / mean over the window axes, which gives the same values).
+
+  python -m benchmarks.parts --sampling [--repeats 20]
+
+times a train step's batch draw (indices + gather of the uint8 images), jitted, for Fashion-MNIST
+(60,000 x 28x28x1) and CIFAR (50,000 x 32x32x3) sized sets at batch 128: `train.sample_batch`
+against the whole-permutation draw it replaced (`jax.random.permutation` of the set every step).
 """
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -27,7 +45,7 @@ import jax.numpy as jnp
 
 from benchmarks import kd_step, torch_reference
 from kd_jax import config as config_lib
-from kd_jax import train  # noqa: F401  (importing it applies kd_jax's CPU XLA flags, as run.py does)
+from kd_jax import runtime, train
 from kd_jax.models import build_model
 
 
@@ -149,6 +167,124 @@ def torch_conv_layers(batch: int, repeats: int, channels_last: bool) -> list:
   return records
 
 
+# Small convolutions: (name, in channels, out channels, kernel, size, padding, input needs a gradient)
+SMALL_CONVS = (("lenet_conv1", 1, 6, 5, 28, "SAME", False),
+               ("lenet_conv2", 6, 16, 5, 14, "VALID", True),
+               ("preresnet_stage1_conv", 16, 16, 3, 32, "SAME", True))
+# The m teachers' first convolution: (name, in channels, out channels, kernel, size, padding)
+FIRST_CONVS = (("lenet_conv1", 1, 6, 5, 28, "SAME"), ("preresnet_stem", 3, 16, 3, 32, "SAME"))
+# LeNet-5's pooled activations: (name, size, channels)
+POOLED = (("lenet_pool1", 28, 6), ("lenet_pool2", 10, 16))
+
+_LAYOUTS = {"NHWC/HWIO": ("NHWC", "HWIO", "NHWC"), "NCHW/OIHW": ("NCHW", "OIHW", "NCHW"),
+            "NHWC/OIHW": ("NHWC", "OIHW", "NHWC")}
+
+
+def conv_in_layout(x, w, padding, layout):
+  """XLA's convolution with x and w given in `layout` (a _LAYOUTS key)."""
+  return jax.lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=_LAYOUTS[layout])
+
+
+def conv_im2col(x, w, padding):
+  """NHWC x HWIO convolution (stride 1) as k*k shifted slices of x and one matmul."""
+  kernel = w.shape[0]
+  if padding == "SAME":
+    pad = kernel // 2
+    x = jnp.pad(x, ((0, 0), (pad, kernel - 1 - pad), (pad, kernel - 1 - pad), (0, 0)))
+  out_h, out_w = x.shape[1] - kernel + 1, x.shape[2] - kernel + 1
+  patches = jnp.concatenate([x[:, i:i + out_h, j:j + out_w, :] for i in range(kernel)
+                             for j in range(kernel)], axis=-1)  # features ordered (kh, kw, in)
+  return patches @ w.reshape(-1, w.shape[-1])
+
+
+def _to_layout(x, w, layout):
+  lhs, rhs, _ = _LAYOUTS[layout]
+  return (jnp.transpose(x, ["NHWC".index(d) for d in lhs]),
+          jnp.transpose(w, ["HWIO".index(d) for d in rhs]))
+
+
+def small_convs(batch: int, repeats: int, m: int = 3) -> list:
+  """Records of the --small-convs mode (see the module docstring)."""
+  records = []
+  for name, cin, cout, kernel, size, padding, input_grad in SMALL_CONVS:
+    x = jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, cin))
+    w = jax.random.normal(jax.random.PRNGKey(1), (kernel, kernel, cin, cout)) * 0.1
+    variants = {layout: (functools.partial(conv_in_layout, padding=padding, layout=layout),
+                         *_to_layout(x, w, layout)) for layout in _LAYOUTS}
+    variants["im2col"] = (functools.partial(conv_im2col, padding=padding), x, w)
+    for variant, (conv, vx, vw) in variants.items():
+      forward = jax.jit(conv)
+      argnums = (0, 1) if input_grad else 1
+      forward_backward = jax.jit(jax.grad(lambda vx, vw: jnp.sum(conv(vx, vw) ** 2), argnums))
+      common = {**_jax_environment(), "conv": name, "variant": variant, "batch": batch}
+      records.append({**common, "part": "forward",
+                      **_time(lambda: jax.block_until_ready(forward(vx, vw)), repeats)})
+      records.append({**common, "part": "forward_backward",
+                      **_time(lambda: jax.block_until_ready(forward_backward(vx, vw)), repeats)})
+  for name, cin, cout, kernel, size, padding in FIRST_CONVS:
+    x = jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, cin))
+    ws = jax.random.normal(jax.random.PRNGKey(1), (m, kernel, kernel, cin, cout)) * 0.1
+    conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), padding,
+                                                     dimension_numbers=_LAYOUTS["NHWC/HWIO"])
+    separate = jax.jit(lambda x, ws: [conv(x, w) for w in ws])
+    # One convolution with m * cout outputs, split back into the m members' activations.
+    fused = jax.jit(lambda x, ws: jnp.split(conv(x, jnp.concatenate(list(ws), axis=-1)), m, -1))
+    common = {**_jax_environment(), "conv": name, "m": m, "batch": batch, "part": "forward"}
+    records.append({**common, "variant": f"{m} convolutions",
+                    **_time(lambda: jax.block_until_ready(separate(x, ws)), repeats)})
+    records.append({**common, "variant": f"one with {m}x{cout} outputs",
+                    **_time(lambda: jax.block_until_ready(fused(x, ws)), repeats)})
+  for name, size, channels in POOLED:
+    x = jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, channels))
+    window = lambda x: x.reshape(x.shape[0], size // 2, 2, size // 2, 2, channels)
+    variants = {"max_pool": lambda x: nn.max_pool(x, (2, 2), strides=(2, 2)),
+                "reshape_max": lambda x: jnp.max(window(x), axis=(2, 4)),
+                "avg_pool": lambda x: nn.avg_pool(x, (2, 2), strides=(2, 2)),
+                "reshape_mean": lambda x: jnp.mean(window(x), axis=(2, 4))}
+    for variant, pool in variants.items():
+      forward = jax.jit(pool)
+      forward_backward = jax.jit(jax.grad(lambda x: jnp.sum(pool(x) ** 2)))
+      common = {**_jax_environment(), "pool": name, "variant": variant, "batch": batch}
+      records.append({**common, "part": "forward",
+                      **_time(lambda: jax.block_until_ready(forward(x)), repeats)})
+      records.append({**common, "part": "forward_backward",
+                      **_time(lambda: jax.block_until_ready(forward_backward(x)), repeats)})
+  return records
+
+
+# (name, train-set size, image shape) of the batch-draw cases
+SAMPLING_SETS = (("fashion_mnist", 60_000, (28, 28, 1)), ("cifar", 50_000, (32, 32, 3)))
+
+
+def permutation_sample_batch(rng, step, images, labels, batch_size: int):
+  """The batch draw before issue 11: the epoch's whole permutation, rebuilt every step (O(N log N))."""
+  steps_per_epoch = images.shape[0] // batch_size
+  epoch, position = step // steps_per_epoch, step % steps_per_epoch
+  stream = train._ORDER_STREAM  # pylint: disable=protected-access
+  key = jax.random.fold_in(jax.random.fold_in(rng, stream), epoch)
+  order = jax.random.permutation(key, images.shape[0])
+  indices = jax.lax.dynamic_slice_in_dim(order, position * batch_size, batch_size)
+  return images[indices], labels[indices]
+
+
+def sampling(batch: int, repeats: int, sets=SAMPLING_SETS) -> list:
+  """Median ms of one batch draw (a new step each call), old and new, for each set."""
+  records = []
+  for name, size, shape in sets:
+    images = jnp.zeros((size, *shape), jnp.uint8)
+    labels = jnp.zeros((size,), jnp.int32)
+    rng = jax.random.PRNGKey(0)
+    for method, draw in (("permutation", permutation_sample_batch),
+                         ("sample_batch", train.sample_batch)):
+      fn = jax.jit(draw, static_argnums=4)
+      step = iter(range(10**9))
+      records.append({**_jax_environment(), "part": "batch_draw", "set": name, "train_size": size,
+                      "batch": batch, "method": method,
+                      **_time(lambda: jax.block_until_ready(
+                          fn(rng, next(step), images, labels, batch)), repeats)})
+  return records
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--depth", type=int, default=20)
@@ -161,7 +297,17 @@ def main(argv=None):
                       help="flax: time the model with flax.linen.BatchNorm (A/B of the custom VJP)")
   parser.add_argument("--conv-layers", action="store_true",
                       help="time single 3x3 convolutions of each stage instead of whole networks")
+  parser.add_argument("--small-convs", action="store_true",
+                      help="time layouts, im2col and fused first convolutions for small convolutions, "
+                           "and LeNet-5's pooling")
+  parser.add_argument("--sampling", action="store_true",
+                      help="time the train step's batch draw (old whole permutation vs sample_batch)")
   args = parser.parse_args(argv)
+  runtime.add_cpu_xla_flags()  # as run.py's setup does, before the first JAX computation
+  if args.sampling or args.small_convs:
+    for record in (sampling if args.sampling else small_convs)(args.batch, args.repeats):
+      print(json.dumps(record), flush=True)
+    return
   if args.batchnorm == "flax":
     kd_step.use_flax_batchnorm()
   if args.conv_layers:

@@ -1,6 +1,8 @@
-"""A plain PyTorch (eager, CPU) version of the distillation step, to compare kd_jax's fused step with.
+"""Plain PyTorch (eager, CPU) versions of kd_jax's distillation and teacher steps, to compare with.
 
   python -m benchmarks.torch_reference --depth 20 --m 3 --batch 128 --classes 100 --steps 20
+  python -m benchmarks.torch_reference --model lenet5 --m 3 --batch 128 --classes 10
+  python -m benchmarks.torch_reference --model lenet5 --kind teacher --members 3 --batch 256 --classes 10
 
 One step does what `kd_jax.train.make_distill_step` does: draw a batch from an in-memory uint8 train
 set, random crop (pad 4) + horizontal flip, normalize, run the m PreResNet teachers in eval mode under
@@ -8,6 +10,14 @@ no_grad, average their softmax (log-mean-exp), run the student in train mode, ta
 loss at temperature tau, backward, SGD (momentum 0.9, Nesterov, weight decay 1e-4). The network is
 written here from the same architecture description as kd_jax/models/preresnet.py (pre-activation
 blocks, 1x1 projection of the raw input when the shape changes).
+
+LeNet-5 (`--model lenet5`, 28x28x1 images) is written from kd_jax/models/lenet.py: conv 6@5x5 'same',
+ReLU, 2x2 pooling, conv 16@5x5 'valid', ReLU, 2x2 pooling, dense 120, 84, classes, with the same
+pooling kind (max or average) as kd_jax's model (`pooling=`; benchmarks.kd_step passes kd_jax's).
+Its data are used as the Fashion-MNIST config uses them: no augmentation, only normalization. The
+teacher step (`--kind teacher`) trains `members` networks one after the other, each on its own batch
+(cross-entropy, SGD momentum 0.9, weight decay 5e-4), so that a step processes members x batch images
+as kd_jax's stacked teacher step does.
 
 Optional: torch is not a dependency of kd_jax. `available()` says whether it can be imported, and the
 harness (benchmarks/kd_step.py --torch) skips this reference cleanly when it cannot.
@@ -27,9 +37,14 @@ except ImportError:  # The harness checks available() before calling anything be
   torch = None
   nn = None
 
-# CIFAR-100 training-set statistics on the [0, 1] scale (only their size matters for timing).
+# Training-set statistics on the [0, 1] scale (only their size matters for timing): CIFAR-100's, and
+# Fashion-MNIST's for LeNet-5.
 _MEAN = (0.507, 0.487, 0.441)
 _STD = (0.267, 0.256, 0.276)
+_GRAY_MEAN, _GRAY_STD = (0.286,), (0.353,)
+MODELS = ("preresnet", "lenet5")
+KINDS = ("distill", "teacher")
+POOLINGS = ("max", "avg")
 
 
 def available() -> bool:
@@ -98,6 +113,49 @@ if torch is not None:
       x = F.relu(self.bn(self.blocks(self.stem(x))))
       return self.fc(x.mean(dim=(2, 3)))
 
+  class LeNet5(nn.Module):
+    """kd_jax.models.LeNet5 in PyTorch: the same layers and parameter count, `pooling` max or avg."""
+
+    def __init__(self, num_classes, pooling="max"):
+      super().__init__()
+      if pooling not in POOLINGS:
+        raise ValueError(f"pooling {pooling!r} is not one of {POOLINGS}")
+      self.conv1 = nn.Conv2d(1, 6, 5, padding=2)
+      self.conv2 = nn.Conv2d(6, 16, 5)
+      self.fc1, self.fc2 = nn.Linear(16 * 5 * 5, 120), nn.Linear(120, 84)
+      self.fc3 = nn.Linear(84, num_classes)
+      self.pool = F.max_pool2d if pooling == "max" else F.avg_pool2d
+      for conv in (self.conv1, self.conv2):  # kaiming normal, fan_out, as kd_jax's conv_init
+        nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x):
+      x = self.pool(F.relu(self.conv1(x)), 2)
+      x = self.pool(F.relu(self.conv2(x)), 2)
+      x = F.relu(self.fc1(x.flatten(1)))
+      return self.fc3(F.relu(self.fc2(x)))
+
+
+def _network(model, depth, classes, pooling):
+  if model == "lenet5":
+    return LeNet5(classes, pooling)
+  return PreResNet(depth, classes)
+
+
+def _image_shape(model):
+  return (28, 28, 1) if model == "lenet5" else (32, 32, 3)
+
+
+def _normalize(images, unused_generator=None):
+  """uint8 (B, 28, 28, 1) -> normalized float (B, 1, 28, 28): the LeNet-5 configs' 'none' policy."""
+  x = images.permute(0, 3, 1, 2).float().div_(255.0)
+  return (x - _GRAY_MEAN[0]) / _GRAY_STD[0]
+
+
+def _make_input(model, memory_format):
+  augment = _normalize if model == "lenet5" else _augment
+  return lambda images, generator: augment(images, generator).contiguous(
+      memory_format=memory_format)
+
 
 def _augment(images, generator):
   """uint8 (B, H, W, C) -> random crop (pad 4) + flip -> normalized float (B, C, H, W)."""
@@ -129,15 +187,21 @@ def _kd_loss(student_logits, teacher_logits, temperature):
   return -temperature**2 * (teacher_probs * student_log_probs).sum(-1).mean()
 
 
+def _train_images(model, train_size, generator):
+  return torch.randint(0, 256, (train_size, *_image_shape(model)), dtype=torch.uint8,
+                       generator=generator)
+
+
 def make_step(depth=20, m=3, batch=128, classes=100, temperature=4.0, train_size=50_000,
-              channels_last=False, seed=0):
-  """Returns step() -> loss (a Python float is not fetched: the step stays asynchronous-free)."""
+              channels_last=False, seed=0, model="preresnet", pooling="max"):
+  """Returns the distillation step() -> loss (the loss is not fetched as a Python float)."""
   torch.manual_seed(seed)
   generator = torch.Generator().manual_seed(seed)
-  images = torch.randint(0, 256, (train_size, 32, 32, 3), dtype=torch.uint8, generator=generator)
-  student = PreResNet(depth, classes).train()
-  teachers = [PreResNet(depth, classes).eval() for _ in range(m)]
+  images = _train_images(model, train_size, generator)
+  student = _network(model, depth, classes, pooling).train()
+  teachers = [_network(model, depth, classes, pooling).eval() for _ in range(m)]
   memory_format = torch.channels_last if channels_last else torch.contiguous_format
+  make_input = _make_input(model, memory_format)
   for net in (student, *teachers):
     net.to(memory_format=memory_format)
   for teacher in teachers:
@@ -147,7 +211,7 @@ def make_step(depth=20, m=3, batch=128, classes=100, temperature=4.0, train_size
 
   def step():
     indices = torch.randint(0, train_size, (batch,), generator=generator)
-    x = _augment(images[indices], generator).contiguous(memory_format=memory_format)
+    x = make_input(images[indices], generator)
     with torch.no_grad():
       teacher_logits = _ensemble_log_probs([teacher(x) for teacher in teachers])
     loss = _kd_loss(student(x), teacher_logits, temperature)
@@ -159,31 +223,84 @@ def make_step(depth=20, m=3, batch=128, classes=100, temperature=4.0, train_size
   return step
 
 
-def benchmark(depth=20, m=3, batch=128, classes=100, steps=20, warmup=3, threads=0,
-              channels_last=False) -> dict:
-  """Times the eager step: median of `steps` steps after `warmup` (eager CPU work is synchronous)."""
-  if threads:
-    torch.set_num_threads(threads)
-  step = make_step(depth, m, batch, classes, channels_last=channels_last)
-  for _ in range(warmup):
-    step()
+def make_teacher_step(depth=20, members=3, batch=256, classes=100, train_size=50_000,
+                      channels_last=False, seed=0, model="preresnet", pooling="max"):
+  """Returns step(): one cross-entropy SGD step of each of `members` networks, each on its own batch."""
+  torch.manual_seed(seed)
+  generator = torch.Generator().manual_seed(seed)
+  images = _train_images(model, train_size, generator)
+  labels = torch.randint(0, classes, (train_size,), generator=generator)
+  memory_format = torch.channels_last if channels_last else torch.contiguous_format
+  make_input = _make_input(model, memory_format)
+  nets = [_network(model, depth, classes, pooling).train().to(memory_format=memory_format)
+          for _ in range(members)]
+  learning_rate, weight_decay = (0.05, 5e-4) if model == "lenet5" else (0.1, 1e-4)
+  optimizers = [torch.optim.SGD(net.parameters(), lr=learning_rate, momentum=0.9,
+                                weight_decay=weight_decay) for net in nets]
+
+  def step():
+    for net, optimizer in zip(nets, optimizers):
+      indices = torch.randint(0, train_size, (batch,), generator=generator)
+      loss = F.cross_entropy(net(make_input(images[indices], generator)), labels[indices])
+      optimizer.zero_grad(set_to_none=True)
+      loss.backward()
+      optimizer.step()
+
+  return step
+
+
+def build(kind="distill", model="preresnet", depth=20, m=3, members=1, batch=128, classes=100,
+          channels_last=False, pooling="max", train_size=None):
+  """(step function, images per step) for one case; train_size defaults to the model's data set."""
+  if kind not in KINDS or model not in MODELS:
+    raise ValueError(f"kind {kind!r} / model {model!r}: kinds are {KINDS}, models {MODELS}")
+  train_size = train_size or (60_000 if model == "lenet5" else 50_000)
+  common = dict(depth=depth, batch=batch, classes=classes, train_size=train_size,
+                channels_last=channels_last, model=model, pooling=pooling)
+  if kind == "teacher":
+    return make_teacher_step(members=members, **common), members * batch
+  return make_step(m=m, **common), batch
+
+
+def time_step(step, steps: int) -> list:
+  """Seconds of each of `steps` calls (eager CPU work is synchronous: no waiting needed)."""
   times = []
   for _ in range(steps):
     start = time.perf_counter()
     step()
     times.append(time.perf_counter() - start)
+  return times
+
+
+def benchmark(depth=20, m=3, batch=128, classes=100, steps=20, warmup=3, threads=0,
+              channels_last=False, kind="distill", model="preresnet", members=1,
+              pooling="max") -> dict:
+  """Times the eager step: median of `steps` steps after `warmup`."""
+  if threads:
+    torch.set_num_threads(threads)
+  step, images_per_step = build(kind, model, depth, m, members, batch, classes, channels_last,
+                                pooling)
+  time_step(step, warmup)
+  times = time_step(step, steps)
   step_s = statistics.median(times)
-  return {"backend": "torch-cpu", "device": f"torch {torch.__version__}", "model": "preresnet",
-          "depth": depth, "m": m, "batch": batch, "classes": classes, "precision": "fp32",
+  return {"backend": "torch-cpu", "device": f"torch {torch.__version__}", "kind": kind,
+          "model": model, "depth": depth if model == "preresnet" else None,
+          "pooling": pooling if model == "lenet5" else None,
+          "m": m if kind == "distill" else None, "members": members if kind == "teacher" else None,
+          "batch": batch, "classes": classes, "precision": "fp32",
           "layout": "channels_last" if channels_last else "NCHW", "threads": torch.get_num_threads(),
           "steps": steps, "step_ms": round(step_s * 1e3, 2), "min_step_ms": round(min(times) * 1e3, 2),
-          "images_per_second": round(batch / step_s, 1)}
+          "images_per_second": round(images_per_step / step_s, 1)}
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--model", choices=MODELS, default="preresnet")
+  parser.add_argument("--kind", choices=KINDS, default="distill")
+  parser.add_argument("--pooling", choices=POOLINGS, default="max", help="lenet5's pooling")
   parser.add_argument("--depth", type=int, default=20)
   parser.add_argument("--m", type=int, default=3)
+  parser.add_argument("--members", type=int, default=1, help="networks per teacher step")
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--classes", type=int, default=100)
   parser.add_argument("--steps", type=int, default=20)
@@ -195,7 +312,8 @@ def main(argv=None):
     print(json.dumps({"skipped": "torch is not installed"}))
     return
   print(json.dumps(benchmark(args.depth, args.m, args.batch, args.classes, args.steps, args.warmup,
-                             args.threads, args.channels_last)))
+                             args.threads, args.channels_last, args.kind, args.model, args.members,
+                             args.pooling)))
 
 
 if __name__ == "__main__":

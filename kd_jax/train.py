@@ -18,6 +18,7 @@ from kd_jax import ensemble, losses, metrics, parallel
 # importable here for code that looked for them in this module.
 from kd_jax.runtime import CPU_XLA_FLAGS, add_cpu_xla_flags  # noqa: F401
 from kd_jax.data import augment as augment_lib
+from kd_jax.data import order
 
 # fold_in tags that separate the RNG streams derived from one state key.
 _ORDER_STREAM, _STEP_STREAM, _DROPOUT_STREAM = 0, 1, 2
@@ -87,12 +88,21 @@ def create_state(model, tx, rng, image_shape) -> TrainState:
 
 
 def sample_indices(rng, step, num_examples: int, batch_size: int):
-  """The step's example indices: a fresh random permutation per epoch (last partial batch dropped)."""
+  """The step's example indices, from a fresh random order per epoch; O(batch_size) work.
+
+  With N examples and S = N // batch_size steps per epoch, step t is batch t % S of epoch e = t // S:
+  positions [(t % S) * batch_size, (t % S + 1) * batch_size) of the epoch's order, a keyed bijection
+  of [0, N) (`kd_jax.data.order.permute`, keyed by rng and e), evaluated at those positions only. So
+  every epoch draws S * batch_size distinct examples, and the N % batch_size it leaves out (those at
+  the order's last positions) are different each epoch. The indices depend only on (rng, step), which
+  is what makes resume exact.
+  """
   steps_per_epoch = num_examples // batch_size
+  if steps_per_epoch < 1:
+    raise ValueError(f"{num_examples} training examples are fewer than the batch size {batch_size}")
   epoch, position = step // steps_per_epoch, step % steps_per_epoch
-  order = jax.random.permutation(jax.random.fold_in(jax.random.fold_in(rng, _ORDER_STREAM), epoch),
-                                 num_examples)
-  return jax.lax.dynamic_slice_in_dim(order, position * batch_size, batch_size)
+  epoch_key = jax.random.fold_in(jax.random.fold_in(rng, _ORDER_STREAM), epoch)
+  return order.permute(epoch_key, position * batch_size + jnp.arange(batch_size), num_examples)
 
 
 def sample_batch(rng, step, images, labels, batch_size: int):

@@ -174,3 +174,119 @@ def test_parts_conv_layers_time_each_stage(capsys):
       (c, s, part) for c, s in parts.STAGE_CONVS
       for part in ("conv3x3_forward", "conv3x3_forward_backward")]
   assert all(0 < r["min_ms"] <= r["median_ms"] for r in jax_records)
+
+
+# LeNet-5 cases and the side-by-side comparison with PyTorch.
+
+LENET_TINY = dict(model="lenet5", classes=10, steps=1, warmup=0, train_size=32)
+
+
+def test_lenet5_cases_run_the_library_steps():
+  teacher = kd_step.run_case(kd_step.Case(kind="teacher", members=2, batch=8, **LENET_TINY))
+  distill = kd_step.run_case(kd_step.Case(kind="distill", m=2, batch=8, **LENET_TINY))
+  for record in (teacher, distill):
+    assert record["model"] == "lenet5" and record["depth"] is None
+    assert record["pooling"] == "avg" and record["max_pool"] is None and record["compiles"] == 1
+  max_pooled = kd_step.run_case(kd_step.Case(kind="distill", m=1, batch=8, lenet_pooling="max",
+                                             **LENET_TINY))
+  assert max_pooled["pooling"] == "max" and max_pooled["max_pool"] == "kd_jax"
+  np.testing.assert_allclose(teacher["images_per_second"], 16 / (teacher["step_ms"] / 1e3),
+                             rtol=0.01)
+
+
+def test_grid_uses_each_models_data_set():
+  args = kd_step.parse_args(["--model", "lenet5", "preresnet", "--kind", "teacher"])
+  sizes = {c.model: c.train_size for c in kd_step.grid(args)}
+  assert sizes == {"lenet5": 60_000, "preresnet": 50_000}
+  assert kd_step.parse_args([]).steps == 20 and kd_step.parse_args(["--side-by-side"]).steps == 10
+
+
+def test_side_by_side_cases_are_the_issues_steps():
+  cases = kd_step.side_by_side_cases(["lenet5"], steps=3, warmup=1)
+  assert [(c.kind, c.members, c.m, c.batch, c.classes, c.train_size) for c in cases] == [
+      ("teacher", 3, 3, 256, 10, 60_000), ("distill", 1, 3, 128, 10, 60_000)]
+
+
+def _tiny_side_by_side():
+  cases = [kd_step.Case(kind="teacher", members=2, batch=4, **LENET_TINY),
+           kd_step.Case(kind="distill", m=2, batch=4, **LENET_TINY)]
+  records = kd_step.side_by_side(cases, rounds=2)
+  assert [r["kind"] for r in records] == ["teacher", "distill"]
+  for record in records:
+    assert record["jax_compiles"] == 1 and record["jax_compiles_while_timed"] == 0
+    assert len(record["jax_round_ms"]) == 2 and record["jax_step_ms"] > 0
+  assert len(kd_step.side_by_side_table(records).splitlines()) == 4
+  return records
+
+
+def test_side_by_side_without_torch_fills_the_kd_jax_columns(monkeypatch):
+  monkeypatch.setattr(torch_reference, "torch", None)
+  for record in _tiny_side_by_side():
+    assert record["torch_step_ms"] is None and record["ratio"] is None
+
+
+@pytest.mark.skipif(not torch_reference.available(), reason="torch is not installed")
+def test_side_by_side_with_torch():
+  for record in _tiny_side_by_side():
+    assert len(record["torch_round_ms"]) == 2
+    np.testing.assert_allclose(record["ratio"], record["torch_step_ms"] / record["jax_step_ms"],
+                               rtol=0.01)
+    np.testing.assert_allclose(
+        record["ratio"], record["jax_images_per_second"] / record["torch_images_per_second"],
+        rtol=0.01)
+
+
+@pytest.mark.skipif(not torch_reference.available(), reason="torch is not installed")
+@pytest.mark.parametrize("pooling", torch_reference.POOLINGS)
+def test_torch_lenet5_is_kd_jaxs(pooling):
+  """Same parameter count and layer shapes (kd_jax HWIO / (in, out) vs PyTorch OIHW / (out, in))."""
+  from kd_jax.models import LeNet5, param_count  # pylint: disable=import-outside-toplevel
+  torch_net = torch_reference.LeNet5(10, pooling)
+  params = LeNet5(num_classes=10).init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))["params"]
+  assert param_count(params) == sum(p.numel() for p in torch_net.parameters()) == 61_706
+  torch_shapes = sorted(tuple(p.shape) for p in torch_net.parameters())
+  jax_shapes = sorted(tuple(reversed(x.shape)) if x.ndim == 2 else
+                      (x.shape[3], x.shape[2], x.shape[0], x.shape[1]) if x.ndim == 4 else x.shape
+                      for x in jax.tree.leaves(params))
+  assert torch_shapes == jax_shapes
+  out = torch_net(torch_reference.torch.zeros(2, 1, 28, 28))
+  assert tuple(out.shape) == (2, 10)
+
+
+@pytest.mark.skipif(not torch_reference.available(), reason="torch is not installed")
+def test_torch_reference_lenet5_steps_run():
+  teacher = torch_reference.benchmark(m=1, batch=4, classes=10, steps=1, warmup=0, kind="teacher",
+                                      model="lenet5", members=2)
+  distill = torch_reference.benchmark(m=2, batch=4, classes=10, steps=1, warmup=0, model="lenet5",
+                                      pooling="avg")
+  assert teacher["members"] == 2 and distill["pooling"] == "avg" and distill["m"] == 2
+  np.testing.assert_allclose(teacher["images_per_second"], 8 / (teacher["step_ms"] / 1e3), rtol=0.01)
+
+
+@pytest.mark.parametrize("name,cin,cout,kernel,size,padding,unused", parts.SMALL_CONVS)
+def test_small_conv_variants_compute_the_same_convolution(name, cin, cout, kernel, size, padding,
+                                                          unused):
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size, cin))
+  w = jax.random.normal(jax.random.PRNGKey(1), (kernel, kernel, cin, cout))
+  want = np.asarray(nn.Conv(cout, (kernel, kernel), padding=padding, use_bias=False).apply(
+      {"params": {"kernel": w}}, x))
+  np.testing.assert_allclose(np.asarray(parts.conv_im2col(x, w, padding)), want, rtol=1e-4,
+                             atol=1e-4)
+  for layout, (_, _, out) in parts._LAYOUTS.items():
+    got = parts.conv_in_layout(*parts._to_layout(x, w, layout), padding, layout)
+    got = np.transpose(np.asarray(got), [out.index(d) for d in "NHWC"])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=layout)
+
+
+def test_sampling_mode_times_old_and_new_draws():
+  records = parts.sampling(4, 1, sets=(("tiny", 64, (4, 4, 1)),))
+  assert [r["method"] for r in records] == ["permutation", "sample_batch"]
+  assert all(r["median_ms"] > 0 for r in records)
+
+
+def test_flax_max_pool_switch(monkeypatch):
+  from kd_jax.models import lenet  # pylint: disable=import-outside-toplevel
+  monkeypatch.setitem(lenet._POOL, "max", lenet.max_pool)  # restored after the test
+  monkeypatch.setattr(kd_step, "_max_pool_impl", "kd_jax")
+  kd_step.use_flax_max_pool()
+  assert lenet._POOL["max"] is nn.max_pool and kd_step._max_pool_impl == "flax"

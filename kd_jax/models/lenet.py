@@ -14,9 +14,26 @@ import jax.numpy as jnp
 # kaiming_normal_(mode='fan_out'), as for the ResNets; JAX's 'normal' is untruncated like PyTorch's.
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
+
+def max_pool(x, window_shape, strides):
+  """nn.max_pool (NHWC, 'VALID') computed, for non-overlapping windows, as a reshape and a max.
+
+  The values are nn.max_pool's. The gradient is much cheaper on XLA:CPU, where reduce_window's is a
+  select_and_scatter: the LeNet-5 teacher step ran 24 % faster, the distillation step 15 % (see
+  docs/performance.md). It equals nn.max_pool's except at exact ties of a window's maximum, where it
+  is split equally among the tied inputs instead of going to the first one (after a ReLU, ties at 0
+  get no gradient either way).
+  """
+  (window_h, window_w), (batch, height, width, channels) = window_shape, x.shape
+  if tuple(strides) != tuple(window_shape) or height % window_h or width % window_w:
+    return nn.max_pool(x, window_shape, strides=strides)
+  windows = x.reshape(batch, height // window_h, window_h, width // window_w, window_w, channels)
+  return jnp.max(windows, axis=(2, 4))
+
+
 # Pooling choices; the first is the original code's.
 LENET_POOLINGS = ('avg', 'max')
-_POOL = {'avg': nn.avg_pool, 'max': nn.max_pool}
+_POOL = {'avg': nn.avg_pool, 'max': max_pool}
 
 
 class LeNet5(nn.Module):
