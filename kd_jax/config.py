@@ -121,8 +121,13 @@ def default_config() -> ml_collections.ConfigDict:
   ))
 
   c.eval_batch_size = 1000
-  c.log_every_steps = 100  # progress line and metrics.jsonl record
-  c.checkpoint_every_steps = 1000  # also saved at the end of each phase and on Ctrl-C
+  # Progress line, metrics.jsonl record and TensorBoard scalars: means over the steps since the last
+  # one of loss, accuracy (agreement, kl), grad/update/param norms, and the learning rate.
+  c.log_every_steps = 100
+  c.checkpoint_every_steps = 1000  # also saved at the end of each phase and on Ctrl-C / SIGTERM
+  # > 0: a jax.profiler trace of this many steps (after the compiling first one) of each phase, in
+  # <workdir>/profile/<phase>/ for TensorBoard's profile plugin.
+  c.profile_steps = 0
   return c
 
 
@@ -153,6 +158,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_positive(config.eval_batch_size, "eval_batch_size")
   _check_positive(config.log_every_steps, "log_every_steps")
   _check_positive(config.checkpoint_every_steps, "checkpoint_every_steps")
+  if config.profile_steps < 0:
+    raise KdJaxError(f"config.profile_steps={config.profile_steps} must be >= 0 (0 = no trace).")
   if not 0.0 <= config.distill.alpha <= 1.0:
     raise KdJaxError(f"config.distill.alpha={config.distill.alpha} must lie in [0, 1].")
   _check_choice(config.teacher.data_split, DATA_SPLITS, "teacher.data_split")

@@ -12,6 +12,7 @@
   steps before them were checked, every checkpoint on disk holds finite parameters;
 - logs the mean of each metric over the steps since the last log line (plus the learning rate);
 - saves a checkpoint every `checkpoint_every` steps and at the end; a failed save stops the run;
+- optionally traces `profile_steps` steps after the first (compiling) one with jax.profiler;
 - between steps, honours a stop signal (kd_jax/runtime.py): it saves a checkpoint, prints one line
   and raises Interrupted.
 """
@@ -41,6 +42,8 @@ class Phase:
   log_fields: dict = dataclasses.field(default_factory=dict)  # added to each metrics.jsonl record
   learning_rate: Optional[Callable] = None  # the optax schedule, logged as "lr"
   hint: str = ""  # what to change when the phase diverges, e.g. "config.student.optimizer.learning_rate"
+  profile_dir: str = ""  # where a jax.profiler trace of `profile_steps` steps goes (TensorBoard's
+  # profile plugin reads it)
 
 
 def format_duration(seconds: float) -> str:
@@ -69,11 +72,12 @@ class _Window:
 
 
 def fit(step_fn: Callable, state, *, phase: Phase, manager, start: int, log, log_every: int,
-        checkpoint_every: int, max_steps_ahead: int = MAX_STEPS_AHEAD):
+        checkpoint_every: int, max_steps_ahead: int = MAX_STEPS_AHEAD, profile_steps: int = 0):
   """Runs step_fn from step `start` to `phase.total` (see the module docstring); returns the state."""
   step = start
   saved_step = start if start else None  # the checkpoint on disk that `state` was restored from
   in_flight = []  # (step number, metrics on device), oldest first
+  profile_until = None  # the step that ends a running profiler trace
   window = _Window(start)
 
   def check(keep: int) -> None:
@@ -130,6 +134,15 @@ def fit(step_fn: Callable, state, *, phase: Phase, manager, start: int, log, log
                    "compile_s": round(compile_s, 2)})
         # The throughput of the window excludes compilation; its metric means include the step.
         window.start_time, window.start_step = time.time(), step
+        if profile_steps and phase.profile_dir:
+          jax.profiler.start_trace(phase.profile_dir)
+          profile_until = step + profile_steps
+      if profile_until is not None and step >= min(profile_until, phase.total):
+        jax.block_until_ready(state)
+        jax.profiler.stop_trace()
+        profile_until = None
+        print(f"[{phase.name}] profiler trace of {profile_steps} steps written to "
+              f"{phase.profile_dir}", flush=True)
       check(keep=max_steps_ahead)
       if step % log_every == 0 or step == phase.total:
         check(keep=0)

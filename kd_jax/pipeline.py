@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kd_jax import checkpoint, evaluation, loop, parallel, report, runtime, train
+from kd_jax import checkpoint, evaluation, loop, parallel, report, runtime, tensorboard, train
 from kd_jax import workdir as workdir_lib
 from kd_jax import config as config_lib
 from kd_jax.data import augment as augment_lib
@@ -222,10 +222,12 @@ def distill_student(ctx: Context, student, teacher, teacher_variables, student_d
 
 def _fit(ctx: Context, step, state, phase: loop.Phase, manager, start: int):
   """loop.fit with the run's logging and checkpoint intervals; closes the phase's manager."""
+  phase.profile_dir = os.path.join(ctx.workdir, "profile", tensorboard.phase_tag(phase.name))
   try:
     return loop.fit(step, state, phase=phase, manager=manager, start=start, log=ctx.log,
                     log_every=ctx.config.log_every_steps,
-                    checkpoint_every=ctx.config.checkpoint_every_steps)
+                    checkpoint_every=ctx.config.checkpoint_every_steps,
+                    profile_steps=ctx.config.profile_steps)
   except DivergedError as e:
     workdir_lib.write_diverged(ctx.workdir, str(e))
     raise
