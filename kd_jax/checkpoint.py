@@ -122,9 +122,9 @@ def save_variables(path: str, variables) -> None:
   try:
     if jax.process_index() == 0 and os.path.exists(partial):
       shutil.rmtree(partial)  # left by a save that was killed
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(partial, variables)
-    checkpointer.wait_until_finished()
+    with ocp.StandardCheckpointer() as checkpointer:
+      checkpointer.save(partial, variables)
+      checkpointer.wait_until_finished()
     if jax.process_index() == 0:
       os.rename(partial, path)
   except Exception as e:  # pylint: disable=broad-except
@@ -150,11 +150,16 @@ def load_variables(path: str, template):
   if not os.path.isdir(path):
     raise KdJaxError(f"teacher checkpoint {path} does not exist; point config.teacher.load_from "
                      "at the workdir of a finished teacher run.")
+  checkpointer = ocp.StandardCheckpointer()
   try:
-    restored = ocp.StandardCheckpointer().restore(path)
+    restored = checkpointer.restore(path)
   except Exception as e:  # pylint: disable=broad-except (a damaged checkpoint fails in many ways)
     raise UnreadableCheckpoint(f"teacher checkpoint {path} is unreadable ({_reason(e)}).",
                                path=path) from e
+  finally:
+    # Closed here, not at garbage collection: a checkpointer left open after a failed restore prints
+    # tracebacks from its background threads when the process exits.
+    checkpointer.close()
   expected, found = _shapes(template), _shapes(restored)
   if expected != found:
     differing = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
