@@ -118,6 +118,10 @@ def default_config() -> ml_collections.ConfigDict:
       # Distill a second student from an independently trained teacher ensemble and report its
       # agreement with the first ensemble: the baseline for reading agreement.
       independent_student=False,
+      # > 0: the student's test accuracy, NLL, ECE, agreement and KL every this many steps (and at
+      # the end) in the progress output and metrics.jsonl ("evaluation": true), for curves over
+      # training; 0 = only the final evaluation.
+      every_steps=0,
   ))
 
   c.eval_batch_size = 1000
@@ -179,7 +183,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       config.student.model.to_dict() != config.teacher.model.to_dict()):
     raise KdJaxError(f"config.student.init={config.student.init!r} needs self-distillation: set "
                      "config.student.model equal to config.teacher.model.")
-  for key in ("augmented_batches", "cka_examples"):
+  for key in ("augmented_batches", "cka_examples", "every_steps"):
     if config.evaluation[key] < 0:
       raise KdJaxError(f"config.evaluation.{key}={config.evaluation[key]} must be >= 0 (0 = skip).")
   if config.teacher.members_per_step < 0:

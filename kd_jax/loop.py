@@ -12,6 +12,7 @@
   steps before them were checked, every checkpoint on disk holds finite parameters;
 - logs the mean of each metric over the steps since the last log line (plus the learning rate);
 - saves a checkpoint every `checkpoint_every` steps and at the end; a failed save stops the run;
+- optionally evaluates every `phase.evaluate_every` steps (test accuracy and agreement curves);
 - optionally traces `profile_steps` steps after the first (compiling) one with jax.profiler;
 - between steps, honours a stop signal (kd_jax/runtime.py): it saves a checkpoint, prints one line
   and raises Interrupted.
@@ -42,6 +43,10 @@ class Phase:
   log_fields: dict = dataclasses.field(default_factory=dict)  # added to each metrics.jsonl record
   learning_rate: Optional[Callable] = None  # the optax schedule, logged as "lr"
   hint: str = ""  # what to change when the phase diverges, e.g. "config.student.optimizer.learning_rate"
+  # Optional evaluation during training: evaluate(state) -> {name: float}, every `evaluate_every` steps
+  # (and at the end), printed and logged as a record with "evaluation": true.
+  evaluate: Optional[Callable] = None
+  evaluate_every: int = 0
   profile_dir: str = ""  # where a jax.profiler trace of `profile_steps` steps goes (TensorBoard's
   # profile plugin reads it)
 
@@ -147,6 +152,14 @@ def fit(step_fn: Callable, state, *, phase: Phase, manager, start: int, log, log
       if step % log_every == 0 or step == phase.total:
         check(keep=0)
         log_line()
+      if phase.evaluate is not None and phase.evaluate_every and (
+          step % phase.evaluate_every == 0 or step == phase.total):
+        check(keep=0)
+        values = {k: float(v) for k, v in phase.evaluate(state).items()}
+        print(f"[{phase.name}] step {step}/{phase.total} evaluation | " +
+              " ".join(f"{k} {v:.4f}" for k, v in values.items()), flush=True)
+        log.write({"phase": phase.name, **phase.log_fields, "step": step, "evaluation": True,
+                   **values})
       if step % checkpoint_every == 0 or step == phase.total:
         save()
     if runtime.stop_requested():

@@ -213,11 +213,35 @@ def distill_student(ctx: Context, student, teacher, teacher_variables, student_d
   phase = loop.Phase(name=label, total=total, steps_per_epoch=steps_per_epoch,
                      images_per_step=cfg.batch_size,
                      learning_rate=train.learning_rate_schedule(cfg.optimizer, total, steps_per_epoch),
-                     hint="config.student.optimizer.learning_rate")
+                     hint="config.student.optimizer.learning_rate",
+                     evaluate=_periodic_evaluation(ctx, student, teacher, teacher_variables),
+                     evaluate_every=ctx.config.evaluation.every_steps)
   step = functools.partial(step_fn, teacher_variables=teacher_variables, data=ctx.distill_data,
                            ood_images=ctx.ood_images)
   state = _fit(ctx, step, state, phase, manager, start)
   return train.model_variables(state)
+
+
+def _periodic_evaluation(ctx: Context, student, teacher, teacher_variables):
+  """state -> the student's clean test metrics (accuracy, NLL, ECE, agreement, KL), for
+  config.evaluation.every_steps; None when that is 0."""
+  if not ctx.config.evaluation.every_steps:
+    return None
+  data = ctx.distill_data
+  evaluator = evaluation.Evaluator(
+      teacher, student, mesh=ctx.mesh, compute_dtype=ctx.compute_dtype,
+      method=ctx.config.ensemble_method,
+      batch_size=evaluation.eval_batch_size(
+          ctx.config.eval_batch_size,
+          min(data.test_images.shape[0], data.train_images.shape[0]), ctx.mesh))
+
+  def evaluate(state):
+    values = evaluator.clean_metrics(teacher_variables, train.model_variables(state),
+                                     data.test_images, data.test_labels, data.mean,
+                                     data.std)["student"]
+    return {f"test_{k}": v for k, v in values.items()}
+
+  return evaluate
 
 
 def _fit(ctx: Context, step, state, phase: loop.Phase, manager, start: int):

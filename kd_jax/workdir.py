@@ -32,7 +32,8 @@ DIVERGED_FILE = "diverged.json"
 LOCK_FILE = ".lock"
 # Keys that change how a run reports or saves progress, not what it computes: they may differ on resume.
 OPERATIONAL_KEYS = (
-    "log_every_steps", "checkpoint_every_steps", "eval_batch_size", "profile_steps")
+    "log_every_steps", "checkpoint_every_steps", "eval_batch_size", "profile_steps",
+    "evaluation.every_steps")
 
 
 def config_dict(config: ml_collections.ConfigDict) -> dict:

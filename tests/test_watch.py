@@ -30,16 +30,17 @@ def _read_events(path):
 
 @pytest.fixture(scope="module")
 def watched_run(tmp_path_factory):
-  pytest.importorskip("tensorboardX")
   workdir = str(tmp_path_factory.mktemp("watched"))
   config = tiny_config()
   config.profile_steps = 2
-  pipeline.run(config, workdir)
-  return config, workdir
+  config.evaluation.every_steps = 4
+  results = pipeline.run(config, workdir)
+  return config, workdir, results
 
 
 def test_tensorboard_events_hold_the_logged_curves(watched_run):
-  config, workdir = watched_run
+  pytest.importorskip("tensorboardX")  # requirements.txt installs it
+  config, workdir, _ = watched_run
   files = glob.glob(os.path.join(workdir, "events.out.tfevents.*"))
   assert len(files) == 1
   scalars = _read_events(files[0])
@@ -60,9 +61,20 @@ def test_tensorboard_events_hold_the_logged_curves(watched_run):
 
 
 def test_profiler_trace_is_written_for_each_phase(watched_run):
-  _, workdir = watched_run
+  _, workdir, _ = watched_run
   for phase in ("teachers_1-2_of_2", "student"):
     assert glob.glob(os.path.join(workdir, "profile", phase, "**", "*.xplane.pb"), recursive=True)
+
+
+def test_evaluation_every_n_steps_gives_curves_ending_at_the_final_result(watched_run):
+  _, workdir, results = watched_run
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    evaluations = [r for r in map(json.loads, f) if r.get("evaluation")]
+  assert [r["step"] for r in evaluations] == [4, 8, 12]
+  assert {"test_accuracy", "test_agreement", "test_kl"} <= evaluations[-1].keys()
+  # The last one evaluates the final student: the numbers of results.json.
+  for key in ("test_accuracy", "test_agreement", "test_kl"):
+    assert evaluations[-1][key] == pytest.approx(results["student"][key], rel=1e-6)
 
 
 def test_negative_profile_steps_are_refused():
