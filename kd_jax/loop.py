@@ -31,6 +31,9 @@ from kd_jax.errors import DivergedError, Interrupted
 
 # Steps the host may dispatch before it waits for the oldest one (see the module docstring).
 MAX_STEPS_AHEAD = 4
+# Between log lines, a short progress line (no metrics) at most this often, so that a phase whose
+# log_every_steps is far away still shows that it runs and when it will end.
+PROGRESS_SECONDS = 30.0
 
 
 @dataclasses.dataclass
@@ -83,6 +86,7 @@ def fit(step_fn: Callable, state, *, phase: Phase, manager, start: int, log, log
   saved_step = start if start else None  # the checkpoint on disk that `state` was restored from
   in_flight = []  # (step number, metrics on device), oldest first
   profile_until = None  # the step that ends a running profiler trace
+  last_progress = time.time()
   window = _Window(start)
 
   def check(keep: int) -> None:
@@ -152,6 +156,14 @@ def fit(step_fn: Callable, state, *, phase: Phase, manager, start: int, log, log
       if step % log_every == 0 or step == phase.total:
         check(keep=0)
         log_line()
+        last_progress = time.time()
+      elif time.time() - last_progress > PROGRESS_SECONDS:
+        last_progress = time.time()
+        elapsed = last_progress - window.start_time
+        rate = (step - window.start_step) / elapsed if elapsed > 0 else 0.0
+        eta = format_duration((phase.total - step) / rate) if rate > 0 else "?"
+        print(f"[{phase.name}] step {step}/{phase.total} | {rate * phase.images_per_step:.0f} img/s "
+              f"| ETA {eta}", flush=True)
       if phase.evaluate is not None and phase.evaluate_every and (
           step % phase.evaluate_every == 0 or step == phase.total):
         check(keep=0)

@@ -515,3 +515,10 @@ def test_a_section_takes_a_dict_with_all_its_keys():
   assert config.teacher.optimizer.to_dict() == replacement
   with pytest.raises(KdJaxError, match="missing: final_learning_rate"):
     cli.apply_overrides(kd_config.default_config(), [("teacher.optimizer", "{'name': 'adam'}")])
+
+
+def test_a_phase_between_log_lines_still_shows_progress(tmp_path, capsys, monkeypatch):
+  monkeypatch.setattr(loop, "PROGRESS_SECONDS", 0.0)
+  _fit(_counting_step(), tmp_path, total=6, checkpoint_every=1000, log_every=1000)
+  out = capsys.readouterr().out
+  assert "[test] step 3/6 |" in out and "ETA" in out
