@@ -376,5 +376,6 @@ def run(config, workdir: str) -> dict:
   ctx.log.write({"phase": "evaluation", **report.flatten_results(results)})
   runtime.raise_if_stopped()  # a signal during evaluation: no results from an interrupted run
   workdir_lib.write_results(workdir, results)
+  workdir_lib.release(workdir)  # (a run that fails keeps its lock until the process ends)
   print(report.results_table(results), flush=True)
   return results
