@@ -47,6 +47,7 @@ def resolved_config(config_spec: str, overrides):
 
 
 def main(argv) -> None:
+  args = argparse.Namespace(workdir=None)
   try:
     overrides, rest = cli.split_overrides(argv[1:])
     args = _parser().parse_args(rest)
@@ -67,8 +68,8 @@ def main(argv) -> None:
   except KdJaxError as e:
     cli.fail(e)
   except (Interrupted, KeyboardInterrupt):
-    print(f"interrupted; rerun the same command to resume from {args.workdir}", file=sys.stderr,
-          flush=True)
+    where = f" from {args.workdir}" if args.workdir else ""
+    print(f"interrupted; rerun the same command to resume{where}", file=sys.stderr, flush=True)
     sys.exit(Interrupted.exit_status)
 
 

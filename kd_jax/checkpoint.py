@@ -11,9 +11,12 @@ Faults these functions handle, so that any interrupted or damaged workdir resume
   saved some members of a group saves the rest on resume).
 """
 
+import contextlib
+import io
 import os
 import shutil
 import sys
+import time
 
 import jax
 import numpy as np
@@ -22,6 +25,7 @@ import orbax.checkpoint as ocp
 from kd_jax.errors import KdJaxError
 
 UNREADABLE_SUFFIX = ".unreadable"
+_SETTLE_SECONDS = 0.5
 PARTIAL_SUFFIX = ".partial"
 
 
@@ -41,6 +45,27 @@ def _reason(error: BaseException) -> str:
   lines = str(error).strip().splitlines()
   text = lines[0] if lines else ""
   return f"{type(error).__name__}: {text[:200]}" if text else type(error).__name__
+
+
+@contextlib.contextmanager
+def _quiet_failure():
+  """Keeps the noise of a failing restore off stderr; the failure itself is reported in one line.
+
+  Orbax gives up at the first failed read while other reads are still in flight, and closes its
+  event loop under them: their completions print 'RuntimeError: Event loop is closed' tracebacks
+  from background threads. While a restore runs (and for a moment after it fails, so that the
+  in-flight local reads finish) stderr goes to a buffer that is dropped.
+  """
+  buffer = io.StringIO()
+  try:
+    with contextlib.redirect_stderr(buffer):
+      try:
+        yield
+      except Exception:
+        time.sleep(_SETTLE_SECONDS)
+        raise
+  finally:
+    buffer.close()
 
 
 def make_manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
@@ -90,7 +115,8 @@ def restore_latest(manager: ocp.CheckpointManager, template):
     reader = ocp.CheckpointManager(
         manager.directory, options=ocp.CheckpointManagerOptions(create=False))
     try:
-      state = reader.restore(step, args=ocp.args.StandardRestore(abstract))
+      with _quiet_failure():
+        state = reader.restore(step, args=ocp.args.StandardRestore(abstract))
       break
     except Exception as e:  # pylint: disable=broad-except (a damaged checkpoint fails in many ways)
       unreadable.append((step, e))
@@ -122,9 +148,9 @@ def save_variables(path: str, variables) -> None:
   try:
     if jax.process_index() == 0 and os.path.exists(partial):
       shutil.rmtree(partial)  # left by a save that was killed
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(partial, variables)
-    checkpointer.wait_until_finished()
+    with ocp.StandardCheckpointer() as checkpointer:
+      checkpointer.save(partial, variables)
+      checkpointer.wait_until_finished()
     if jax.process_index() == 0:
       os.rename(partial, path)
   except Exception as e:  # pylint: disable=broad-except
@@ -150,11 +176,15 @@ def load_variables(path: str, template):
   if not os.path.isdir(path):
     raise KdJaxError(f"teacher checkpoint {path} does not exist; point config.teacher.load_from "
                      "at the workdir of a finished teacher run.")
+  checkpointer = ocp.StandardCheckpointer()
   try:
-    restored = ocp.StandardCheckpointer().restore(path)
+    with _quiet_failure():
+      restored = checkpointer.restore(path)
   except Exception as e:  # pylint: disable=broad-except (a damaged checkpoint fails in many ways)
     raise UnreadableCheckpoint(f"teacher checkpoint {path} is unreadable ({_reason(e)}).",
                                path=path) from e
+  finally:
+    checkpointer.close()
   expected, found = _shapes(template), _shapes(restored)
   if expected != found:
     differing = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))

@@ -156,11 +156,20 @@ def default_config() -> ml_collections.ConfigDict:
       # agreement with the first ensemble: the baseline for reading agreement.
       independent_student=False,
       test_size=0,  # evaluate on the first N test examples (0 = the whole test set; smoke runs only)
+      # > 0: the student's test accuracy, NLL, ECE, agreement and KL every this many steps (and at
+      # the end) in the progress output and metrics.jsonl ("evaluation": true), for curves over
+      # training; 0 = only the final evaluation.
+      every_steps=0,
   ))
 
   c.eval_batch_size = 1000
-  c.log_every_steps = 100  # progress line and metrics.jsonl record
-  c.checkpoint_every_steps = 1000  # also saved at the end of each phase and on Ctrl-C
+  # Progress line, metrics.jsonl record and TensorBoard scalars: means over the steps since the last
+  # one of loss, accuracy (agreement, kl), grad/update/param norms, and the learning rate.
+  c.log_every_steps = 100
+  c.checkpoint_every_steps = 1000  # also saved at the end of each phase and on Ctrl-C / SIGTERM
+  # > 0: a jax.profiler trace of this many steps (after the compiling first one) of each phase, in
+  # <workdir>/profile/<phase>/ for TensorBoard's profile plugin.
+  c.profile_steps = 0
   return c
 
 
@@ -197,6 +206,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_positive(config.eval_batch_size, "eval_batch_size")
   _check_positive(config.log_every_steps, "log_every_steps")
   _check_positive(config.checkpoint_every_steps, "checkpoint_every_steps")
+  if config.profile_steps < 0:
+    raise KdJaxError(f"config.profile_steps={config.profile_steps} must be >= 0 (0 = no trace).")
   if not 0.0 <= config.distill.alpha <= 1.0:
     raise KdJaxError(f"config.distill.alpha={config.distill.alpha} must lie in [0, 1].")
   _check_choice(config.teacher.data_split, DATA_SPLITS, "teacher.data_split")
@@ -227,7 +238,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.evaluation.test_size < 0:
     raise KdJaxError(f"config.evaluation.test_size={config.evaluation.test_size} must be >= 0 "
                      "(0 = the whole test set).")
-  for key in ("augmented_batches", "cka_examples"):
+  for key in ("augmented_batches", "cka_examples", "every_steps"):
     if config.evaluation[key] < 0:
       raise KdJaxError(f"config.evaluation.{key}={config.evaluation[key]} must be >= 0 (0 = skip).")
   if config.teacher.train_examples < 0:

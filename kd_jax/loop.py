@@ -12,6 +12,8 @@
   steps before them were checked, every checkpoint on disk holds finite parameters;
 - logs the mean of each metric over the steps since the last log line (plus the learning rate);
 - saves a checkpoint every `checkpoint_every` steps and at the end; a failed save stops the run;
+- optionally evaluates every `phase.evaluate_every` steps (test accuracy and agreement curves);
+- optionally traces `profile_steps` steps after the first (compiling) one with jax.profiler;
 - between steps, honours a stop signal (kd_jax/runtime.py): it saves a checkpoint, prints one line
   and raises Interrupted.
 """
@@ -29,6 +31,9 @@ from kd_jax.errors import DivergedError, Interrupted
 
 # Steps the host may dispatch before it waits for the oldest one (see the module docstring).
 MAX_STEPS_AHEAD = 4
+# Between log lines, a short progress line (no metrics) at most this often, so that a phase whose
+# log_every_steps is far away still shows that it runs and when it will end.
+PROGRESS_SECONDS = 30.0
 
 
 @dataclasses.dataclass
@@ -41,6 +46,12 @@ class Phase:
   log_fields: dict = dataclasses.field(default_factory=dict)  # added to each metrics.jsonl record
   learning_rate: Optional[Callable] = None  # the optax schedule, logged as "lr"
   hint: str = ""  # what to change when the phase diverges, e.g. "config.student.optimizer.learning_rate"
+  # Optional evaluation during training: evaluate(state) -> {name: float}, every `evaluate_every` steps
+  # (and at the end), printed and logged as a record with "evaluation": true.
+  evaluate: Optional[Callable] = None
+  evaluate_every: int = 0
+  profile_dir: str = ""  # where a jax.profiler trace of `profile_steps` steps goes (TensorBoard's
+  # profile plugin reads it)
 
 
 def format_duration(seconds: float) -> str:
@@ -69,11 +80,13 @@ class _Window:
 
 
 def fit(step_fn: Callable, state, *, phase: Phase, manager, start: int, log, log_every: int,
-        checkpoint_every: int, max_steps_ahead: int = MAX_STEPS_AHEAD):
+        checkpoint_every: int, max_steps_ahead: int = MAX_STEPS_AHEAD, profile_steps: int = 0):
   """Runs step_fn from step `start` to `phase.total` (see the module docstring); returns the state."""
   step = start
   saved_step = start if start else None  # the checkpoint on disk that `state` was restored from
   in_flight = []  # (step number, metrics on device), oldest first
+  profile_until = None  # the step that ends a running profiler trace
+  last_progress = time.time()
   window = _Window(start)
 
   def check(keep: int) -> None:
@@ -130,10 +143,35 @@ def fit(step_fn: Callable, state, *, phase: Phase, manager, start: int, log, log
                    "compile_s": round(compile_s, 2)})
         # The throughput of the window excludes compilation; its metric means include the step.
         window.start_time, window.start_step = time.time(), step
+        if profile_steps and phase.profile_dir:
+          jax.profiler.start_trace(phase.profile_dir)
+          profile_until = step + profile_steps
+      if profile_until is not None and step >= min(profile_until, phase.total):
+        jax.block_until_ready(state)
+        jax.profiler.stop_trace()
+        profile_until = None
+        print(f"[{phase.name}] profiler trace of {profile_steps} steps written to "
+              f"{phase.profile_dir}", flush=True)
       check(keep=max_steps_ahead)
       if step % log_every == 0 or step == phase.total:
         check(keep=0)
         log_line()
+        last_progress = time.time()
+      elif time.time() - last_progress > PROGRESS_SECONDS:
+        last_progress = time.time()
+        elapsed = last_progress - window.start_time
+        rate = (step - window.start_step) / elapsed if elapsed > 0 else 0.0
+        eta = format_duration((phase.total - step) / rate) if rate > 0 else "?"
+        print(f"[{phase.name}] step {step}/{phase.total} | {rate * phase.images_per_step:.0f} img/s "
+              f"| ETA {eta}", flush=True)
+      if phase.evaluate is not None and phase.evaluate_every and (
+          step % phase.evaluate_every == 0 or step == phase.total):
+        check(keep=0)
+        values = {k: float(v) for k, v in phase.evaluate(state).items()}
+        print(f"[{phase.name}] step {step}/{phase.total} evaluation | " +
+              " ".join(f"{k} {v:.4f}" for k, v in values.items()), flush=True)
+        log.write({"phase": phase.name, **phase.log_fields, "step": step, "evaluation": True,
+                   **values})
       if step % checkpoint_every == 0 or step == phase.total:
         save()
     if runtime.stop_requested():

@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from kd_jax import checkpoint, evaluation, losses, loop, parallel, report, runtime, train
+from kd_jax import checkpoint, evaluation, losses, loop, parallel, report, runtime, tensorboard
+from kd_jax import train
 from kd_jax import workdir as workdir_lib
 from kd_jax import config as config_lib
 from kd_jax.data import augment as augment_lib
@@ -316,19 +317,51 @@ def distill_student(ctx: Context, student, teacher, teacher_variables, student_d
   phase = loop.Phase(name=label, total=total, steps_per_epoch=steps_per_epoch,
                      images_per_step=cfg.batch_size,
                      learning_rate=train.learning_rate_schedule(optimizer_cfg, total, steps_per_epoch),
-                     hint="config.student.optimizer.learning_rate")
+                     hint="config.student.optimizer.learning_rate",
+                     evaluate=_periodic_evaluation(ctx, student, teacher, teacher_variables),
+                     evaluate_every=ctx.config.evaluation.every_steps)
   step = functools.partial(step_fn, teacher_inputs=teacher_inputs, data=ctx.distill_data,
                            ood_images=ctx.ood_images)
   state = _fit(ctx, step, state, phase, manager, start)
   return train.model_variables(state)
 
 
+def _periodic_evaluation(ctx: Context, student, teacher, teacher_variables):
+  """state -> the student's clean test metrics (accuracy, NLL, ECE, agreement, KL), for
+  config.evaluation.every_steps; None when that is 0."""
+  if not ctx.config.evaluation.every_steps:
+    return None
+  data = ctx.distill_data
+  evaluator = evaluation.Evaluator(
+      teacher, student, mesh=ctx.mesh, compute_dtype=ctx.compute_dtype,
+      method=ctx.config.ensemble_method,
+      batch_size=evaluation.eval_batch_size(
+          ctx.config.eval_batch_size,
+          min(data.test_images.shape[0], data.train_images.shape[0]), ctx.mesh))
+
+  teacher_test_logits = []  # the teachers' test logits, computed at the first evaluation only
+
+  def evaluate(state):
+    if not teacher_test_logits:
+      teacher_test_logits.append(evaluator.teacher_logits(teacher_variables, data.test_images,
+                                                          data.mean, data.std))
+    student_logits = evaluator.student_logits(train.model_variables(state), data.test_images,
+                                              data.mean, data.std)
+    values = evaluation.split_metrics(teacher_test_logits[0], student_logits,
+                                      data.test_labels)["student"]
+    return {f"test_{k}": v for k, v in values.items()}
+
+  return evaluate
+
+
 def _fit(ctx: Context, step, state, phase: loop.Phase, manager, start: int):
   """loop.fit with the run's logging and checkpoint intervals; closes the phase's manager."""
+  phase.profile_dir = os.path.join(ctx.workdir, "profile", tensorboard.phase_tag(phase.name))
   try:
     return loop.fit(step, state, phase=phase, manager=manager, start=start, log=ctx.log,
                     log_every=ctx.config.log_every_steps,
-                    checkpoint_every=ctx.config.checkpoint_every_steps)
+                    checkpoint_every=ctx.config.checkpoint_every_steps,
+                    profile_steps=ctx.config.profile_steps)
   except DivergedError as e:
     workdir_lib.write_diverged(ctx.workdir, str(e))
     raise
@@ -511,5 +544,6 @@ def run(config, workdir: str) -> dict:
   ctx.log.write({"phase": "evaluation", **report.flatten_results(results)})
   runtime.raise_if_stopped()  # a signal during evaluation: no results from an interrupted run
   workdir_lib.write_results(workdir, results)
+  workdir_lib.release(workdir)  # (a run that fails keeps its lock until the process ends)
   print(report.results_table(results), flush=True)
   return results

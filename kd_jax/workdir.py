@@ -22,6 +22,7 @@ import time
 import ml_collections
 
 from kd_jax import files
+from kd_jax.tensorboard import EventWriter
 from kd_jax.errors import KdJaxError
 
 CONFIG_FILE = "config.json"
@@ -30,7 +31,9 @@ RESULTS_FILE = "results.json"
 DIVERGED_FILE = "diverged.json"
 LOCK_FILE = ".lock"
 # Keys that change how a run reports or saves progress, not what it computes: they may differ on resume.
-OPERATIONAL_KEYS = ("log_every_steps", "checkpoint_every_steps", "eval_batch_size")
+OPERATIONAL_KEYS = (
+    "log_every_steps", "checkpoint_every_steps", "eval_batch_size", "profile_steps",
+    "evaluation.every_steps")
 
 
 def config_dict(config: ml_collections.ConfigDict) -> dict:
@@ -241,17 +244,22 @@ class MetricsLog:
   """Appends one JSON object per logged step or evaluation to metrics.jsonl (process 0 only).
 
   A non-finite number is written as null (valid JSON); readers skip a last line cut short by a kill.
+  The same numbers go to TensorBoard event files in the workdir (kd_jax/tensorboard.py).
   """
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, tensorboard: bool = True):
     self.path = os.path.join(workdir, METRICS_FILE)
+    self.events = EventWriter(workdir) if tensorboard else None
 
   def write(self, record: dict) -> None:
     if not _is_main_process():
       return
-    line = json.dumps(_finite_or_none({"time": round(time.time(), 3), **record}), allow_nan=False)
+    record = _finite_or_none({"time": round(time.time(), 3), **record})
+    line = json.dumps(record, allow_nan=False)
     with open(self.path, "a") as f:
       f.write(line + "\n")
+    if self.events is not None:
+      self.events.write(record)
 
 
 def non_finite_keys(tree, prefix: str = "") -> list:

@@ -326,10 +326,20 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
   assert json.loads(path.read_text()) == {"a": 1} and os.listdir(tmp_path) == ["config.json"]
 
 
-def test_damaged_config_json_is_one_line_for_run_and_sweep(finished, tmp_path):
+def test_damaged_config_json_is_one_line_for_run_and_sweep(finished, tmp_path, capsys):
+  from kd_jax import sweep
   workdir = _copy_run(finished, tmp_path)
   (workdir / "config.json").write_text("")  # what an in-place write on a full disk left
   assert "config.json" in _assert_one_line_error(run_cli([CONFIG, f"--workdir={workdir}"]))
+  experiment = tmp_path / "diverging.py"
+  experiment.write_text(DIVERGING_EXPERIMENT)
+  (tmp_path / "sweep" / "ok" / "seed0").mkdir(parents=True)
+  (tmp_path / "sweep" / "ok" / "seed0" / "config.json").write_text("")
+  with pytest.raises(SystemExit) as exit_info:
+    sweep.main([f"--config={experiment}", f"--workdir={tmp_path / 'sweep'}", "--seeds=0",
+                "--dry-run"])
+  err = capsys.readouterr().err.strip()
+  assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and "config.json" in err
 
 
 def test_a_failed_checkpoint_write_stops_the_loop_at_once(tmp_path):
@@ -515,3 +525,10 @@ def test_a_section_takes_a_dict_with_all_its_keys():
   assert config.teacher.optimizer.to_dict() == replacement
   with pytest.raises(KdJaxError, match="missing: final_learning_rate"):
     cli.apply_overrides(kd_config.default_config(), [("teacher.optimizer", "{'name': 'adam'}")])
+
+
+def test_a_phase_between_log_lines_still_shows_progress(tmp_path, capsys, monkeypatch):
+  monkeypatch.setattr(loop, "PROGRESS_SECONDS", 0.0)
+  _fit(_counting_step(), tmp_path, total=6, checkpoint_every=1000, log_every=1000)
+  out = capsys.readouterr().out
+  assert "[test] step 3/6 |" in out and "ETA" in out
