@@ -237,7 +237,7 @@ def pooling(case: Case):
 
 
 def _augment(case: Case):
-  return augment_lib.POLICIES[MODEL_AUGMENT[case.model]]
+  return augment_lib.make_policy(MODEL_AUGMENT[case.model])
 
 
 def _optimizer(case: Case, teacher: bool):

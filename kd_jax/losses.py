@@ -21,12 +21,14 @@ import jax
 import jax.numpy as jnp
 
 
-def _log_probs(logits, temperature=1.0):
+def log_softmax(logits, temperature=1.0):
+  """log softmax(logits / temperature) in float32, whatever the logits' dtype (bf16 under mixed
+  precision); losses and metrics (kd_jax/metrics.py) share it."""
   return jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
 
 
 def _per_example_cross_entropy(logits, labels):
-  log_probs = _log_probs(logits)
+  log_probs = log_softmax(logits)
   return -jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
 
 
@@ -41,7 +43,7 @@ def ensemble_log_probs(member_logits):
   This is the ensemble teacher's "logits" in the paper. Averaging in log space with logsumexp keeps
   the tiny probabilities that a direct log(mean(softmax)) would round to log(0).
   """
-  member_log_probs = _log_probs(member_logits)
+  member_log_probs = log_softmax(member_logits)
   num_members = member_log_probs.shape[0]
   return jax.scipy.special.logsumexp(member_log_probs, axis=0) - jnp.log(num_members)
 
@@ -64,8 +66,8 @@ def _forward_kl(student_logits, teacher_logits, temperature, rng):
   d/dz_s L = tau * (p_s - p_t).
   """
   del rng
-  teacher_probs = jnp.exp(_log_probs(teacher_logits, temperature))
-  student_log_probs = _log_probs(student_logits, temperature)
+  teacher_probs = jnp.exp(log_softmax(teacher_logits, temperature))
+  student_log_probs = log_softmax(student_logits, temperature)
   return -temperature**2 * jnp.sum(teacher_probs * student_log_probs, axis=-1)
 
 
@@ -81,8 +83,8 @@ def _reverse_ce(student_logits, teacher_logits, temperature, rng):
   teacher's mode, below the teacher's entropy.
   """
   del rng
-  student_probs = jnp.exp(_log_probs(student_logits, temperature))
-  teacher_log_probs = _log_probs(teacher_logits, temperature)
+  student_probs = jnp.exp(log_softmax(student_logits, temperature))
+  teacher_log_probs = log_softmax(teacher_logits, temperature)
   return -temperature**2 * jnp.sum(student_probs * teacher_log_probs, axis=-1)
 
 
@@ -94,16 +96,16 @@ def _reverse_kl(student_logits, teacher_logits, temperature, rng):
   tau^2 * H(p_s), so the student is not pushed below the teacher's entropy.
   """
   del rng
-  student_log_probs = _log_probs(student_logits, temperature)
-  teacher_log_probs = _log_probs(teacher_logits, temperature)
+  student_log_probs = log_softmax(student_logits, temperature)
+  teacher_log_probs = log_softmax(teacher_logits, temperature)
   student_probs = jnp.exp(student_log_probs)
   return temperature**2 * jnp.sum(student_probs * (student_log_probs - teacher_log_probs), axis=-1)
 
 
 def _kl_sum(student_logits, teacher_logits, temperature):
   """KL(p_t || p_s) + KL(p_s || p_t) = sum_j (p_t_j - p_s_j) * (log p_t_j - log p_s_j), in one pass."""
-  student_log_probs = _log_probs(student_logits, temperature)
-  teacher_log_probs = _log_probs(teacher_logits, temperature)
+  student_log_probs = log_softmax(student_logits, temperature)
+  teacher_log_probs = log_softmax(teacher_logits, temperature)
   prob_gap = jnp.exp(teacher_log_probs) - jnp.exp(student_log_probs)
   log_prob_gap = teacher_log_probs - student_log_probs
   return jnp.sum(prob_gap * log_prob_gap, axis=-1)
@@ -131,8 +133,8 @@ def _symmetric_kl_tau2(student_logits, teacher_logits, temperature, rng):
 
 
 def _squared_prob_gap(student_logits, teacher_logits, temperature):
-  student_probs = jnp.exp(_log_probs(student_logits, temperature))
-  teacher_probs = jnp.exp(_log_probs(teacher_logits, temperature))
+  student_probs = jnp.exp(log_softmax(student_logits, temperature))
+  teacher_probs = jnp.exp(log_softmax(teacher_logits, temperature))
   return jnp.sum((student_probs - teacher_probs) ** 2, axis=-1)
 
 
@@ -160,7 +162,7 @@ def _brier_tau2(student_logits, teacher_logits, temperature, rng):
 
 def _tempered_nll(student_logits, labels, temperature):
   """-tau^2 * log softmax(z_s / tau)[label]; gradient d/dz_s = tau * (p_s - onehot(label))."""
-  log_probs = _log_probs(student_logits, temperature)
+  log_probs = log_softmax(student_logits, temperature)
   return -temperature**2 * jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
 
 
@@ -183,7 +185,7 @@ def _hard_sample(student_logits, teacher_logits, temperature, rng):
   expectation over the draw it equals forward_kl, tau^2 * H(p_t, p_s), and so has the same expected
   gradient.
   """
-  teacher_log_probs = _log_probs(teacher_logits, temperature)
+  teacher_log_probs = log_softmax(teacher_logits, temperature)
   teacher_labels = jax.random.categorical(rng, teacher_log_probs, axis=-1)
   return _tempered_nll(student_logits, teacher_labels, temperature)
 

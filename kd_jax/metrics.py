@@ -17,10 +17,6 @@ import numpy as np
 from kd_jax import losses
 
 
-def _log_probs(logits):
-  return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-
-
 def accuracy(logits, labels):
   """Fraction of examples whose top-1 prediction equals the label."""
   return jnp.mean((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32))
@@ -47,7 +43,7 @@ def expected_calibration_error(logits, labels, num_bins=10):
   The confidence is the top softmax probability. |B_b| * |acc_b - conf_b| equals
   |sum of correctness in b - sum of confidence in b|, so empty bins need no special case.
   """
-  probs = jnp.exp(_log_probs(logits))
+  probs = jnp.exp(losses.log_softmax(logits))
   confidences = jnp.max(probs, axis=-1)
   correct = (jnp.argmax(probs, axis=-1) == labels).astype(jnp.float32)
   bins = _confidence_bins(confidences, num_bins)
@@ -68,8 +64,8 @@ def predictive_kl(teacher_logits, student_logits):
   Classes where the teacher puts exactly zero mass contribute 0 (the 0 * log 0 = 0 convention), which
   matters when teacher "logits" are log-probabilities that underflowed to -inf.
   """
-  teacher_log_probs = _log_probs(teacher_logits)
-  student_log_probs = _log_probs(student_logits)
+  teacher_log_probs = losses.log_softmax(teacher_logits)
+  student_log_probs = losses.log_softmax(student_logits)
   teacher_probs = jnp.exp(teacher_log_probs)
   terms = jnp.where(teacher_probs > 0, teacher_probs * (teacher_log_probs - student_log_probs), 0.0)
   return jnp.mean(jnp.sum(terms, axis=-1))
@@ -90,7 +86,7 @@ def per_example(logits, labels, teacher_logits=None, num_bins=10):
   Returns {'correct', 'nll', 'confidence', 'bin'} (each (..., N)), plus {'agree', 'kl'} against
   `teacher_logits` when given. Leading axes (stacked members) pass through.
   """
-  log_probs = _log_probs(logits)
+  log_probs = losses.log_softmax(logits)
   labels = jnp.broadcast_to(labels, log_probs.shape[:-1])
   confidence = jnp.exp(jnp.max(log_probs, axis=-1))
   values = {
@@ -106,10 +102,10 @@ def per_example(logits, labels, teacher_logits=None, num_bins=10):
 
 def fidelity_per_example(teacher_logits, student_logits):
   """{'agree', 'kl'}: per-example top-1 agreement (0/1) and KL(p_t || p_s) at tau = 1, float32."""
-  teacher_log_probs = _log_probs(teacher_logits)
+  teacher_log_probs = losses.log_softmax(teacher_logits)
   teacher_probs = jnp.exp(teacher_log_probs)
   kl_terms = jnp.where(teacher_probs > 0,
-                       teacher_probs * (teacher_log_probs - _log_probs(student_logits)), 0.0)
+                       teacher_probs * (teacher_log_probs - losses.log_softmax(student_logits)), 0.0)
   same = jnp.argmax(teacher_logits, axis=-1) == jnp.argmax(student_logits, axis=-1)
   return {'agree': same.astype(jnp.float32), 'kl': jnp.sum(kl_terms, axis=-1)}
 

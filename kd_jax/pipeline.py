@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from kd_jax import checkpoint, evaluation, losses, loop, parallel, report, runtime, tensorboard
-from kd_jax import train
+from kd_jax import checkpoint, evaluation, losses, loop, parallel, results as results_lib, runtime
+from kd_jax import tensorboard, train
 from kd_jax import workdir as workdir_lib
 from kd_jax import config as config_lib
 from kd_jax.data import augment as augment_lib
@@ -28,7 +28,8 @@ from kd_jax.models import build_model
 
 # fold_in tags under the seed's key. Teacher i of the main ensemble uses (TEACHERS, i); the independent
 # baseline's ensemble and student get streams of their own.
-_TEACHERS, _STUDENT, _INDEPENDENT_TEACHERS, _INDEPENDENT_STUDENT, _SPLIT, _EVALUATION = range(6)
+_TEACHERS, _STUDENT, _INDEPENDENT_TEACHERS, _INDEPENDENT_STUDENT = range(4)
+_EVALUATION = 5  # 4 was a retired stream; kept so that evaluations draw the batches they always did
 # fold_in tag under the student's key for the BatchNorm re-estimation pass of an interpolated student.
 _BATCH_STATS = 1
 # The original code's floor for the learning rate of a student interpolated towards its teacher.
@@ -165,7 +166,7 @@ def train_teachers(ctx: Context, model, teachers_dir: str, teachers_key, label: 
   parallel.check_batch_size(cfg.batch_size, ctx.mesh, "config.teacher.batch_size")
   step_fn = train.make_supervised_step(
       model, tx, batch_size=cfg.batch_size,
-      augment=augment_lib.make_policy(ctx.config.data.augment, ctx.config.distill),
+      augment=teacher_policy(ctx.config),
       mesh=ctx.mesh, compute_dtype=ctx.compute_dtype, method=ctx.config.ensemble_method)
   init_members = _teacher_init_fn(ctx, model, tx)
 
@@ -230,7 +231,7 @@ def reestimate_batch_stats(ctx: Context, model, state: train.TrainState, rng) ->
   if not state.batch_stats:
     return state
   data, batch_size = ctx.teacher_data, ctx.config.student.batch_size
-  policy = augment_lib.make_policy(ctx.config.data.augment, ctx.config.distill)
+  policy = teacher_policy(ctx.config)
 
   @jax.jit
   def update(batch_stats, step):
@@ -369,7 +370,15 @@ def _fit(ctx: Context, step, state, phase: loop.Phase, manager, start: int):
     manager.close()
 
 
+def teacher_policy(config):
+  """The teachers' augmentation: config.data.augment with the policies' default options (the options in
+  config.distill shape the distillation data only)."""
+  return augment_lib.make_policy(config.data.augment)
+
+
 def distillation_policy(config):
+  """The student's distillation data: config.distill.augment (or the teachers' policy's name), with the
+  options of config.distill."""
   return augment_lib.make_policy(config.distill.augment or config.data.augment, config.distill)
 
 
@@ -479,8 +488,8 @@ def run(config, workdir: str) -> dict:
   """Runs (or resumes) the whole study of `config` in `workdir` and returns its results."""
   config_lib.validate(config)
   # Everything that can fail on the user's input happens before the workdir is touched.
-  for policy in (config.data.augment, config.distill.augment or config.data.augment):
-    augment_lib.make_policy(policy, config.distill)
+  teacher_policy(config)
+  distillation_policy(config)
   dataset = load_dataset(config.data)
   ood = load_dataset(config.distill.ood_data) if config.distill.ood_data.source else None
   image_shape = tuple(dataset.train_images.shape[1:])
@@ -541,9 +550,9 @@ def run(config, workdir: str) -> dict:
   if config.evaluation.independent_student:
     results["student"].update(
         independent_baseline(ctx, evaluator, teacher, student, test_member_logits))
-  ctx.log.write({"phase": "evaluation", **report.flatten_results(results)})
+  ctx.log.write({"phase": "evaluation", **results_lib.flatten_results(results)})
   runtime.raise_if_stopped()  # a signal during evaluation: no results from an interrupted run
   workdir_lib.write_results(workdir, results)
   workdir_lib.release(workdir)  # (a run that fails keeps its lock until the process ends)
-  print(report.results_table(results), flush=True)
+  print(results_lib.results_table(results), flush=True)
   return results

@@ -415,11 +415,11 @@ def test_unknown_names_and_bad_options_raise_kdjaxerror():
     augment.make_policy("noise", ml_collections.ConfigDict({"noise_prob": 1.5}))
 
 
-def test_policies_mapping_and_normalize_accept_float_input():
-  assert {"none", "crop_flip", "all", "mixup", "noise"} <= set(augment.POLICIES)
+def test_policy_names_and_normalize_accept_float_input():
+  assert {"none", "crop_flip", "all", "mixup", "noise"} <= set(augment.POLICY_NAMES)
   x = images_u8((2, 3, 3, 3))
   mean, std = np.array([0.5, 0.4, 0.3]), np.array([0.2, 0.25, 0.3])
   np.testing.assert_allclose(np.asarray(augment.normalize(x.astype(np.float32), mean, std)),
                              np.asarray(augment.normalize(x, mean, std)))
-  out = jax.eval_shape(augment.POLICIES["crop_flip"], KEY, x)  # traced, not compiled
+  out = jax.eval_shape(augment.make_policy("crop_flip"), KEY, x)  # traced, not compiled
   assert out.dtype == jnp.float32 and out.shape == x.shape

@@ -234,3 +234,17 @@ def test_evaluation_test_size_keeps_the_first_test_examples(tmp_path):
   config.evaluation.test_size = -1
   with pytest.raises(Exception, match="test_size"):
     kd_config.validate(config)
+
+
+def test_teacher_augmentation_ignores_the_distillation_options():
+  images = np.random.default_rng(9).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+  key = jax.random.PRNGKey(0)
+  outputs = {}
+  for degrees in (10.0, 90.0):
+    config = tiny_config()
+    config.data.augment = "rotate"
+    config.distill.rotate_degrees = degrees
+    outputs[degrees] = (pipeline.teacher_policy(config)(key, images),
+                        pipeline.distillation_policy(config)(key, images))
+  np.testing.assert_array_equal(outputs[10.0][0], outputs[90.0][0])
+  assert not np.array_equal(outputs[10.0][1], outputs[90.0][1])

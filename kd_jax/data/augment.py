@@ -477,9 +477,6 @@ def make_policy(name: str, cfg=None) -> Callable:
   return policy
 
 
-# Name -> policy with default options. A dict so that `POLICIES[name]`, `name in POLICIES` and
-# `', '.join(POLICIES)` keep working; prefer make_policy(name, cfg), which also takes '+' chains.
-POLICIES = {name: make_policy(name) for name in POLICY_NAMES}
 
 
 def normalize(images, mean, std, dtype=jnp.float32):
