@@ -43,7 +43,6 @@ torch installed, only the kd_jax columns are filled.
 import argparse
 import dataclasses
 import datetime
-import functools
 import itertools
 import json
 import os
@@ -60,7 +59,7 @@ import numpy as np
 from kd_jax import config as config_lib
 from kd_jax import ensemble, parallel, runtime, train
 from kd_jax.data import augment as augment_lib
-from kd_jax.models import build_model, lenet, preresnet
+from kd_jax.models import build_model, lenet
 
 KINDS = ("distill", "teacher", "epoch")
 PRECISIONS = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
@@ -77,7 +76,6 @@ MODEL_IMAGE_SHAPE = {"preresnet": IMAGE_SHAPE, "lenet5": (28, 28, 1)}
 MODEL_AUGMENT = {"preresnet": "crop_flip", "lenet5": "none"}
 MODEL_TRAIN_SIZE = {"preresnet": CIFAR_TRAIN_SIZE, "lenet5": MNIST_TRAIN_SIZE}
 DATA_SEED = 0
-_batchnorm_impl = "kd_jax"  # which BatchNorm the models use; see use_flax_batchnorm
 _max_pool_impl = "kd_jax"  # which max pooling LeNet-5 uses; see use_flax_max_pool
 
 # Dense peak TFLOP/s by device kind (substring of jax's device_kind) and compute dtype. The fp32 entry is
@@ -396,7 +394,7 @@ def _base_record(case: Case) -> dict:
           "members": case.members if case.kind == "teacher" else None, "batch": case.batch,
           "classes": case.classes, "precision": case.precision,
           "method": ensemble.resolve_method(case.method), "steps": case.steps,
-          "train_size": case.train_size, "batchnorm": _batchnorm_impl,
+          "train_size": case.train_size,
           "max_pool": _max_pool_impl if pooling(case) == "max" else None,
           "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
@@ -798,25 +796,6 @@ def _environment() -> dict:
           "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
-def use_flax_batchnorm():
-  """Makes PreResNet use flax.linen.BatchNorm again (the code before the hand-written backward pass).
-
-  For A/B measurements only (--batchnorm flax): the variables and values are the same, only speed
-  differs. Applies to models built after the call.
-  """
-  make_norm = preresnet.make_norm
-
-  def flax_make_norm(norm, train, dtype):
-    if norm != "batch":
-      return make_norm(norm, train, dtype)
-    return functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                             epsilon=1e-5, dtype=dtype)
-
-  global _batchnorm_impl
-  preresnet.make_norm = flax_make_norm
-  _batchnorm_impl = "flax"
-
-
 def use_flax_max_pool():
   """Makes LeNet-5 max-pool with flax's nn.max_pool again (before kd_jax.models.lenet.max_pool).
 
@@ -825,11 +804,6 @@ def use_flax_max_pool():
   global _max_pool_impl
   lenet._POOL["max"] = nn.max_pool  # pylint: disable=protected-access
   _max_pool_impl = "flax"
-
-
-def batchnorm_impl() -> str:
-  """'kd_jax' or 'flax': the BatchNorm that models built now use."""
-  return _batchnorm_impl
 
 
 def parse_args(argv=None):
@@ -877,8 +851,6 @@ def parse_args(argv=None):
   parser.add_argument("--student-batch", type=int, default=Study.student_batch)
   parser.add_argument("--members-per-step", type=int, default=Study.members_per_step)
   parser.add_argument("--study-precision", choices=tuple(PRECISIONS), default=Study.precision)
-  parser.add_argument("--batchnorm", choices=("kd_jax", "flax"), default="kd_jax",
-                      help="flax: time the models with flax.linen.BatchNorm (A/B of the custom VJP)")
   parser.add_argument("--lenet-pooling", choices=("", "avg", "max"), default="",
                       help="LeNet-5's pooling (default: the model config's, 'avg')")
   parser.add_argument("--max-pool", choices=("kd_jax", "flax"), default="kd_jax",
@@ -906,11 +878,9 @@ def _torch_record(case: Case):
 def main(argv=None):
   runtime.add_cpu_xla_flags()  # as run.py's setup does, before the first JAX computation
   args = parse_args(argv)
-  if args.batchnorm == "flax":
-    use_flax_batchnorm()
   if args.max_pool == "flax":
     use_flax_max_pool()
-  _emit({**_environment(), "batchnorm": args.batchnorm, "max_pool": args.max_pool}, args.out)
+  _emit({**_environment(), "max_pool": args.max_pool}, args.out)
   if args.side_by_side:
     if args.torch_threads:
       from benchmarks import torch_reference  # pylint: disable=import-outside-toplevel

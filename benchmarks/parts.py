@@ -85,8 +85,7 @@ def jax_parts(depth: int, batch: int, classes: int, precision: str, repeats: int
     return jnp.mean(jax.nn.log_softmax(logits)[:, 0])
 
   forward_backward = jax.jit(jax.grad(loss))
-  common = {**_jax_environment(), "depth": depth, "batch": batch, "precision": precision,
-            "batchnorm": kd_step.batchnorm_impl()}
+  common = {**_jax_environment(), "depth": depth, "batch": batch, "precision": precision}
   return [
       {**common, "part": "eval_forward",
        **_time(lambda: jax.block_until_ready(eval_forward(variables, x)), repeats)},
@@ -293,8 +292,6 @@ def main(argv=None):
   parser.add_argument("--precision", choices=tuple(kd_step.PRECISIONS), default="fp32")
   parser.add_argument("--repeats", type=int, default=8)
   parser.add_argument("--torch", action="store_true", help="also time PyTorch eager, if installed")
-  parser.add_argument("--batchnorm", choices=("kd_jax", "flax"), default="kd_jax",
-                      help="flax: time the model with flax.linen.BatchNorm (A/B of the custom VJP)")
   parser.add_argument("--conv-layers", action="store_true",
                       help="time single 3x3 convolutions of each stage instead of whole networks")
   parser.add_argument("--small-convs", action="store_true",
@@ -308,8 +305,6 @@ def main(argv=None):
     for record in (sampling if args.sampling else small_convs)(args.batch, args.repeats):
       print(json.dumps(record), flush=True)
     return
-  if args.batchnorm == "flax":
-    kd_step.use_flax_batchnorm()
   if args.conv_layers:
     records = jax_conv_layers(args.batch, args.repeats)
     torch_records = lambda channels_last: torch_conv_layers(args.batch, args.repeats, channels_last)

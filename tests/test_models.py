@@ -14,7 +14,7 @@ import optax
 import pytest
 
 from kd_jax.errors import KdJaxError
-from kd_jax.models import build_model, param_count
+from kd_jax.models import build_model, param_count, preresnet
 
 # (config, input shape) for every model at its default width; small batches keep the test fast.
 MODEL_CASES = {
@@ -220,6 +220,69 @@ def test_batch_stats_only_for_batchnorm_models(case):
   variables = init_shapes(build_model(make_cfg(**cfg_fields), 10), shape)
   assert ('batch_stats' in variables) == (case in BATCHNORM_CASES)
   assert set(variables) <= {'params', 'batch_stats'}
+
+
+# Every variable of a depth-8, width-4 PreResNet (3 classes, 3 input channels), as the hand-written
+# BatchNorm it had until issue 9 created them: checkpoints written then must still load.
+PRERESNET8_VARIABLES = {
+    'batch_stats/BatchNorm_0/mean': (16,), 'batch_stats/BatchNorm_0/var': (16,),
+    'params/BatchNorm_0/bias': (16,), 'params/BatchNorm_0/scale': (16,),
+    'params/Conv_0/kernel': (3, 3, 3, 4),
+    'params/Dense_0/bias': (3,), 'params/Dense_0/kernel': (16, 3),
+}
+for _block, (_in, _planes) in enumerate(((4, 4), (4, 8), (8, 16))):
+  for _norm, _channels in (('BatchNorm_0', _in), ('BatchNorm_1', _planes)):
+    PRERESNET8_VARIABLES.update({
+        f'batch_stats/PreActBasicBlock_{_block}/{_norm}/{name}': (_channels,)
+        for name in ('mean', 'var')})
+    PRERESNET8_VARIABLES.update({
+        f'params/PreActBasicBlock_{_block}/{_norm}/{name}': (_channels,)
+        for name in ('bias', 'scale')})
+  PRERESNET8_VARIABLES[f'params/PreActBasicBlock_{_block}/Conv_0/kernel'] = (3, 3, _in, _planes)
+  PRERESNET8_VARIABLES[f'params/PreActBasicBlock_{_block}/Conv_1/kernel'] = (3, 3, _planes, _planes)
+  if _in != _planes:
+    PRERESNET8_VARIABLES[f'params/PreActBasicBlock_{_block}/Conv_2/kernel'] = (1, 1, _in, _planes)
+
+
+def test_preresnet_variable_tree_is_unchanged():
+  variables = init_shapes(build_model(make_cfg(name='preresnet', depth=8, width=4), 3),
+                          (1, 32, 32, 3))
+  got = {'/'.join(key.key for key in path): leaf.shape
+         for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]}
+  assert got == PRERESNET8_VARIABLES
+  assert len(got) == 39
+
+
+def test_batchnorm_matches_numpy():
+  """PreResNet's BatchNorm against a NumPy transcription of PyTorch's BatchNorm2d (momentum 0.1).
+
+  Train mode: y = (x - mean_B) / sqrt(var_B + 1e-5) * scale + bias with the biased batch variance,
+  running mean/var <- 0.9 * running + 0.1 * batch statistic (flax stores the biased variance).
+  Eval mode normalizes with the running statistics.
+  """
+  x = random_input((6, 4, 4, 5)) * 3 + 1
+  rng = np.random.default_rng(1)
+  variables = {'params': {'scale': rng.uniform(0.5, 2, 5).astype(np.float32),
+                          'bias': rng.standard_normal(5).astype(np.float32)},
+               'batch_stats': {'mean': rng.standard_normal(5).astype(np.float32),
+                               'var': rng.uniform(0.5, 2, 5).astype(np.float32)}}
+  params, stats = variables['params'], variables['batch_stats']
+  x64 = x.astype(np.float64)
+  mean, var = x64.mean(axis=(0, 1, 2)), x64.var(axis=(0, 1, 2))
+
+  y, updates = preresnet.make_norm('batch', True, jnp.float32)().apply(
+      variables, x, mutable=['batch_stats'])
+  np.testing.assert_allclose(y, (x64 - mean) / np.sqrt(var + 1e-5) * params['scale'] + params['bias'],
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(updates['batch_stats']['mean'], 0.9 * stats['mean'] + 0.1 * mean,
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(updates['batch_stats']['var'], 0.9 * stats['var'] + 0.1 * var,
+                             rtol=1e-5, atol=1e-6)
+
+  y_eval = preresnet.make_norm('batch', False, jnp.float32)().apply(variables, x)
+  np.testing.assert_allclose(
+      y_eval, (x64 - stats['mean']) / np.sqrt(stats['var'] + 1e-5) * params['scale'] + params['bias'],
+      rtol=1e-5, atol=1e-5)
 
 
 def test_train_updates_batch_stats_and_eval_is_stateless():

@@ -18,7 +18,6 @@ import functools
 from typing import Any, Callable
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 # kaiming_normal_(mode='fan_out') as torchvision / pytorch-classification ResNets initialize convs;
@@ -29,96 +28,14 @@ BASIC_EXPANSION = 1
 BOTTLENECK_EXPANSION = 4
 
 
-def _batch_moments(x):
-  """Per-channel mean and biased variance over all axes but the last, in at least float32.
-
-  One pass over x (E[x^2] - E[x]^2, clipped at 0), as flax's BatchNorm computes them by default.
-  """
-  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-  axes = tuple(range(x.ndim - 1))
-  mean = jnp.mean(x, axes)
-  return mean, jnp.maximum(jnp.mean(x * x, axes) - mean * mean, 0.0)
-
-
-def _normalize(x, mean, var, scale, bias, epsilon, dtype):
-  """(x - mean) * rsqrt(var + epsilon) * scale + bias, in float32, returned in `dtype`."""
-  centered = x.astype(mean.dtype) - mean
-  return (centered * (jax.lax.rsqrt(var + epsilon) * scale) + bias).astype(dtype)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def batch_norm_train(x, scale, bias, epsilon, dtype):
-  """Train-mode batch normalization over the last axis: (normalized x, batch mean, batch variance).
-
-  The same values as flax.linen.BatchNorm, with a hand-written backward pass: autodiff through the
-  mean and variance leaves XLA more passes over the activations, and on our 2-core CPU this version
-  makes a PreResNet-20 forward+backward about 12% faster (docs/performance.md).
-  """
-  return _batch_norm_train_fwd(x, scale, bias, epsilon, dtype)[0]
-
-
-def _batch_norm_train_fwd(x, scale, bias, epsilon, dtype):
-  mean, var = _batch_moments(x)
-  inv_std = jax.lax.rsqrt(var + epsilon)
-  y = _normalize(x, mean, var, scale, bias, epsilon, dtype)
-  return (y, mean, var), (x, mean, inv_std, scale)
-
-
-def _batch_norm_train_bwd(epsilon, dtype, residuals, cotangents):
-  """The textbook BatchNorm gradient: two per-channel sums and one elementwise pass."""
-  del epsilon, dtype
-  x, mean, inv_std, scale = residuals
-  dy, dmean, dvar = (c.astype(mean.dtype) for c in cotangents)
-  axes = tuple(range(x.ndim - 1))
-  count = x.size // x.shape[-1]
-  centered = x.astype(mean.dtype) - mean
-  x_hat = centered * inv_std
-  dbias = jnp.sum(dy, axes)
-  dscale = jnp.sum(dy * x_hat, axes)
-  dx = (scale * inv_std / count) * (count * dy - dbias - x_hat * dscale)
-  # The batch statistics are outputs too (for the running averages); their cotangents are usually 0.
-  dx = dx + (dmean + 2.0 * dvar * centered) / count
-  return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(scale.dtype)
-
-
-batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
-
-
-class BatchNorm(nn.Module):
-  """BatchNorm over the last axis: flax.linen.BatchNorm's variables, defaults and values.
-
-  Same 'scale'/'bias' params and 'mean'/'var' batch_stats (so checkpoints and variable paths such as
-  'BatchNorm_0' are unchanged), same running-average update with the biased batch variance, float32
-  statistics for bfloat16 inputs; only the train-mode backward pass is written by hand
-  (`batch_norm_train`).
-  """
-  use_running_average: bool = False
-  momentum: float = 0.99
-  epsilon: float = 1e-5
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    features = (x.shape[-1],)
-    ra_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros(features, jnp.float32))
-    ra_var = self.variable('batch_stats', 'var', lambda: jnp.ones(features, jnp.float32))
-    scale = self.param('scale', nn.initializers.ones, features, jnp.float32)
-    bias = self.param('bias', nn.initializers.zeros, features, jnp.float32)
-    if self.use_running_average:
-      return _normalize(x, ra_mean.value, ra_var.value, scale, bias, self.epsilon, self.dtype)
-    y, mean, var = batch_norm_train(x, scale, bias, self.epsilon, self.dtype)
-    if not self.is_initializing():
-      ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
-      ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
-    return y
-
-
 def make_norm(norm: str, train: bool, dtype: Any) -> Callable[..., nn.Module]:
   """Returns a constructor for the normalization layer `norm` ('batch' or 'layer')."""
   if norm == 'batch':
     # momentum 0.9 / epsilon 1e-5 are the flax spellings of PyTorch's BatchNorm2d defaults.
+    # flax.linen.BatchNorm, not a hand-written one: a custom-VJP version was within noise of it
+    # end to end (docs/performance.md) and was removed.
     return functools.partial(
-        BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype)
+        nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype)
   if norm == 'layer':
     return functools.partial(
         nn.LayerNorm, epsilon=1e-5, reduction_axes=(-3, -2, -1), feature_axes=-1, dtype=dtype)
