@@ -125,7 +125,7 @@ if torch is not None:
       self.fc1, self.fc2 = nn.Linear(16 * 5 * 5, 120), nn.Linear(120, 84)
       self.fc3 = nn.Linear(84, num_classes)
       self.pool = F.max_pool2d if pooling == "max" else F.avg_pool2d
-      for conv in (self.conv1, self.conv2):  # kaiming normal, fan_out, as kd_jax's conv_init
+      for conv in (self.conv1, self.conv2):  # kaiming normal, fan_out: models.layers.conv_init
         nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x):

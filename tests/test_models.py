@@ -270,19 +270,19 @@ def test_batchnorm_matches_numpy():
   x64 = x.astype(np.float64)
   mean, var = x64.mean(axis=(0, 1, 2)), x64.var(axis=(0, 1, 2))
 
+  def normalize(mean, var):
+    return (x64 - mean) / np.sqrt(var + 1e-5) * params['scale'] + params['bias']
+
   y, updates = preresnet.make_norm('batch', True, jnp.float32)().apply(
       variables, x, mutable=['batch_stats'])
-  np.testing.assert_allclose(y, (x64 - mean) / np.sqrt(var + 1e-5) * params['scale'] + params['bias'],
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(y, normalize(mean, var), rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(updates['batch_stats']['mean'], 0.9 * stats['mean'] + 0.1 * mean,
                              rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(updates['batch_stats']['var'], 0.9 * stats['var'] + 0.1 * var,
                              rtol=1e-5, atol=1e-6)
 
   y_eval = preresnet.make_norm('batch', False, jnp.float32)().apply(variables, x)
-  np.testing.assert_allclose(
-      y_eval, (x64 - stats['mean']) / np.sqrt(stats['var'] + 1e-5) * params['scale'] + params['bias'],
-      rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(y_eval, normalize(stats['mean'], stats['var']), rtol=1e-5, atol=1e-5)
 
 
 def test_train_updates_batch_stats_and_eval_is_stateless():

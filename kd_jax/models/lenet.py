@@ -11,8 +11,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-# kaiming_normal_(mode='fan_out'), as for the ResNets; JAX's 'normal' is untruncated like PyTorch's.
-conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+from kd_jax.models.layers import conv_init
 
 
 def max_pool(x, window_shape, strides):

@@ -20,9 +20,8 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
-# kaiming_normal_(mode='fan_out') as torchvision / pytorch-classification ResNets initialize convs;
-# JAX's 'normal' is untruncated, like PyTorch's.
-conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+from kd_jax.models.layers import conv_init
+
 
 BASIC_EXPANSION = 1
 BOTTLENECK_EXPANSION = 4

@@ -5,8 +5,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-# kaiming_normal_(mode='fan_out'), as for the larger CNNs; JAX's 'normal' is untruncated.
-conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+from kd_jax.models.layers import conv_init
 
 
 class DigitsCNN(nn.Module):

@@ -18,8 +18,8 @@ from typing import Any, Sequence, Union
 import flax.linen as nn
 import jax.numpy as jnp
 
-# kaiming_normal_(mode='fan_out') as the CIFAR VGG code initializes convs; 'normal' is untruncated.
-conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+from kd_jax.models.layers import conv_init
+
 
 # Channel counts, 'M' = 2x2 max pool.
 VGG16_LAYOUT = (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M', 512, 512, 512,
