@@ -165,7 +165,13 @@ def _format_value(value) -> str:
   return value if isinstance(value, str) else json.dumps(value)
 
 
-def _identity(run: Run, group_by) -> str:
+def _variant_key(run: Run, group_by) -> str:
+  """The key that puts `run` into its variant: runs with equal keys are seeds of one variant.
+
+  With `group_by` (--group-by config keys) the values of those keys; otherwise the experiment, the
+  sweep variant's name and the whole config minus IGNORED_KEYS (the seed and operational keys).
+  A JSON string, so that it is hashable and compares nested values by content.
+  """
   if group_by:
     return json.dumps([run.config.get(key) for key in group_by])
   config = {k: v for k, v in run.config.items() if k not in IGNORED_KEYS}
@@ -206,7 +212,7 @@ def group_runs(runs, group_by=None) -> list:
   """
   groups = {}
   for run in runs:
-    groups.setdefault(_identity(run, group_by), []).append(run)
+    groups.setdefault(_variant_key(run, group_by), []).append(run)
   variants = [_one_run_per_seed(members) for members in groups.values()]
   keys = list(group_by) if group_by else differing_keys([v.runs[0].config for v in variants])
   experiments = {run.experiment for run in runs if run.variant is not None}
@@ -228,7 +234,7 @@ def _one_run_per_seed(members) -> Variant:
   variant, seen = Variant(name="", runs=[]), set()
   for run in sorted(members, key=lambda r: r.workdir):
     seed = run.config.get("seed")
-    key = (json.dumps(seed), _identity(run, None))
+    key = (json.dumps(seed), _variant_key(run, None))
     if seed is not None and key in seen:
       variant.duplicates.append(run)
     else:
