@@ -10,7 +10,8 @@
 - checks every step's metrics as they arrive (loss, metrics and the parameter norm): the first
   non-finite value stops the phase with DivergedError, and since checkpoints are saved only after the
   steps before them were checked, every checkpoint on disk holds finite parameters;
-- logs the mean of each metric over the steps since the last log line (plus the learning rate);
+- logs the mean of each metric over the steps since the last log line (plus the learning rate); each
+  progress line shows the phase's ETA and, given the study's plan (kd_jax/study_plan.py), the study's;
 - saves a checkpoint every `checkpoint_every` steps and at the end; a failed save stops the run;
 - optionally evaluates every `phase.evaluate_every` steps (test accuracy and agreement curves);
 - optionally traces `profile_steps` steps after the first (compiling) one with jax.profiler;
@@ -28,6 +29,7 @@ import numpy as np
 
 from kd_jax import checkpoint, runtime
 from kd_jax.errors import DivergedError, Interrupted
+from kd_jax.study_plan import StudyPlan
 
 # Steps the host may dispatch before it waits for the oldest one (see the module docstring).
 MAX_STEPS_AHEAD = 4
@@ -80,8 +82,12 @@ class _Window:
 
 
 def fit(step_fn: Callable, state, *, phase: Phase, manager, start: int, log, log_every: int,
-        checkpoint_every: int, max_steps_ahead: int = MAX_STEPS_AHEAD, profile_steps: int = 0):
-  """Runs step_fn from step `start` to `phase.total` (see the module docstring); returns the state."""
+        checkpoint_every: int, max_steps_ahead: int = MAX_STEPS_AHEAD, profile_steps: int = 0,
+        study: Optional[StudyPlan] = None):
+  """Runs step_fn from step `start` to `phase.total` (see the module docstring); returns the state.
+
+  `study`, the plan of the whole study this phase belongs to, adds the study's ETA to progress lines.
+  """
   step = start
   saved_step = start if start else None  # the checkpoint on disk that `state` was restored from
   in_flight = []  # (step number, metrics on device), oldest first
@@ -110,6 +116,13 @@ def fit(step_fn: Callable, state, *, phase: Phase, manager, start: int, log, log
       checkpoint.save_state(manager, step, state)
       saved_step = step
 
+  def study_eta(step: int, rate: float) -> str:
+    """' | study ETA ...' at `rate` steps/s, or '' without a plan."""
+    if study is None:
+      return ""
+    seconds = study.remaining_seconds(phase.name, step, rate * phase.images_per_step)
+    return f" | study ETA {format_duration(seconds) if seconds is not None else '?'}"
+
   def log_line() -> None:
     nonlocal window
     values = window.means()
@@ -121,7 +134,8 @@ def fit(step_fn: Callable, state, *, phase: Phase, manager, start: int, log, log
     eta = (phase.total - step) / rate if rate > 0 else 0.0
     shown = " ".join(f"{k} {v:.4g}" if k == "lr" else f"{k} {v:.4f}" for k, v in values.items())
     print(f"[{phase.name}] step {step}/{phase.total} epoch {step / phase.steps_per_epoch:.2f} | "
-          f"{shown} | {rate * phase.images_per_step:.0f} img/s | ETA {format_duration(eta)}",
+          f"{shown} | {rate * phase.images_per_step:.0f} img/s | ETA {format_duration(eta)}"
+          f"{study_eta(step, rate)}",
           flush=True)
     log.write({"phase": phase.name, **phase.log_fields, "step": step,
                "epoch": round(step / phase.steps_per_epoch, 4), **values,
@@ -163,7 +177,7 @@ def fit(step_fn: Callable, state, *, phase: Phase, manager, start: int, log, log
         rate = (step - window.start_step) / elapsed if elapsed > 0 else 0.0
         eta = format_duration((phase.total - step) / rate) if rate > 0 else "?"
         print(f"[{phase.name}] step {step}/{phase.total} | {rate * phase.images_per_step:.0f} img/s "
-              f"| ETA {eta}", flush=True)
+              f"| ETA {eta}{study_eta(step, rate)}", flush=True)
       if phase.evaluate is not None and phase.evaluate_every and (
           step % phase.evaluate_every == 0 or step == phase.total):
         check(keep=0)

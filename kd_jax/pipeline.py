@@ -25,6 +25,7 @@ from kd_jax.data import augment as augment_lib
 from kd_jax.data import load_dataset
 from kd_jax.errors import DivergedError, KdJaxError
 from kd_jax.models import build_model
+from kd_jax.study_plan import PlannedPhase, StudyPlan
 
 # fold_in tags under the seed's key. Teacher i of the main ensemble uses (TEACHERS, i); the independent
 # baseline's ensemble and student get streams of their own.
@@ -48,6 +49,7 @@ class Context:
   image_shape: tuple
   compute_dtype: object
   log: workdir_lib.MetricsLog
+  plan: StudyPlan  # every phase of the study, for the study's ETA in progress lines
 
 
 def _seed_key(config, stream: int):
@@ -136,6 +138,52 @@ def schedule_length(phase_cfg, num_train: int, phase: str):
   return int(total), steps_per_epoch
 
 
+def teacher_groups(config) -> list:
+  """The members trained together in one compiled step: [[0, 1, 2], [3, 4]] for m=5, k=3."""
+  m = config.teacher.ensemble_size
+  k = config.teacher.members_per_step or m
+  return [list(range(first, min(first + k, m))) for first in range(0, m, k)]
+
+
+def teacher_group_name(label: str, members, ensemble_size: int) -> str:
+  """The phase name of a teacher group in progress lines and the study plan, e.g. 'teachers 1-3/5'."""
+  return f"{label} {members[0] + 1}-{members[-1] + 1}/{ensemble_size}"
+
+
+def study_plan(config, teacher_examples: int, distill_examples: int, labelled_examples: int,
+               test_examples: int) -> StudyPlan:
+  """Every phase `run` goes through, in order, with its steps and images.
+
+  `distill_examples` counts appended out-of-distribution images, `labelled_examples` does not (the
+  evaluation's train split). Evaluation: every teacher and the student on the test set and the labelled
+  distillation set (when distillation caches the teachers' logits, their pass on the distillation set
+  runs before the student instead, the same images); the independent baseline's evaluation is its
+  teachers' cached logits, if any, and its student on the test set.
+  """
+  m = config.teacher.ensemble_size
+  teacher_steps, _ = schedule_length(config.teacher, teacher_examples, "teacher")
+  student_steps, _ = schedule_length(config.student, distill_examples, "student")
+
+  def teachers(label):
+    return [PlannedPhase(teacher_group_name(label, members, m), "teachers", teacher_steps,
+                         teacher_steps * config.teacher.batch_size * len(members))
+            for members in teacher_groups(config)]
+
+  def student(label):
+    return PlannedPhase(label, "student", student_steps, student_steps * config.student.batch_size)
+
+  phases = [] if config.teacher.load_from else teachers("teachers")
+  phases += [student("student"),
+             PlannedPhase("evaluation", "evaluation", 0,
+                          (m + 1) * (test_examples + labelled_examples))]
+  if config.evaluation.independent_student:
+    cached = m * distill_examples if caches_teacher_logits(config) else 0
+    phases += teachers("independent teachers") + [
+        student("independent student"),
+        PlannedPhase("independent evaluation", "evaluation", 0, cached + test_examples)]
+  return StudyPlan(phases)
+
+
 def _member_dir(teachers_dir: str, index: int) -> str:
   return os.path.join(teachers_dir, f"member_{index}")
 
@@ -170,13 +218,10 @@ def train_teachers(ctx: Context, model, teachers_dir: str, teachers_key, label: 
       mesh=ctx.mesh, compute_dtype=ctx.compute_dtype, method=ctx.config.ensemble_method)
   init_members = _teacher_init_fn(ctx, model, tx)
 
-  m = cfg.ensemble_size
-  k = cfg.members_per_step or m
-  for first in range(0, m, k):
-    members = list(range(first, min(first + k, m)))
+  for members in teacher_groups(ctx.config):
     if all(os.path.isdir(_member_dir(teachers_dir, i)) for i in members):
       continue
-    name = f"{label} {members[0] + 1}-{members[-1] + 1}/{m}"
+    name = teacher_group_name(label, members, cfg.ensemble_size)
     manager = checkpoint.make_manager(
         os.path.join(teachers_dir, f"train_{members[0]}-{members[-1]}"))
     fresh = init_members(np.stack([jax.random.fold_in(teachers_key, i) for i in members]))
@@ -362,7 +407,7 @@ def _fit(ctx: Context, step, state, phase: loop.Phase, manager, start: int):
     return loop.fit(step, state, phase=phase, manager=manager, start=start, log=ctx.log,
                     log_every=ctx.config.log_every_steps,
                     checkpoint_every=ctx.config.checkpoint_every_steps,
-                    profile_steps=ctx.config.profile_steps)
+                    profile_steps=ctx.config.profile_steps, study=ctx.plan)
   except DivergedError as e:
     workdir_lib.write_diverged(ctx.workdir, str(e))
     raise
@@ -513,8 +558,8 @@ def run(config, workdir: str) -> dict:
   distill_split = split_indices(num_train, config.distill.data_split, config.data.split_seed)
   distill_examples = distill_split.size + (0 if appended_ood is None else len(appended_ood))
   test_size = config.evaluation.test_size
-  check_sizes(config, teacher_split.size, distill_examples,
-              test_size or int(dataset.test_images.shape[0]), mesh)
+  test_examples = test_size or int(dataset.test_images.shape[0])
+  check_sizes(config, teacher_split.size, distill_examples, test_examples, mesh)
   workdir = os.path.abspath(workdir)
   resuming = workdir_lib.prepare(workdir, config)
 
@@ -526,10 +571,13 @@ def run(config, workdir: str) -> dict:
           dataset, distill_split, mesh, test_size=test_size, extra_images=appended_ood),
       ood_images=(parallel.replicate(ood.train_images, mesh)
                   if ood is not None and config.distill.ood_mode == "replace" else None),
-      image_shape=image_shape, compute_dtype=compute_dtype, log=workdir_lib.MetricsLog(workdir))
+      image_shape=image_shape, compute_dtype=compute_dtype, log=workdir_lib.MetricsLog(workdir),
+      plan=study_plan(config, teacher_split.size, distill_examples, distill_split.size,
+                      test_examples))
   print(f"kd_jax: {dataset.name} ({num_train} train / {dataset.test_images.shape[0]} test, "
         f"{dataset.num_classes} classes) on {mesh.devices.size} {jax.default_backend()} device(s); "
         f"workdir {workdir}{' (resuming)' if resuming else ''}", flush=True)
+  print(ctx.plan.describe(), flush=True)
   ctx.log.write({"event": "resume" if resuming else "start", "devices": int(mesh.devices.size),
                  "backend": jax.default_backend()})
 

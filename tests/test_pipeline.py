@@ -37,6 +37,16 @@ def test_workdir_holds_config_metrics_checkpoints_results(finished_run):
   assert os.path.isdir(os.path.join(workdir, "student", str(config.student.steps)))
 
 
+def test_study_plan_names_the_phases_the_run_trains(finished_run):
+  """The loop finds its phase in the plan by name: the plan must use the names the run trains under."""
+  config, workdir, _ = finished_run
+  records = [json.loads(line) for line in open(os.path.join(workdir, METRICS_FILE))]
+  trained = {r["phase"] for r in records if "loss" in r}
+  plan = pipeline.study_plan(config, 1000, 1000, 1000, 100)  # the config fixes the step counts
+  assert trained == {p.name for p in plan.phases if p.kind != "evaluation"}
+  assert len(trained) == 2 and {"student", "teachers 1-2/2"} == trained
+
+
 def test_results_shape_and_ranges(finished_run):
   config, _, results = finished_run
   assert len(results["teachers"]) == config.teacher.ensemble_size
