@@ -394,6 +394,22 @@ def test_image_folder_loads_when_the_cache_cannot_be_written(tmp_path, monkeypat
   assert not_a_folder.read_text() == "a file where the cache folder would go"
 
 
+def test_image_folder_decode_shows_progress_and_the_cache_read(tmp_path, monkeypatch, capsys):
+  monkeypatch.setenv("KD_JAX_CACHE", str(tmp_path / "cache"))
+  monkeypatch.setattr(sources, "PROGRESS_SECONDS", 0.0)  # a progress line after every image
+  _write_png_folder(tmp_path / "pets", np.random.default_rng(12))
+  data.load_dataset(_cfg(source="image_folder", path=str(tmp_path / "pets")))
+  out = capsys.readouterr().out
+  assert f"[data] reading and decoding the images of {tmp_path / 'pets'}" in out
+  assert "[data] decoding train images: 5/6, " in out and "img/s" in out
+  assert "[data] decoding test images: 1/2, " in out
+  assert "[data] decoded 8 images of" in out and "[data] cached the decoded images in" in out
+  data.load_dataset(_cfg(source="image_folder", path=str(tmp_path / "pets")))
+  out = capsys.readouterr().out
+  assert "[data] read the decoded images of" in out and "from the cache" in out
+  assert "decoding" not in out
+
+
 # ----------------------------------------------------------------------------------------------------
 # tfds
 

@@ -37,6 +37,8 @@ import PIL.Image
 from kd_jax.errors import KdJaxError
 
 SOURCES = ("tfds", "cifar_pickle", "idx", "image_folder", "digits")
+# Decoding an image folder prints a progress line this often (CIFAR-10's first decode takes ~20 s).
+PROGRESS_SECONDS = 5.0
 
 # How to get each well-known dataset onto a machine without internet, from its original files.
 _OFFLINE_HOWTO = {
@@ -381,8 +383,12 @@ def _load_image_folder(cfg):
     raise KdJaxError(f"data.path={str(path)!r} is neither a folder nor a tar archive: point it at "
                      f"{_IMAGE_FOLDER_EXPECTED}")
   key = repr((_CACHE_FORMAT_VERSION, str(path.resolve()), grayscale, fingerprint))
-  arrays = _cached_arrays(path, key, lambda: _decode_listing(list_images(), grayscale, path),
-                          use_cache=bool(cfg.get("cache", True)))
+
+  def decode():
+    print(f"[data] reading and decoding the images of {path}", flush=True)
+    return _decode_listing(list_images(), grayscale, path)
+
+  arrays = _cached_arrays(path, key, decode, use_cache=bool(cfg.get("cache", True)))
   return _make_dataset(_dataset_name(cfg, _strip_tar_suffix(path.resolve().name)), arrays["train_images"],
                        arrays["train_labels"], arrays["test_images"], arrays["test_labels"],
                        int(arrays["num_classes"]))
@@ -469,10 +475,10 @@ def _decode_listing(listing, grayscale, where):
     labels, sources = _interleave_classes(per_class)
     if not labels:
       raise KdJaxError(f"{where}: {split}/ has class folders but no .jpg/.jpeg/.png images in them")
-    arrays[f"{split}_images"] = _decode_images(sources, "L" if grayscale else "RGB", where)
+    arrays[f"{split}_images"] = _decode_images(sources, "L" if grayscale else "RGB", where, split)
     arrays[f"{split}_labels"] = np.asarray(labels, dtype=np.int32)
-  logging.info("Decoded %d images from %s in %.1fs.",
-               len(arrays["train_labels"]) + len(arrays["test_labels"]), where, time.perf_counter() - start)
+  print(f"[data] decoded {len(arrays['train_labels']) + len(arrays['test_labels'])} images of {where} "
+        f"in {time.perf_counter() - start:.1f}s", flush=True)
   if arrays["train_images"].shape[1:] != arrays["test_images"].shape[1:]:
     raise KdJaxError(f"{where}: train images are {arrays['train_images'].shape[1:3]} but test images are "
                      f"{arrays['test_images'].shape[1:3]}; resize them to one size")
@@ -490,8 +496,10 @@ def _interleave_classes(per_class):
   return labels, sources
 
 
-def _decode_images(sources, mode, where):
+def _decode_images(sources, mode, where, split=""):
   """Decodes [(relative name, bytes or path)] into one uint8 (N, H, W, C) array; all must share one size.
+
+  Prints a progress line for `split` every PROGRESS_SECONDS.
 
   Serial on purpose: measured on CIFAR-10 (60k 32x32 JPEGs, 2 cores), PIL holds the GIL so a thread
   pool was slower than one thread (12s vs 7s), and a process pool saved only ~25% while forking a
@@ -500,7 +508,13 @@ def _decode_images(sources, mode, where):
   first = _decode_image(*sources[0], mode, where)
   images = np.empty((len(sources),) + first.shape, dtype=np.uint8)
   images[0] = first
+  started = last_report = time.perf_counter()
   for i in range(1, len(sources)):
+    if time.perf_counter() - last_report > PROGRESS_SECONDS:
+      last_report = time.perf_counter()
+      rate = i / max(last_report - started, 1e-9)
+      print(f"[data] decoding {split} images: {i}/{len(sources)}, {rate:.0f} img/s, "
+            f"ETA {(len(sources) - i) / rate:.0f}s", flush=True)
     image = _decode_image(*sources[i], mode, where)
     if image.shape != first.shape:
       raise KdJaxError(f"{where}: images must all have one size, but {sources[0][0]} is "
@@ -529,8 +543,9 @@ def _cached_arrays(source_path, key, build, use_cache):
   if path.is_file():
     try:
       with np.load(path, allow_pickle=False) as cached:
-        logging.info("Read decoded images of %s from the cache %s.", source_path, path)
-        return {name: cached[name] for name in cached.files}
+        arrays = {name: cached[name] for name in cached.files}
+      print(f"[data] read the decoded images of {source_path} from the cache {path}", flush=True)
+      return arrays
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
       logging.warning("Ignoring the unreadable cache %s (%s); decoding again.", path, e)
   arrays = build()
@@ -546,7 +561,7 @@ def _write_cache(path, arrays):
     with open(tmp, "wb") as f:
       np.savez(f, **arrays)
     os.replace(tmp, path)
-    logging.info("Cached the decoded images in %s.", path)
+    print(f"[data] cached the decoded images in {path}", flush=True)
   except OSError as e:
     # A read-only or full cache only costs speed next time; the data is already in memory.
     logging.warning("Could not write the cache %s (%s); set KD_JAX_CACHE to a writable folder.", path, e)
