@@ -126,13 +126,11 @@ def default_config() -> ml_collections.ConfigDict:
       # it is the original code's (losses.ORIGINAL_KD_KINDS, its scaling exactly) or ours.
       loss="forward_kl",  # the paper's Eq. 1
       augment="",  # distillation-data policy, e.g. crop_flip+rotate, mixup, noise ('' = data.augment)
-      rotate_degrees=20.0,  # policy parameters (kd_jax/data/augment.py)
-      color_jitter=0.2,
-      mixup_alpha=0.0,  # 0 = lambda ~ U[0, 1], else Beta(a, a)
-      mixup_lambda="batch",  # batch: one lambda per batch (the original) | example: one per image (ours)
-      rotate_interpolation="nearest",  # nearest (the original, torchvision's default) | bilinear (ours)
-      cutmix_alpha=0.0,
-      noise_prob=0.2,
+      # The policies' options, with their defaults and meanings stated once in
+      # kd_jax.data.augment.DEFAULTS: rotate_degrees, color_jitter, mixup_alpha, mixup_lambda (batch:
+      # one lambda per batch, the original | example: one per image, ours), rotate_interpolation
+      # (nearest, the original | bilinear, ours), cutmix_alpha, noise_prob.
+      **augment.DEFAULTS,
       data_split="all",  # all | d0 | d1: the part of the train set the student is distilled on
       # Out-of-distribution images (e.g. SVHN), used when ood_data.source is set, labelled only by the
       # teachers. ood_mode 'append' (the original code): ood_examples images of a seeded shuffle of
@@ -193,9 +191,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
                 "distill.rotate_interpolation")
   for phase in ("teacher", "student"):
     cfg = config[phase]
-    _check_choice(cfg.model.get("head", VGG_HEADS[0]), VGG_HEADS, f"{phase}.model.head")
-    _check_choice(cfg.model.get("pooling", LENET_POOLINGS[0]), LENET_POOLINGS,
-                  f"{phase}.model.pooling")
+    _check_choice(cfg.model.head, VGG_HEADS, f"{phase}.model.head")
+    _check_choice(cfg.model.pooling, LENET_POOLINGS, f"{phase}.model.pooling")
     _check_choice(cfg.optimizer.name, OPTIMIZERS, f"{phase}.optimizer.name")
     _check_positive(cfg.batch_size, f"{phase}.batch_size")
     _check_positive(cfg.optimizer.learning_rate, f"{phase}.optimizer.learning_rate")

@@ -6,14 +6,22 @@ import inspect
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
+from kd_jax import config as kd_config
 from kd_jax.data import augment
 from kd_jax.errors import KdJaxError
 
 KEY = jax.random.PRNGKey(0)
+
+
+def _options(**changed):
+  """config.distill, where policies read their options, with `changed` options."""
+  cfg = kd_config.default_config().distill
+  cfg.update(changed)
+  return cfg
+
 
 # Jitted handles on the ops under test: in eager mode every primitive is compiled separately for its
 # shapes, which on a small CPU costs far more than one compilation of the whole op.
@@ -377,18 +385,18 @@ def test_all_is_the_papers_combination():
 
 def test_config_options_are_read():
   x = images_u8((8, 6, 6, 3))
-  cfg = ml_collections.ConfigDict({"rotate_degrees": 0.0, "noise_prob": 1.0, "mixup_alpha": 0.5})
+  cfg = _options(rotate_degrees=0.0, noise_prob=1.0, mixup_alpha=0.5)
   rotated = jax.jit(augment.make_policy("rotate", cfg))(KEY, x)
   np.testing.assert_array_equal(np.asarray(rotated), x)
   noise = np.asarray(jax.jit(augment.make_policy("noise", cfg))(KEY, x))
   assert not np.any(noise == x)
   with pytest.raises(KdJaxError, match="color_jitter"):
-    augment.make_policy("color_jitter", ml_collections.ConfigDict({"color_jitter": 0.6}))
+    augment.make_policy("color_jitter", _options(color_jitter=0.6))
 
 
 def test_config_chooses_rotation_interpolation_and_mixup_lambda():
   x = images_u8((8, 6, 6, 3))
-  options = lambda **kw: ml_collections.ConfigDict({"rotate_degrees": 30.0, **kw})
+  options = lambda **kw: _options(rotate_degrees=30.0, **kw)
   by_name = {}
   for interpolation in augment.ROTATE_INTERPOLATIONS:
     policy = jax.jit(augment.make_policy("rotate", options(rotate_interpolation=interpolation)))
@@ -412,7 +420,7 @@ def test_unknown_names_and_bad_options_raise_kdjaxerror():
   with pytest.raises(KdJaxError):
     augment.make_policy("")
   with pytest.raises(KdJaxError):
-    augment.make_policy("noise", ml_collections.ConfigDict({"noise_prob": 1.5}))
+    augment.make_policy("noise", _options(noise_prob=1.5))
 
 
 def test_policy_names_and_normalize_accept_float_input():

@@ -12,11 +12,11 @@ import pickle
 import struct
 import tarfile
 
-import ml_collections
 import numpy as np
 import PIL.Image
 import pytest
 
+from kd_jax import config as kd_config
 from kd_jax import data
 from kd_jax.data import sources
 from kd_jax.errors import KdJaxError
@@ -25,9 +25,8 @@ SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "d
 
 
 def _cfg(**fields):
-  base = {"name": "", "source": "", "path": "", "data_dir": "", "train_size": 0}
-  base.update(fields)
-  return ml_collections.ConfigDict(base)
+  """A data config as experiments make them: data_config()'s defaults, no name or source, `fields`."""
+  return kd_config.data_config(**{"name": "", "source": "", **fields})
 
 
 def _load_error(cfg):

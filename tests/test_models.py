@@ -8,11 +8,11 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
 
+from kd_jax import config as kd_config
 from kd_jax.errors import KdJaxError
 from kd_jax.models import build_model, param_count, preresnet
 
@@ -31,7 +31,8 @@ BATCHNORM_CASES = ('preresnet20',)
 
 
 def make_cfg(**fields):
-  return ml_collections.ConfigDict(fields)
+  """A model config as experiments make them: model_config()'s defaults with `fields` changed."""
+  return kd_config.model_config(**fields)
 
 
 def random_input(shape, seed=0):

@@ -4,7 +4,6 @@
 import json
 import os
 
-import ml_collections
 import numpy as np
 import PIL.Image
 import pytest
@@ -85,8 +84,7 @@ def test_resize_keeps_constant_images_constant_and_native_size_untouched():
 
 
 def test_load_dataset_resizes_digits():
-  cfg = ml_collections.ConfigDict(dict(name="digits", source="digits", path="", data_dir="",
-                                       train_size=100, image_size=28))
+  cfg = kd_config.data_config(name="digits", source="digits", train_size=100, image_size=28)
   dataset = sources.load_dataset(cfg)
   assert dataset.train_images.shape == (100, 28, 28, 1)
   assert dataset.test_images.shape[1:] == (28, 28, 1)

@@ -30,7 +30,8 @@ import jax.numpy as jnp
 
 from kd_jax.errors import KdJaxError
 
-# Optional config fields read by `make_policy` (cfg.get(name, default)).
+# The policies' options and their defaults: the fields of config.distill (kd_jax/config.py takes them
+# from here), and the options of a policy made without a config (the teachers').
 DEFAULTS = {
     "rotate_degrees": 20.0,  # rotation angle ~ U[-d, d] degrees
     "color_jitter": 0.2,  # brightness, contrast, saturation and hue strength (one number for all)
@@ -390,12 +391,12 @@ def random_noise(key, images, prob: float = 0.2):
 
 
 def _option(cfg, name: str):
-  value = DEFAULTS[name] if cfg is None else cfg.get(name, DEFAULTS[name])
+  value = DEFAULTS[name] if cfg is None else cfg[name]
   return float(value)
 
 
 def _choice(cfg, name: str, choices) -> str:
-  value = DEFAULTS[name] if cfg is None else cfg.get(name, DEFAULTS[name])
+  value = DEFAULTS[name] if cfg is None else cfg[name]
   if value not in choices:
     raise KdJaxError(f"augmentation option {name}={value!r} is not valid; choose one of "
                      f"{', '.join(choices)}.")
@@ -460,7 +461,7 @@ def make_policy(name: str, cfg=None) -> Callable:
   """Returns policy(key, images) -> float32 images in [0, 255] of the same shape.
 
   `name` is one of POLICY_NAMES or several joined by '+', applied left to right, each with its own
-  subkey; `cfg` (a ConfigDict or None) supplies the optional fields of DEFAULTS.
+  subkey; `cfg` (config.distill, or None for DEFAULTS) supplies every option of DEFAULTS.
   """
   ops = parse_policy(name)
   builders = _builders(cfg)

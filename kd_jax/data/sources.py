@@ -110,8 +110,9 @@ def _make_dataset(name, train_images, train_labels, test_images, test_labels, nu
 
 
 def load_dataset(cfg) -> Dataset:
-  """Loads the dataset `cfg` describes (fields: name, source, path, data_dir, train_size, ...)."""
-  source = cfg.get("source", "")
+  """Loads the dataset `cfg` describes: a `kd_jax.config.data_config()` (every field and its default
+  are stated there)."""
+  source = cfg.source
   loaders = {
       "tfds": _load_tfds,
       "cifar_pickle": _load_cifar_pickle,
@@ -122,8 +123,8 @@ def load_dataset(cfg) -> Dataset:
   if source not in loaders:
     raise KdJaxError(f"unknown data.source={source!r}: use one of {', '.join(SOURCES)}")
   start = time.perf_counter()
-  dataset = _take_train_prefix(loaders[source](cfg), int(cfg.get("train_size", 0) or 0))
-  dataset = resize_images(dataset, int(cfg.get("image_size", 0) or 0))
+  dataset = _take_train_prefix(loaders[source](cfg), int(cfg.train_size or 0))
+  dataset = resize_images(dataset, int(cfg.image_size or 0))
   logging.info("Loaded %s from %s in %.1fs: train %s, test %s, %d classes.", dataset.name, source,
                time.perf_counter() - start, dataset.train_images.shape, dataset.test_images.shape,
                dataset.num_classes)
@@ -168,16 +169,16 @@ def resize_images(dataset, size: int):
 
 
 def _dataset_name(cfg, default):
-  return cfg.get("name", "") or default
+  return cfg.name or default
 
 
 def _existing_path(cfg, expected):
   """Returns cfg.path as an existing Path, or raises naming what should be there."""
-  raw = cfg.get("path", "") or ""
-  name = cfg.get("name", "") or ""
+  raw = cfg.path or ""
+  name = cfg.name or ""
   fix = "; " + _OFFLINE_HOWTO.get(name, f"or use data.source='tfds': {_tfds_build_howto(name)}")
   if not raw:
-    raise KdJaxError(f"data.source={cfg.get('source')!r} needs data.path: set --config.data.path to "
+    raise KdJaxError(f"data.source={cfg.source!r} needs data.path: set --config.data.path to "
                      f"{expected}{fix}")
   path = pathlib.Path(raw).expanduser()
   if not path.exists():
@@ -217,7 +218,7 @@ _CIFAR_EXPECTED = (f"a folder holding {_CIFAR10_DIR}/ (data_batch_1..5, test_bat
 
 def _load_cifar_pickle(cfg):
   """The original CIFAR python pickles: 10 or 100 classes, decided by which files are there."""
-  folder, num_classes = _find_cifar_folder(_existing_path(cfg, _CIFAR_EXPECTED), cfg.get("name", ""))
+  folder, num_classes = _find_cifar_folder(_existing_path(cfg, _CIFAR_EXPECTED), cfg.name)
   if num_classes == 10:
     train = [_read_cifar_batch(folder / f, b"labels") for f in _CIFAR10_TRAIN]
     test = [_read_cifar_batch(folder / _CIFAR10_TEST, b"labels")]
@@ -299,7 +300,7 @@ def _load_idx(cfg):
   arrays = {}
   for key, stem in _IDX_STEMS.items():
     magic = _IDX_IMAGES_MAGIC if key.endswith("images") else _IDX_LABELS_MAGIC
-    arrays[key] = _read_idx(_find_idx_file(folder, stem, cfg.get("name", "")), magic)
+    arrays[key] = _read_idx(_find_idx_file(folder, stem, cfg.name), magic)
   for split in ("train", "test"):
     images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
     if len(images) != len(labels):
@@ -307,7 +308,7 @@ def _load_idx(cfg):
                        "labels; re-copy the original files")
   return _make_dataset(_dataset_name(cfg, folder.resolve().name), arrays["train_images"][..., None],
                        arrays["train_labels"], arrays["test_images"][..., None], arrays["test_labels"],
-                       num_classes=int(cfg.get("num_classes", 0) or 10))
+                       num_classes=int(cfg.num_classes or 10))
 
 
 def _find_idx_file(folder, stem, name):
@@ -370,7 +371,7 @@ def cache_dir():
 def _load_image_folder(cfg):
   """train/<class>/<image> and test/<class>/<image> from a folder or a tar archive, cached decoded."""
   path = _existing_path(cfg, _IMAGE_FOLDER_EXPECTED)
-  grayscale = bool(cfg.get("grayscale", False))
+  grayscale = bool(cfg.grayscale)
   if path.is_dir():
     listing = _list_folder_images(path)
     fingerprint = _folder_fingerprint(listing)
@@ -388,7 +389,7 @@ def _load_image_folder(cfg):
     print(f"[data] reading and decoding the images of {path}", flush=True)
     return _decode_listing(list_images(), grayscale, path)
 
-  arrays = _cached_arrays(path, key, decode, use_cache=bool(cfg.get("cache", True)))
+  arrays = _cached_arrays(path, key, decode, use_cache=bool(cfg.cache))
   return _make_dataset(_dataset_name(cfg, _strip_tar_suffix(path.resolve().name)), arrays["train_images"],
                        arrays["train_labels"], arrays["test_images"], arrays["test_labels"],
                        int(arrays["num_classes"]))
@@ -580,10 +581,10 @@ _TFDS_CATALOG = "https://www.tensorflow.org/datasets/catalog"
 
 def _load_tfds(cfg):
   """A tfds dataset already prepared as array_record (or parquet) in data_dir, read without TensorFlow."""
-  name = cfg.get("name", "")
-  data_dir = cfg.get("data_dir", "") or None
+  name = cfg.name
+  data_dir = cfg.data_dir or None
   builder = _prepared_tfds_builder(name, data_dir)
-  splits = [cfg.get("train_split", "train"), cfg.get("test_split", "test")]
+  splits = [cfg.train_split, cfg.test_split]
   for split in splits:
     if split.split("[")[0] not in builder.info.splits:  # 'train[:90%]' slices are fine too.
       raise KdJaxError(f"tfds dataset {name!r} has no split {split!r} (it has "

@@ -6,17 +6,18 @@ float array (N, H, W, C) and returns float32 logits (N, num_classes), whatever t
 model sows the activation at the end of each stage as 'intermediates'/'stage{i}' (i = 1, 2, ...; a
 one-element tuple, as `Module.sow` stores it) for representation-similarity (CKA) analysis.
 
-Config fields (`cfg.name` required, the others optional):
+Config fields (a `kd_jax.config.model_config()`, which states every default once):
   name:  'preresnet' | 'lenet5' | 'vgg16' | 'digits_cnn' | 'mlp'
-  depth: preresnet depth, 6n+2 for basic blocks or 9n+2 for bottlenecks (default 20)
+  depth: preresnet depth, 6n+2 for basic blocks or 9n+2 for bottlenecks
   block: 'auto' | 'basic' | 'bottleneck' (preresnet; 'auto' = basic below depth 44, else bottleneck,
          the switch of the original code, so PreResNet-56 is a bottleneck net)
   norm:  'batch' | 'layer' (preresnet; 'layer' = LayerNorm over H, W, C of each example)
-  width: base width: preresnet first-stage planes (16), vgg16 first-block channels (64),
-         digits_cnn first conv channels (32), mlp hidden units (256); lenet5 has a fixed width.
-  head:  'dropout_mlp' | 'linear' (vgg16 classifier; 'dropout_mlp', the default, is the original
-         code's: two 512-wide Dropout-Dense-ReLU layers; 'linear' is one Dense layer)
-  pooling: 'avg' | 'max' (lenet5; 'avg', the default, is the original code's)
+  width: base width, 0 for the model's own: preresnet first-stage planes (16), vgg16 first-block
+         channels (64), digits_cnn first conv channels (32), mlp hidden units (256); lenet5 has a
+         fixed width.
+  head:  'dropout_mlp' | 'linear' (vgg16 classifier; 'dropout_mlp' is the original code's: two
+         512-wide Dropout-Dense-ReLU layers; 'linear' is one Dense layer)
+  pooling: 'avg' | 'max' (lenet5; 'avg' is the original code's)
 `depth`, `block`, `norm`, `head` and `pooling` are ignored by the models they do not name.
 """
 
@@ -60,15 +61,15 @@ def resolve_preresnet_block(depth: int, block: str) -> str:
 
 
 def _get_choice(cfg, field: str, choices, name: str) -> str:
-  """cfg.<field> (default: the first of `choices`, the original code's), or a one-line KdJaxError."""
-  value = cfg.get(field, choices[0])
+  """cfg.<field> if it is one of `choices`, else a one-line KdJaxError."""
+  value = cfg[field]
   if value not in choices:
     raise KdJaxError(f'{name} {field} {value!r} is unknown; valid values: {", ".join(choices)}')
   return value
 
 
 def _get_width(cfg, name: str) -> int:
-  width = cfg.get('width', None)
+  width = cfg.width
   if width is None or width == 0:  # 0 is the config files' "model default"
     return DEFAULT_WIDTH[name]
   if isinstance(width, bool) or not isinstance(width, int) or width < 1:
@@ -78,7 +79,7 @@ def _get_width(cfg, name: str) -> int:
 
 def build_model(cfg, num_classes: int, dtype=jnp.float32) -> nn.Module:
   """The model `cfg` describes (see the module docstring), computing in `dtype`."""
-  name = cfg.get('name', None)
+  name = cfg.name
   if name not in MODEL_NAMES:
     raise KdJaxError(f'unknown model name {name!r}; valid names: {", ".join(MODEL_NAMES)}')
   if (isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer))
@@ -87,18 +88,18 @@ def build_model(cfg, num_classes: int, dtype=jnp.float32) -> nn.Module:
   num_classes = int(num_classes)
 
   if name == 'preresnet':
-    depth = cfg.get('depth', 20)
+    depth = cfg.depth
     if isinstance(depth, bool) or not isinstance(depth, int):
       raise KdJaxError(f'preresnet depth must be an integer, got {depth!r}')
-    block = resolve_preresnet_block(depth, cfg.get('block', 'auto'))
-    norm = cfg.get('norm', 'batch')
+    block = resolve_preresnet_block(depth, cfg.block)
+    norm = cfg.norm
     if norm not in PRERESNET_NORMS:
       raise KdJaxError(f'preresnet norm {norm!r} is unknown; valid norms: '
                        f'{", ".join(PRERESNET_NORMS)}')
     return PreResNet(num_classes=num_classes, depth=depth, block=block,
                      width=_get_width(cfg, name), norm=norm, dtype=dtype)
   if name == 'lenet5':
-    if cfg.get('width', None) not in (None, 0):
+    if cfg.width not in (None, 0):
       # Refuse rather than silently ignore, so a width sweep cannot train the same net repeatedly.
       raise KdJaxError('lenet5 has a fixed width; set model.width=0 (its default)')
     return LeNet5(num_classes=num_classes, pooling=_get_choice(cfg, 'pooling', LENET_POOLINGS, name),
