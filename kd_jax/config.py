@@ -1,7 +1,9 @@
 """Defaults shared by every experiment config, and validation of a resolved config.
 
 A config file in configs/ starts from `default_config()` and changes what its experiment needs; every
-field is listed here once, with its meaning, so `--config.<key>=value` overrides have one reference.
+field is listed here once, with its meaning, so `--config.<key>=value` overrides have one reference
+(the augmentation policies' options in config.distill come from kd_jax.data.augment.DEFAULTS, where
+each is explained).
 Where the paper's original code (samuelstanton/gnosis) is the reference, the defaults reproduce it and
 our alternatives are named options (model.head, model.pooling, distill.loss, distill.mixup_lambda,
 distill.rotate_interpolation).
@@ -127,9 +129,9 @@ def default_config() -> ml_collections.ConfigDict:
       loss="forward_kl",  # the paper's Eq. 1
       augment="",  # distillation-data policy, e.g. crop_flip+rotate, mixup, noise ('' = data.augment)
       # The policies' options, with their defaults and meanings stated once in
-      # kd_jax.data.augment.DEFAULTS: rotate_degrees, color_jitter, mixup_alpha, mixup_lambda (batch:
-      # one lambda per batch, the original | example: one per image, ours), rotate_interpolation
-      # (nearest, the original | bilinear, ours), cutmix_alpha, noise_prob.
+      # kd_jax.data.augment.DEFAULTS: rotate_degrees, color_jitter, mixup_alpha, mixup_lambda
+      # (batch: one lambda per batch, the original | example: one per image, ours),
+      # rotate_interpolation (nearest, the original | bilinear, ours), cutmix_alpha, noise_prob.
       **augment.DEFAULTS,
       data_split="all",  # all | d0 | d1: the part of the train set the student is distilled on
       # Out-of-distribution images (e.g. SVHN), used when ood_data.source is set, labelled only by the

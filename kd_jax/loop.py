@@ -10,8 +10,9 @@
 - checks every step's metrics as they arrive (loss, metrics and the parameter norm): the first
   non-finite value stops the phase with DivergedError, and since checkpoints are saved only after the
   steps before them were checked, every checkpoint on disk holds finite parameters;
-- logs the mean of each metric over the steps since the last log line (plus the learning rate); each
-  progress line shows the phase's ETA and, given the study's plan (kd_jax/study_plan.py), the study's;
+- logs the mean of each metric over the steps since the last log line (plus the learning rate);
+  each progress line shows the phase's ETA and, given the study's plan (kd_jax/study_plan.py),
+  the whole study's;
 - saves a checkpoint every `checkpoint_every` steps and at the end; a failed save stops the run;
 - optionally evaluates every `phase.evaluate_every` steps (test accuracy and agreement curves);
 - optionally traces `profile_steps` steps after the first (compiling) one with jax.profiler;
@@ -86,7 +87,7 @@ def fit(step_fn: Callable, state, *, phase: Phase, manager, start: int, log, log
         study: Optional[StudyPlan] = None):
   """Runs step_fn from step `start` to `phase.total` (see the module docstring); returns the state.
 
-  `study`, the plan of the whole study this phase belongs to, adds the study's ETA to progress lines.
+  `study`, the plan of the study this phase belongs to, adds the study's ETA to progress lines.
   """
   step = start
   saved_step = start if start else None  # the checkpoint on disk that `state` was restored from

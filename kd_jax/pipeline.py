@@ -146,7 +146,7 @@ def teacher_groups(config) -> list:
 
 
 def teacher_group_name(label: str, members, ensemble_size: int) -> str:
-  """The phase name of a teacher group in progress lines and the study plan, e.g. 'teachers 1-3/5'."""
+  """A teacher group's phase name in progress lines and the study plan, e.g. 'teachers 1-3/5'."""
   return f"{label} {members[0] + 1}-{members[-1] + 1}/{ensemble_size}"
 
 
@@ -154,11 +154,11 @@ def study_plan(config, teacher_examples: int, distill_examples: int, labelled_ex
                test_examples: int) -> StudyPlan:
   """Every phase `run` goes through, in order, with its steps and images.
 
-  `distill_examples` counts appended out-of-distribution images, `labelled_examples` does not (the
-  evaluation's train split). Evaluation: every teacher and the student on the test set and the labelled
-  distillation set (when distillation caches the teachers' logits, their pass on the distillation set
-  runs before the student instead, the same images); the independent baseline's evaluation is its
-  teachers' cached logits, if any, and its student on the test set.
+  `distill_examples` counts appended out-of-distribution images, `labelled_examples` does not
+  (the evaluation's train split). Evaluation: every teacher and the student on the test set and the
+  labelled distillation set (when distillation caches the teachers' logits, their pass on the
+  distillation set runs before the student instead: the same images); the independent baseline's
+  evaluation is its teachers' cached logits, if any, and its student on the test set.
   """
   m = config.teacher.ensemble_size
   teacher_steps, _ = schedule_length(config.teacher, teacher_examples, "teacher")

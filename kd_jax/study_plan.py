@@ -4,19 +4,19 @@
     print(plan.describe())
     plan.remaining_seconds("teachers 1-2/3", step=40, images_per_second=900.0)
 
-Phases run in the listed order, so every phase before the current one is done (trained now, or found
-finished when a run resumes). The current phase's remaining images are timed at its measured rate; a
-later phase at the rate last measured for its kind ('teachers' or 'student'), or, while none was, at
-the current phase's rate: a rough estimate until each kind has run once (a distillation step also runs
-the teachers' forward passes, so its images are slower than a teacher's). Evaluation only runs forward
-passes, timed at EVALUATION_SPEEDUP times the current training rate.
+Phases run in the listed order, so every phase before the current one is done (trained now, or
+found finished when a run resumes). The current phase's remaining images are timed at its measured
+rate; a later phase at the rate last measured for its kind ('teachers' or 'student'), or, while none
+was, at the current phase's rate: a rough estimate until each kind has run once (a distillation
+step also runs the teachers' forward passes, so its images are slower than a teacher's). Evaluation
+only runs forward passes, timed at EVALUATION_SPEEDUP times the current training rate.
 """
 
 import dataclasses
 from typing import List, Optional
 
-# A forward pass costs about a third of a forward and backward pass (the backward pass about twice the
-# forward), so evaluation processes images about 3x faster than training does.
+# A forward pass costs about a third of a forward and backward pass (the backward pass about twice
+# the forward), so evaluation processes images about 3x faster than training does.
 EVALUATION_SPEEDUP = 3.0
 KINDS = ("teachers", "student", "evaluation")
 

@@ -25,7 +25,7 @@ SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "d
 
 
 def _cfg(**fields):
-  """A data config as experiments make them: data_config()'s defaults, no name or source, `fields`."""
+  """A data config as experiments make them: data_config(), no name or source, then `fields`."""
   return kd_config.data_config(**{"name": "", "source": "", **fields})
 
 

@@ -38,7 +38,7 @@ def test_workdir_holds_config_metrics_checkpoints_results(finished_run):
 
 
 def test_study_plan_names_the_phases_the_run_trains(finished_run):
-  """The loop finds its phase in the plan by name: the plan must use the names the run trains under."""
+  """The loop finds its phase in the plan by name: the plan must use the names runs train under."""
   config, workdir, _ = finished_run
   records = [json.loads(line) for line in open(os.path.join(workdir, METRICS_FILE))]
   trained = {r["phase"] for r in records if "loss" in r}

@@ -1,5 +1,5 @@
-"""The study plan (kd_jax/study_plan.py): its phases for a config, its ETA arithmetic, and the study's
-ETA on the loop's progress lines."""
+"""The study plan (kd_jax/study_plan.py): its phases for a config, its ETA arithmetic, and the
+study's ETA on the loop's progress lines."""
 
 import jax
 import jax.numpy as jnp

@@ -30,8 +30,8 @@ import jax.numpy as jnp
 
 from kd_jax.errors import KdJaxError
 
-# The policies' options and their defaults: the fields of config.distill (kd_jax/config.py takes them
-# from here), and the options of a policy made without a config (the teachers').
+# The policies' options and their defaults: the fields of config.distill (kd_jax/config.py takes
+# them from here), and the options of a policy made without a config (the teachers').
 DEFAULTS = {
     "rotate_degrees": 20.0,  # rotation angle ~ U[-d, d] degrees
     "color_jitter": 0.2,  # brightness, contrast, saturation and hue strength (one number for all)

@@ -478,8 +478,9 @@ def _decode_listing(listing, grayscale, where):
       raise KdJaxError(f"{where}: {split}/ has class folders but no .jpg/.jpeg/.png images in them")
     arrays[f"{split}_images"] = _decode_images(sources, "L" if grayscale else "RGB", where, split)
     arrays[f"{split}_labels"] = np.asarray(labels, dtype=np.int32)
-  print(f"[data] decoded {len(arrays['train_labels']) + len(arrays['test_labels'])} images of {where} "
-        f"in {time.perf_counter() - start:.1f}s", flush=True)
+  decoded = len(arrays["train_labels"]) + len(arrays["test_labels"])
+  print(f"[data] decoded {decoded} images of {where} in {time.perf_counter() - start:.1f}s",
+        flush=True)
   if arrays["train_images"].shape[1:] != arrays["test_images"].shape[1:]:
     raise KdJaxError(f"{where}: train images are {arrays['train_images'].shape[1:3]} but test images are "
                      f"{arrays['test_images'].shape[1:3]}; resize them to one size")
