@@ -96,6 +96,17 @@ def test_interpolated_student_learning_rate_follows_the_original_rule(init, lam,
   assert config.student.optimizer.learning_rate == 0.05  # the config itself is unchanged
 
 
+def _random_device_data(seed, shape, max_value, mean, std, mesh):
+  """Random uint8 images and labels, and the same on device as both train and test set."""
+  rng = np.random.default_rng(seed)
+  images = rng.integers(0, max_value, shape, dtype=np.uint8)
+  labels = rng.integers(0, 10, shape[0]).astype(np.int32)
+  data = parallel.replicate(train.DeviceData(
+      train_images=images, train_labels=labels, test_images=images, test_labels=labels,
+      mean=np.float32([mean]), std=np.float32([std])), mesh)
+  return images, labels, data
+
+
 class _NormalizedInputs(nn.Module):
   """BatchNorm straight on the inputs: its running mean has a closed form to check against."""
 
@@ -110,12 +121,7 @@ def test_batch_stats_reestimation_is_one_epoch_of_running_averages():
   config = tiny_config()
   config.student.batch_size = 64
   mesh = parallel.make_mesh()
-  rng = np.random.default_rng(2)
-  images = rng.integers(0, 256, (300, 4, 4, 1), dtype=np.uint8)
-  labels = rng.integers(0, 10, 300).astype(np.int32)
-  data = parallel.replicate(train.DeviceData(
-      train_images=images, train_labels=labels, test_images=images, test_labels=labels,
-      mean=np.float32([0.5]), std=np.float32([0.25])), mesh)
+  images, labels, data = _random_device_data(2, (300, 4, 4, 1), 256, 0.5, 0.25, mesh)
   ctx = types.SimpleNamespace(config=config, teacher_data=data, mesh=mesh,
                               compute_dtype=jnp.float32)
   model = _NormalizedInputs()
@@ -129,7 +135,8 @@ def test_batch_stats_reestimation_is_one_epoch_of_running_averages():
     batch, _ = train.sample_batch(key, step, images, labels, 64)
     x = (np.asarray(batch, np.float64).reshape(64, -1) / 255.0 - 0.5) / 0.25
     running = 0.9 * running + 0.1 * x.mean(axis=0)
-  np.testing.assert_allclose(result.batch_stats["BatchNorm_0"]["mean"], running, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(result.batch_stats["BatchNorm_0"]["mean"], running, rtol=1e-5,
+                             atol=1e-6)
   for a, b in zip(jax.tree.leaves(result.params), jax.tree.leaves(state.params)):
     np.testing.assert_array_equal(a, b)  # only the statistics change
 
@@ -139,14 +146,10 @@ def _digits_step(loss_kind, temperature, cached):
   config = tiny_config()
   mesh = parallel.make_mesh()
   model = build_model(config.teacher.model, 10)
-  rng = np.random.default_rng(4)
-  images = rng.integers(0, 17, (96, 8, 8, 1), dtype=np.uint8)
-  labels = rng.integers(0, 10, 96).astype(np.int32)
-  data = parallel.replicate(train.DeviceData(
-      train_images=images, train_labels=labels, test_images=images, test_labels=labels,
-      mean=np.float32([0.3]), std=np.float32([0.4])), mesh)
+  _, _, data = _random_device_data(4, (96, 8, 8, 1), 17, 0.3, 0.4, mesh)
   tx = train.make_optimizer(config.student.optimizer, 10, 3)
-  step = train.make_distill_step(model, model, tx, batch_size=32, augment=augment_lib.make_policy("none"),
+  step = train.make_distill_step(model, model, tx, batch_size=32,
+                                 augment=augment_lib.make_policy("none"),
                                  mesh=mesh, temperature=temperature, alpha=0.0, loss_kind=loss_kind,
                                  cached_teacher_logits=cached)
   return model, tx, data, step
@@ -163,7 +166,8 @@ def test_logged_loss_is_zero_for_a_student_equal_to_its_teacher(loss_kind):
 
 
 def test_logged_loss_is_the_tempered_kl_and_the_gradient_is_the_papers():
-  """loss = tau^2 KL(p_t^tau || p_s^tau), recomputed in NumPy; the update follows Eq. 1's gradient."""
+  """loss = tau^2 KL(p_t^tau || p_s^tau), recomputed in NumPy; the update follows Eq. 1's
+  gradient."""
   model, tx, data, step = _digits_step("forward_kl", 2.0, cached=False)
   student = train.create_state(model, tx, jax.random.PRNGKey(6), (8, 8, 1))
   teacher_state = train.create_state(model, tx, jax.random.PRNGKey(8), (8, 8, 1))
