@@ -39,16 +39,19 @@ INTERPOLATED_LR_FLOOR = 1e-6
 
 @dataclasses.dataclass
 class Context:
-  """What every phase of one run needs."""
-  config: object
-  workdir: str
-  mesh: object
-  teacher_data: train.DeviceData  # the teachers' part of the train set (data recycling) + test set
-  distill_data: train.DeviceData  # the student's part of the train set + test set
-  ood_images: object  # uint8 out-of-distribution images on device, or None
-  image_shape: tuple
-  compute_dtype: object
-  log: workdir_lib.MetricsLog
+  """What the phases of one run share; each field's comment names the phases that read it."""
+  config: object  # all
+  workdir: str  # all: checkpoints, metrics, results
+  mesh: object  # all compiled steps
+  # Teacher training, and the interpolated student's BatchNorm re-estimation: the teachers' part of the
+  # train set (data recycling) + test set.
+  teacher_data: train.DeviceData
+  # Distillation and evaluation: the student's part of the train set (+ appended OOD images) + test set.
+  distill_data: train.DeviceData
+  ood_images: object  # distillation with ood_mode 'replace': uint8 OOD images on device, or None
+  image_shape: tuple  # model initialization
+  compute_dtype: object  # all compiled steps
+  log: workdir_lib.MetricsLog  # all
   plan: StudyPlan  # every phase of the study, for the study's ETA in progress lines
 
 
