@@ -13,6 +13,7 @@ Faults these functions handle, so that any interrupted or damaged workdir resume
 
 import contextlib
 import io
+import logging
 import os
 import shutil
 import sys
@@ -47,6 +48,24 @@ def _reason(error: BaseException) -> str:
   return f"{type(error).__name__}: {text[:200]}" if text else type(error).__name__
 
 
+class _AbandonedReadErrors(logging.Filter):
+  """Drops asyncio's 'Task exception was never retrieved' reports, with their tracebacks.
+
+  After a failed restore, Orbax's abandoned read tasks are garbage-collected whenever Python gets to
+  them, and asyncio then logs each task's exception, long after the one-line report of the damaged
+  checkpoint. Installed only once a restore has failed; kd_jax itself runs no asyncio tasks.
+  """
+
+  def filter(self, record):
+    return not record.getMessage().startswith("Task exception was never retrieved")
+
+
+def _silence_abandoned_reads() -> None:
+  asyncio_logger = logging.getLogger("asyncio")
+  if not any(isinstance(f, _AbandonedReadErrors) for f in asyncio_logger.filters):
+    asyncio_logger.addFilter(_AbandonedReadErrors())
+
+
 @contextlib.contextmanager
 def _quiet_failure():
   """Keeps the noise of a failing restore off stderr; the failure itself is reported in one line.
@@ -54,7 +73,8 @@ def _quiet_failure():
   Orbax gives up at the first failed read while other reads are still in flight, and closes its
   event loop under them: their completions print 'RuntimeError: Event loop is closed' tracebacks
   from background threads. While a restore runs (and for a moment after it fails, so that the
-  in-flight local reads finish) stderr goes to a buffer that is dropped.
+  in-flight local reads finish) stderr goes to a buffer that is dropped; the reads' own exceptions,
+  logged when their tasks are collected later, are filtered (`_AbandonedReadErrors`).
   """
   buffer = io.StringIO()
   try:
@@ -62,6 +82,7 @@ def _quiet_failure():
       try:
         yield
       except Exception:
+        _silence_abandoned_reads()
         time.sleep(_SETTLE_SECONDS)
         raise
   finally:
