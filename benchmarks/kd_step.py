@@ -688,11 +688,7 @@ _SIDE_BY_SIDE_HEADERS = {"jax_step_ms": "kd_jax ms", "jax_images_per_second": "k
 
 def side_by_side_table(records) -> str:
   """kd_jax and PyTorch columns per case; ratio = kd_jax img/s / PyTorch img/s."""
-  header = " ".join(f"{_SIDE_BY_SIDE_HEADERS.get(k, k):>{w}}" for k, w in _SIDE_BY_SIDE_COLUMNS)
-  lines = [header, "-" * len(header)]
-  for record in records:
-    lines.append(" ".join(f"{_cell(record.get(k)):>{w}}" for k, w in _SIDE_BY_SIDE_COLUMNS))
-  return "\n".join(lines)
+  return _columns_table(records, _SIDE_BY_SIDE_COLUMNS, _SIDE_BY_SIDE_HEADERS)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -773,12 +769,17 @@ def _cell(value) -> str:
   return str(value)
 
 
-def table(records) -> str:
-  header = " ".join(f"{_HEADERS.get(k, k):>{w}}" for k, w in _TABLE_COLUMNS)
+def _columns_table(records, columns, headers) -> str:
+  """Right-aligned text table: one row per record, `columns` as (key, width), `headers` renaming keys."""
+  header = " ".join(f"{headers.get(k, k):>{w}}" for k, w in columns)
   lines = [header, "-" * len(header)]
   for record in records:
-    lines.append(" ".join(f"{_cell(record.get(k)):>{w}}" for k, w in _TABLE_COLUMNS))
+    lines.append(" ".join(f"{_cell(record.get(k)):>{w}}" for k, w in columns))
   return "\n".join(lines)
+
+
+def table(records) -> str:
+  return _columns_table(records, _TABLE_COLUMNS, _HEADERS)
 
 
 def _emit(record, out_file):

@@ -99,14 +99,15 @@ def channel_statistics(images, chunk: int = 4096):
   return mean, std
 
 
-def device_data(dataset, train_indices, mesh, *, test_size: int = 0, extra_images=None
+def device_data(dataset, train_indices, mesh, statistics, *, test_size: int = 0, extra_images=None
                 ) -> train.DeviceData:
-  """The dataset on device, normalized with the statistics of the full training set.
+  """The dataset on device, with `statistics`: (mean, std) of the full training set
+  (`channel_statistics`), computed once for every split a run places.
 
   `extra_images` (out-of-distribution images without labels) are appended to the train split with
   label -1; `test_size` > 0 keeps the first test_size test examples (smoke runs).
   """
-  mean, std = channel_statistics(dataset.train_images)
+  mean, std = statistics
   train_images = dataset.train_images[train_indices]
   train_labels = dataset.train_labels[train_indices].astype(np.int32)
   if extra_images is not None:
@@ -214,7 +215,6 @@ def train_teachers(ctx: Context, model, teachers_dir: str, teachers_key, label: 
   """Trains the m teachers, k per compiled step, saving each in teachers_dir/member_<i>."""
   cfg = ctx.config.teacher
   tx, total, steps_per_epoch = _teacher_optimizer(ctx)
-  parallel.check_batch_size(cfg.batch_size, ctx.mesh, "config.teacher.batch_size")
   step_fn = train.make_supervised_step(
       model, tx, batch_size=cfg.batch_size,
       augment=teacher_policy(ctx.config),
@@ -348,7 +348,6 @@ def distill_student(ctx: Context, student, teacher, teacher_variables, student_d
   ensemble's (N, C) logits on the distillation set, when its images are not augmented)."""
   cfg, distill = ctx.config.student, ctx.config.distill
   total, steps_per_epoch = schedule_length(cfg, ctx.distill_data.train_images.shape[0], "student")
-  parallel.check_batch_size(cfg.batch_size, ctx.mesh, "config.student.batch_size")
   optimizer_cfg = student_optimizer_config(ctx.config)
   tx = train.make_optimizer(optimizer_cfg, total, steps_per_epoch)
   step_fn = train.make_distill_step(
@@ -451,24 +450,19 @@ def distillation_targets(ctx: Context, evaluator, teacher_variables, label: str 
   return member_logits, ensemble_logits
 
 
-def _num_labelled(data: train.DeviceData) -> int:
-  # Appended out-of-distribution images (label -1) sit at the end of the train split.
-  return int(np.sum(jax.device_get(data.train_labels) >= 0))
-
-
-def evaluate(ctx: Context, evaluator, teacher_variables, student_variables, *,
+def evaluate(ctx: Context, evaluator, teacher_variables, student_variables, *, labelled: int,
              train_member_logits=None) -> tuple:
   """Clean test and train metrics, plus augmented-stream fidelity and stage CKA when configured.
 
   Returns (results, the members' test logits). "train" is the student's distillation set without
-  appended out-of-distribution images (under data recycling it differs from the teachers' set);
+  appended out-of-distribution images: its first `labelled` images (under data recycling it differs
+  from the teachers' set);
   `train_member_logits`, the members' logits on the distillation set when distillation cached them,
   spare recomputing them.
   """
   config, data = ctx.config, ctx.distill_data
   results = {"teachers": [{} for _ in range(config.teacher.ensemble_size)], "ensemble": {},
              "student": {}}
-  labelled = _num_labelled(data)
   splits = (("test", data.test_images, data.test_labels, None),
             ("train", data.train_images[:labelled], data.train_labels[:labelled],
              None if train_member_logits is None else train_member_logits[:, :labelled]))
@@ -566,12 +560,13 @@ def run(config, workdir: str) -> dict:
   workdir = os.path.abspath(workdir)
   resuming = workdir_lib.prepare(workdir, config)
 
-  teacher_data = device_data(dataset, teacher_split, mesh, test_size=test_size)
+  statistics = channel_statistics(dataset.train_images)
+  teacher_data = device_data(dataset, teacher_split, mesh, statistics, test_size=test_size)
   same_data = np.array_equal(teacher_split, distill_split) and appended_ood is None
   ctx = Context(
       config=config, workdir=workdir, mesh=mesh, teacher_data=teacher_data,
       distill_data=teacher_data if same_data else device_data(
-          dataset, distill_split, mesh, test_size=test_size, extra_images=appended_ood),
+          dataset, distill_split, mesh, statistics, test_size=test_size, extra_images=appended_ood),
       ood_images=(parallel.replicate(ood.train_images, mesh)
                   if ood is not None and config.distill.ood_mode == "replace" else None),
       image_shape=image_shape, compute_dtype=compute_dtype, log=workdir_lib.MetricsLog(workdir),
@@ -596,7 +591,9 @@ def run(config, workdir: str) -> dict:
   student_variables = distill_student(ctx, student, teacher, teacher_variables,
                                       os.path.join(workdir, "student"), _seed_key(config, _STUDENT),
                                       cached_teacher_logits=targets)
+  # The first distill_split.size images of the distillation set are labelled; appended OOD ones follow.
   results, test_member_logits = evaluate(ctx, evaluator, teacher_variables, student_variables,
+                                         labelled=int(distill_split.size),
                                          train_member_logits=train_member_logits)
   if config.evaluation.independent_student:
     results["student"].update(

@@ -14,9 +14,6 @@ import jax.numpy as jnp
 import optax
 
 from kd_jax import ensemble, losses, metrics, parallel
-# Process setup moved to kd_jax.runtime (entry points call runtime.setup_process()); the names stay
-# importable here for code that looked for them in this module.
-from kd_jax.runtime import CPU_XLA_FLAGS, add_cpu_xla_flags  # noqa: F401
 from kd_jax.data import augment as augment_lib
 from kd_jax.data import order
 

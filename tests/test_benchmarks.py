@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from benchmarks import kd_step, parts, torch_reference
-from kd_jax import train
+from kd_jax import runtime
 
 REQUIRED_KEYS = ("backend", "device", "depth", "m", "batch", "precision", "compile_s", "step_ms",
                  "images_per_second")
@@ -119,14 +119,14 @@ def test_torch_reference_reports_a_skip_without_torch(monkeypatch, capsys):
 
 
 def test_cpu_xla_flags_respect_the_user():
-  defaults = train.CPU_XLA_FLAGS.get(jax.lib.__version__, ())
+  defaults = runtime.CPU_XLA_FLAGS.get(jax.lib.__version__, ())
   environ = {}
-  assert train.add_cpu_xla_flags(environ) == defaults
-  assert train.add_cpu_xla_flags(environ) == ()  # already there: not added twice
+  assert runtime.add_cpu_xla_flags(environ) == defaults
+  assert runtime.add_cpu_xla_flags(environ) == ()  # already there: not added twice
   for flag in defaults:
     name = flag.split("=", 1)[0]
-    assert train.add_cpu_xla_flags({"XLA_FLAGS": f"{name}=mine"}) == ()
-  assert train.add_cpu_xla_flags({"KD_JAX_CPU_XLA_FLAGS": "0"}) == ()
+    assert runtime.add_cpu_xla_flags({"XLA_FLAGS": f"{name}=mine"}) == ()
+  assert runtime.add_cpu_xla_flags({"KD_JAX_CPU_XLA_FLAGS": "0"}) == ()
 
 
 def test_parts_conv_layers_time_each_stage(capsys):
