@@ -21,6 +21,7 @@ import time
 
 import ml_collections
 
+from kd_jax import config as config_lib
 from kd_jax import files
 from kd_jax.tensorboard import EventWriter
 from kd_jax.errors import KdJaxError
@@ -69,10 +70,20 @@ def _sync(name: str) -> None:
 
 
 def config_differences(saved: dict, current: dict) -> list:
+  """(key, saved value, current value) for each key whose value differs, operational keys aside.
+
+  A key the saved config lacks counts as the default it has today: a field added to kd_jax after the
+  run started (whose default keeps the old behaviour) does not make the run a different config.
+  """
   saved, current = flatten_config(saved), flatten_config(current)
+  defaults = flatten_config(config_dict(config_lib.default_config()))
   keys = sorted((saved.keys() | current.keys()) - set(OPERATIONAL_KEYS))
-  return [(k, saved.get(k, "<absent>"), current.get(k, "<absent>"))
-          for k in keys if saved.get(k, "<absent>") != current.get(k, "<absent>")]
+  differences = []
+  for key in keys:
+    old, new = saved.get(key, defaults.get(key, "<absent>")), current.get(key, "<absent>")
+    if old != new:
+      differences.append((key, saved.get(key, "<absent>"), new))
+  return differences
 
 
 def read_json(path: str, what: str):
