@@ -107,8 +107,7 @@ class Evaluator:
 
   def _member_logits(self, stacked_variables, x):
     """(m, B, C): each member's logits (eval-mode BatchNorm)."""
-    return ensemble.map_members(lambda v: self.teacher.apply(v, x, train=False), stacked_variables,
-                                method=self.method)
+    return ensemble.member_logits(self.teacher, stacked_variables, x, self.method)
 
   def teacher_logits(self, teacher_variables, images, mean, std, label: str = ""):
     """(m, N, C) float32 logits of every member on every image."""

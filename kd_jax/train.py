@@ -176,8 +176,7 @@ def teacher_logits_fn(teacher, method: str):
   """(stacked teacher variables, x) -> ensemble logits log(mean_i softmax(z_i)), eval-mode BatchNorm."""
 
   def ensemble_logits(stacked_variables, x):
-    member_logits = ensemble.map_members(lambda v: teacher.apply(v, x, train=False),
-                                         stacked_variables, method=method)
+    member_logits = ensemble.member_logits(teacher, stacked_variables, x, method)
     return losses.ensemble_log_probs(member_logits)
 
   return ensemble_logits

@@ -481,3 +481,26 @@ def test_vgg16_dropout_is_random_in_training_only_and_needs_a_key():
   linear, linear_variables = built_case('vgg16_linear', 7)
   np.testing.assert_allclose(linear.apply(linear_variables, x, train=True),
                              linear.apply(linear_variables, x, train=False), rtol=1e-6)
+
+
+@pytest.mark.parametrize("pooling,dtype", [("avg", jnp.float32), ("max", jnp.float32),
+                                           ("avg", jnp.bfloat16)])
+def test_lenet5_ensemble_with_one_wide_first_convolution_equals_members_run_whole(pooling, dtype):
+  from kd_jax import ensemble  # pylint: disable=import-outside-toplevel
+  from kd_jax.models import lenet  # pylint: disable=import-outside-toplevel
+  model = build_model(kd_config.model_config(name="lenet5", pooling=pooling), 10, dtype)
+  x = jax.random.normal(jax.random.PRNGKey(0), (8, 28, 28, 1))
+  members = [model.init(jax.random.PRNGKey(i), x[:1]) for i in range(3)]
+  stacked = ensemble.stack(members)
+  # Independent reference: each member's own nn.Conv, and each member's whole network.
+  first = lenet.members_first_conv(stacked["params"], x, dtype)
+  tolerance = 1e-5 if dtype == jnp.float32 else 2e-2
+  for i, variables in enumerate(members):
+    _, captured = model.apply(variables, x, capture_intermediates=True)
+    np.testing.assert_allclose(np.asarray(first[i], np.float32),
+                               np.asarray(captured["intermediates"]["Conv_0"]["__call__"][0],
+                                          np.float32), atol=tolerance, rtol=tolerance)
+  whole = np.stack([np.asarray(model.apply(v, x)) for v in members])
+  for method in ("unroll", "vmap", "scan"):
+    np.testing.assert_allclose(np.asarray(ensemble.member_logits(model, stacked, x, method)),
+                               whole, atol=tolerance, rtol=tolerance)
