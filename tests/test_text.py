@@ -8,22 +8,22 @@ generated aclImdb archive (only its download is replaced), which is what `tfds b
 writes.
 """
 
-import io
+import functools
 import json
 import os
 import tarfile
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from kd_jax import KdJaxError, pipeline, report, runtime
+from kd_jax import KdJaxError, losses, parallel, pipeline, report, runtime, train
 from kd_jax.errors import Interrupted
 from kd_jax import config as kd_config
 from kd_jax import data
-from kd_jax.data import text
+from kd_jax.data import augment, text
 from kd_jax.models import build_model
 
 # A two-class corpus with a signal a tiny model finds in a few dozen steps: each review mixes filler
@@ -303,11 +303,49 @@ def test_bilstm_initialization_and_parameters_as_pytorch():
   assert abs(float(jnp.std(params["Embed_0"]["embedding"])) - 1.0) < 0.02
 
 
+def test_fused_step_runs_the_teachers_on_tokens_like_the_cached_logits():
+  """The distillation step with the teacher ensemble inside it equals the step that gathers the
+  ensemble's precomputed logits (what unaugmented text uses by default), up to float rounding."""
+  model = build_model(kd_config.model_config(name="bilstm", width=4, embedding_size=4, lstm_layers=1),
+                      2, num_tokens=12)
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(2, 12, (8, 6)).astype(np.int32)
+  tokens[np.arange(6)[None, :] >= rng.integers(1, 7, (8, 1))] = text.PAD_ID
+  labels = rng.integers(0, 2, 8).astype(np.int32)
+  mesh = parallel.make_mesh()
+  tx = optax.sgd(0.5)
+  data_on_device = parallel.replicate(train.DeviceData(
+      train_images=tokens, train_labels=labels, test_images=tokens, test_labels=labels,
+      mean=np.zeros(1, np.float32), std=np.ones(1, np.float32)), mesh)
+  init = jax.jit(lambda key: train.create_state(model, tx, key, (6,)))  # compiled once: it is slow
+  teachers = {"params": jax.tree.map(lambda *members: jnp.stack(members),
+                                     *(init(jax.random.PRNGKey(seed)).params for seed in (3, 4)))}
+  table = jax.jit(lambda t: losses.ensemble_log_probs(jax.vmap(lambda v: model.apply(v, tokens))(t)))(
+      teachers)
+  outcomes = []
+  for cached, teacher_inputs in ((False, teachers), (True, table)):
+    step = train.make_distill_step(model, model, tx, batch_size=4, augment=augment.make_policy("none"),
+                                   mesh=mesh, temperature=1.0, alpha=0.0,
+                                   cached_teacher_logits=cached)
+    state = init(jax.random.PRNGKey(2))
+    for _ in range(2):
+      state, metrics = step(state, teacher_inputs, data_on_device)
+    outcomes.append((state.params, metrics))
+  (in_step, in_step_metrics), (gathered, gathered_metrics) = outcomes
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6), in_step, gathered)
+  for key in ("loss", "kl", "agreement", "accuracy"):
+    np.testing.assert_allclose(in_step_metrics[key], gathered_metrics[key], rtol=1e-5, atol=1e-6)
+  initial = init(jax.random.PRNGKey(2)).params
+  assert not np.allclose(initial["Dense_0"]["kernel"], in_step["Dense_0"]["kernel"])
+
+
 def test_text_and_image_models_and_policies_are_not_mixed():
   with pytest.raises(KdJaxError, match="reads token ids but the data are images"):
     build_model(kd_config.model_config(name="bilstm"), 2)
   with pytest.raises(KdJaxError, match="reads images but the data are token ids"):
     build_model(kd_config.model_config(name="mlp"), 2, num_tokens=10)
+  with pytest.raises(KdJaxError, match="'crop_flip' transforms images; token inputs"):
+    augment.make_policy("crop_flip")(jax.random.PRNGKey(0), jnp.zeros((2, 5), jnp.int32))
   config = _study_config({"path": "unused"})
   config.data.augment = "crop_flip"
   with pytest.raises(KdJaxError, match=r"data.augment='crop_flip' transforms images; text data"):

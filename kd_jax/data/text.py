@@ -160,7 +160,7 @@ def load_text_dataset(cfg) -> TextDataset:
   else:
     builder = sources._prepared_tfds_builder(cfg.name, cfg.data_dir or None)  # pylint: disable=protected-access
     name = cfg.name
-    fingerprint = _path_fingerprint(pathlib.Path(builder.data_dir))
+    fingerprint = _path_fingerprint(pathlib.Path(str(builder.data_dir)))
     read = lambda: _read_tfds(builder, cfg)  # noqa: E731
   settings = (length, min_count, max_size, cfg.train_split, cfg.test_split)
   key = repr((_CACHE_FORMAT_VERSION, cfg.source, name, settings, fingerprint))
@@ -191,7 +191,8 @@ def load_text_dataset(cfg) -> TextDataset:
 
 
 def _take_train_prefix(dataset, train_size):
-  """The first `train_size` training reviews (0 = all); the vocabulary stays the full split's."""
+  """The first `train_size` training reviews (0 = all). The vocabulary stays the whole split's, as the
+  original code builds it before subsampling."""
   num_train = len(dataset.train_labels)
   if train_size < 0 or train_size > num_train:
     raise KdJaxError(f"data.train_size={train_size} but {dataset.name} has {num_train} training "
@@ -318,7 +319,8 @@ def _read_tfds(builder, cfg):
 def _cached(name, key, build):
   """build() through an .npz under sources.cache_dir()/text, named by a hash of `key`."""
   digest = hashlib.sha1(key.encode()).hexdigest()[:16]
-  path = sources.cache_dir() / "text" / f"{name}-{digest}.npz"
+  stem = re.sub(r"[^A-Za-z0-9_.-]", "_", name)  # tfds names may hold '/' and ':'
+  path = sources.cache_dir() / "text" / f"{stem}-{digest}.npz"
   if path.is_file():
     try:
       with np.load(path, allow_pickle=False) as cached:
