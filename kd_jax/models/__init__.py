@@ -3,8 +3,9 @@
 Every model is called as `model.apply(variables, x, train=..., mutable=...)` with `x` a normalized
 float array (N, H, W, C) (bilstm: int32 token ids (N, L), kd_jax/data/text.py) and returns float32
 logits (N, num_classes), whatever the compute `dtype` (parameters always stay float32). BatchNorm
-models keep running statistics in 'batch_stats'. Each model sows the activation at the end of each stage as 'intermediates'/'stage{i}' (i = 1, 2, ...; a
-one-element tuple, as `Module.sow` stores it) for representation-similarity (CKA) analysis.
+models keep running statistics in 'batch_stats'. Each model sows the activation at the end of each
+stage as 'intermediates'/'stage{i}' (i = 1, 2, ...; a one-element tuple, as `Module.sow` stores it)
+for representation-similarity (CKA) analysis.
 
 Config fields (a `kd_jax.config.model_config()`, which states every default once):
   name:  'preresnet' | 'lenet5' | 'vgg16' | 'digits_cnn' | 'mlp' | 'bilstm' (text)
