@@ -13,6 +13,7 @@ import ml_collections
 
 from kd_jax import ensemble, losses
 from kd_jax.data import augment
+from kd_jax.data.text import SOURCES as TEXT_SOURCES
 from kd_jax.errors import KdJaxError
 from kd_jax.models import LENET_POOLINGS, VGG_HEADS
 
@@ -41,15 +42,17 @@ def optimizer_config(**overrides) -> ml_collections.ConfigDict:
 
 def model_config(**overrides) -> ml_collections.ConfigDict:
   cfg = ml_collections.ConfigDict(dict(
-      name="preresnet",  # preresnet | lenet5 | vgg16 | digits_cnn | mlp
+      name="preresnet",  # preresnet | lenet5 | vgg16 | digits_cnn | mlp | bilstm (text)
       depth=20,  # preresnet: 6n+2 (basic) or 9n+2 (bottleneck)
       block="auto",  # auto (bottleneck from depth 44, as the paper's code) | basic | bottleneck
       norm="batch",  # batch | layer (preresnet only)
-      width=0,  # 0 = the model's default width
+      width=0,  # 0 = the model's default width (bilstm: the LSTM cell size, 70)
       # vgg16 classifier: dropout_mlp (the original: Dropout 0.5, Dense 512, ReLU, twice, then the
       # output layer; 15.29 M parameters at 100 classes) | linear (ours: one Dense layer, 14.77 M)
       head="dropout_mlp",
       pooling="avg",  # lenet5 2x2 pooling: avg (the original) | max (ours)
+      embedding_size=128,  # bilstm: token embedding size
+      lstm_layers=2,  # bilstm: stacked bidirectional LSTM layers
   ))
   cfg.update(overrides)
   return cfg
@@ -57,8 +60,11 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
 
 def data_config(**overrides) -> ml_collections.ConfigDict:
   cfg = ml_collections.ConfigDict(dict(
-      name="cifar100",  # cifar10 | cifar100 | mnist | fashion_mnist | svhn_cropped | digits
-      source="tfds",  # tfds | cifar_pickle | idx | image_folder | digits
+      # cifar10 | cifar100 | mnist | fashion_mnist | svhn_cropped | digits | imdb_reviews (text)
+      name="cifar100",
+      # tfds | cifar_pickle | idx | image_folder | digits; text (token ids, kd_jax/data/text.py):
+      # aclimdb (the aclImdb folder or .tar.gz in data.path) | tfds_text (e.g. imdb_reviews)
+      source="tfds",
       path="",  # local directory (or .tar.gz for image_folder) for the non-tfds sources
       data_dir="",  # tensorflow-datasets data_dir ('' = tfds default)
       train_size=0,  # keep only the first N training examples (0 = all)
@@ -66,10 +72,16 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
       test_split="test",
       num_classes=0,  # idx: number of classes (0 = 10, as MNIST / Fashion-MNIST)
       grayscale=False,  # image_folder: decode as 1-channel images
-      cache=True,  # image_folder: keep decoded arrays in ~/.cache/kd_jax (or $KD_JAX_CACHE)
+      cache=True,  # image_folder, text: keep decoded arrays in ~/.cache/kd_jax (or $KD_JAX_CACHE)
       # Resize every image to image_size x image_size on the host after loading (bilinear, PIL),
       # e.g. CIFAR-10 as 28x28 out-of-distribution data for Fashion-MNIST; 0 = native size.
       image_size=0,
+      # Text sources: each review's first sequence_length tokens, padded at the end; the vocabulary of
+      # the train split's tokens seen at least vocab_min_count times, capped at the vocab_size most
+      # frequent (0 = no cap). 100 and 10 without a cap are the original code's max_len and min_freq.
+      sequence_length=100,
+      vocab_min_count=10,
+      vocab_size=0,
   ))
   cfg.update(overrides)
   return cfg
@@ -245,5 +257,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
                      "(0 = the teachers' whole data split).")
   if config.data.image_size < 0:
     raise KdJaxError(f"config.data.image_size={config.data.image_size} must be >= 0 (0 = native).")
+  if config.data.source in TEXT_SOURCES:
+    for key, policy in (("data.augment", config.data.augment),
+                        ("distill.augment", config.distill.augment or "none")):
+      if augment.parse_policy(policy):
+        raise KdJaxError(f"config.{key}={policy!r} transforms images; text data (data.source="
+                         f"{config.data.source!r}) needs config.data.augment='none' and "
+                         "config.distill.augment=''.")
   if config.teacher.members_per_step < 0:
     raise KdJaxError("config.teacher.members_per_step must be >= 0 (0 = all members at once).")

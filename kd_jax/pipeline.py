@@ -87,6 +87,8 @@ def channel_statistics(images, chunk: int = 4096):
   it reaches 2^24 (on CIFAR-10's 50,000 images every channel's "mean" came out 0.32768), and a float64
   copy of the whole dataset would take 8 bytes per pixel.
   """
+  if images.dtype != np.uint8:  # token ids (text): nothing to standardize (augment.normalize)
+    return np.zeros(1), np.ones(1)
   channels = images.shape[-1]
   total, total_sq = np.zeros(channels), np.zeros(channels)
   for start in range(0, images.shape[0], chunk):
@@ -194,7 +196,7 @@ def _member_dir(teachers_dir: str, index: int) -> str:
 
 def _variables_template(model, image_shape):
   variables = jax.eval_shape(
-      lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, *image_shape)), train=False))
+      lambda: model.init(jax.random.PRNGKey(0), train.dummy_input(model, image_shape), train=False))
   return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), variables)
 
 
@@ -542,8 +544,9 @@ def run(config, workdir: str) -> dict:
   if ood is not None and config.distill.ood_mode == "append":
     appended_ood = appended_ood_images(ood, config.distill.ood_examples, config.data.split_seed)
   compute_dtype = jnp.bfloat16 if config.precision == "bf16" else jnp.float32
-  teacher = build_model(config.teacher.model, dataset.num_classes, compute_dtype)
-  student = build_model(config.student.model, dataset.num_classes, compute_dtype)
+  num_tokens = getattr(dataset, "num_tokens", 0)  # text: the embeddings' rows (kd_jax/data/text.py)
+  teacher = build_model(config.teacher.model, dataset.num_classes, compute_dtype, num_tokens)
+  student = build_model(config.student.model, dataset.num_classes, compute_dtype, num_tokens)
   mesh = parallel.make_mesh()
   teacher_variables = None
   if config.teacher.load_from:

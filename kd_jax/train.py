@@ -31,13 +31,14 @@ class TrainState:
 
 @flax.struct.dataclass
 class DeviceData:
-  """A whole small dataset, replicated on every device, as uint8 images and int32 labels."""
+  """A whole small dataset, replicated on every device, as uint8 images (or int32 token ids, text) and
+  int32 labels."""
   train_images: jax.Array
   train_labels: jax.Array
   test_images: jax.Array
   test_labels: jax.Array
-  mean: jax.Array  # per-channel, of the training images scaled to [0, 1]
-  std: jax.Array
+  mean: jax.Array  # per-channel, of the training images scaled to [0, 1] (text: 0, unused)
+  std: jax.Array  # (text: 1, unused)
 
 
 def model_variables(state: TrainState) -> dict:
@@ -74,10 +75,16 @@ def make_optimizer(cfg, total_steps: int, steps_per_epoch: int) -> optax.Gradien
   return optax.chain(optax.add_decayed_weights(cfg.weight_decay), opt)
 
 
+def dummy_input(model, image_shape):
+  """Zeros shaped like one example for `model.init`: float32 images, or the dtype a model declares
+  as its class attribute `input_dtype` (int32 token ids for the text models)."""
+  return jnp.zeros((1, *image_shape), getattr(model, "input_dtype", jnp.float32))
+
+
 def create_state(model, tx, rng, image_shape) -> TrainState:
   """Initializes a model and its optimizer from `rng` (init and training keys are split from it)."""
   init_rng, train_rng = jax.random.split(rng)
-  variables = model.init(init_rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+  variables = model.init(init_rng, dummy_input(model, image_shape), train=False)
   params = variables["params"]
   return TrainState(
       step=jnp.zeros((), jnp.int32), params=params,

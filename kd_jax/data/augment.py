@@ -468,6 +468,11 @@ def make_policy(name: str, cfg=None) -> Callable:
   fns = [builders[op] for op in ops]
 
   def policy(key, images):
+    if is_token_input(images):
+      if fns:
+        raise KdJaxError(f"augmentation policy {name!r} transforms images; token inputs (text) need "
+                         "data.augment='none' and distill.augment='' or 'none'.")
+      return images
     x = images.astype(jnp.float32)
     keys = jax.random.split(key, max(len(fns), 1))
     for fn, op_key in zip(fns, keys):
@@ -480,6 +485,15 @@ def make_policy(name: str, cfg=None) -> Callable:
 
 
 
+def is_token_input(x) -> bool:
+  """Integer inputs other than uint8 images are token ids (kd_jax/data/text.py): policies with no
+  operation and `normalize` pass them through unchanged."""
+  return jnp.issubdtype(x.dtype, jnp.integer) and x.dtype != jnp.uint8
+
+
 def normalize(images, mean, std, dtype=jnp.float32):
-  """Images on the [0, 255] scale (uint8 or float) -> per-channel standardization in `dtype`."""
+  """Images on the [0, 255] scale (uint8 or float) -> per-channel standardization in `dtype`;
+  token ids (`is_token_input`) unchanged."""
+  if is_token_input(images):
+    return images
   return ((images.astype(jnp.float32) / MAX_VALUE - mean) / std).astype(dtype)

@@ -11,6 +11,7 @@ picked by `cfg.source`:
                 go round-robin over classes, so the first `train_size` are balanced.
   tfds:         a tensorflow-datasets dataset already prepared as array_record (or parquet), read
                 without TensorFlow through `builder.as_data_source`.
+The text sources (aclimdb, tfds_text) give token ids instead: kd_jax/data/text.py.
 
 Nothing here downloads: a dataset that is not on disk is a `KdJaxError` that says how to provide it.
 Decoded image folders are cached as .npz under `$KD_JAX_CACHE` (default `~/.cache/kd_jax`) because
@@ -55,6 +56,10 @@ _OFFLINE_HOWTO = {
     "fashion_mnist": (
         "copy the 4 original Fashion-MNIST IDX .gz files (train-images-idx3-ubyte.gz, ...) into DIR and "
         "use data.source='idx' data.path=DIR"),
+    "imdb_reviews": (
+        "download aclImdb_v1.tar.gz from https://ai.stanford.edu/~amaas/data/sentiment/ on a machine "
+        "with internet, copy it (or the aclImdb folder extracted from it) here and use "
+        "data.source='aclimdb' data.path=FILE_OR_DIR"),
 }
 
 
@@ -113,6 +118,9 @@ def load_dataset(cfg) -> Dataset:
   """Loads the dataset `cfg` describes: a `kd_jax.config.data_config()` (every field and its default
   are stated there)."""
   source = cfg.source
+  from kd_jax.data import text  # Lazy: text.py imports this module.
+  if source in text.SOURCES:
+    return text.load_text_dataset(cfg)
   loaders = {
       "tfds": _load_tfds,
       "cifar_pickle": _load_cifar_pickle,
@@ -121,7 +129,7 @@ def load_dataset(cfg) -> Dataset:
       "digits": _load_digits,
   }
   if source not in loaders:
-    raise KdJaxError(f"unknown data.source={source!r}: use one of {', '.join(SOURCES)}")
+    raise KdJaxError(f"unknown data.source={source!r}: use one of {', '.join(SOURCES + text.SOURCES)}")
   start = time.perf_counter()
   dataset = _take_train_prefix(loaders[source](cfg), int(cfg.train_size or 0))
   dataset = resize_images(dataset, int(cfg.image_size or 0))

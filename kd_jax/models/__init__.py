@@ -1,24 +1,27 @@
 """Model zoo: `build_model(cfg, num_classes, dtype)` turns a model config into a flax.linen Module.
 
 Every model is called as `model.apply(variables, x, train=..., mutable=...)` with `x` a normalized
-float array (N, H, W, C) and returns float32 logits (N, num_classes), whatever the compute `dtype`
-(parameters always stay float32). BatchNorm models keep running statistics in 'batch_stats'. Each
-model sows the activation at the end of each stage as 'intermediates'/'stage{i}' (i = 1, 2, ...; a
-one-element tuple, as `Module.sow` stores it) for representation-similarity (CKA) analysis.
+float array (N, H, W, C) (bilstm: int32 token ids (N, L), kd_jax/data/text.py) and returns float32
+logits (N, num_classes), whatever the compute `dtype` (parameters always stay float32). BatchNorm
+models keep running statistics in 'batch_stats'. Each model sows the activation at the end of each
+stage as 'intermediates'/'stage{i}' (i = 1, 2, ...; a one-element tuple, as `Module.sow` stores it)
+for representation-similarity (CKA) analysis.
 
 Config fields (a `kd_jax.config.model_config()`, which states every default once):
-  name:  'preresnet' | 'lenet5' | 'vgg16' | 'digits_cnn' | 'mlp'
+  name:  'preresnet' | 'lenet5' | 'vgg16' | 'digits_cnn' | 'mlp' | 'bilstm' (text)
   depth: preresnet depth, 6n+2 for basic blocks or 9n+2 for bottlenecks
   block: 'auto' | 'basic' | 'bottleneck' (preresnet; 'auto' = basic below depth 44, else bottleneck,
          the switch of the original code, so PreResNet-56 is a bottleneck net)
   norm:  'batch' | 'layer' (preresnet; 'layer' = LayerNorm over H, W, C of each example)
   width: base width, 0 for the model's own: preresnet first-stage planes (16), vgg16 first-block
-         channels (64), digits_cnn first conv channels (32), mlp hidden units (256); lenet5 has a
-         fixed width.
+         channels (64), digits_cnn first conv channels (32), mlp hidden units (256), bilstm LSTM cell
+         size (70); lenet5 has a fixed width.
   head:  'dropout_mlp' | 'linear' (vgg16 classifier; 'dropout_mlp' is the original code's: two
          512-wide Dropout-Dense-ReLU layers; 'linear' is one Dense layer)
   pooling: 'avg' | 'max' (lenet5; 'avg' is the original code's)
-`depth`, `block`, `norm`, `head` and `pooling` are ignored by the models they do not name.
+  embedding_size, lstm_layers: bilstm token embedding size (128) and stacked bidirectional layers (2)
+`depth`, `block`, `norm`, `head`, `pooling`, `embedding_size` and `lstm_layers` are ignored by the
+models they do not name.
 """
 
 import flax.linen as nn
@@ -28,12 +31,14 @@ import numpy as np
 
 from kd_jax.errors import KdJaxError
 from kd_jax.models.lenet import LENET_POOLINGS, LeNet5
+from kd_jax.models.lstm import BiLSTM
 from kd_jax.models.preresnet import PreResNet, blocks_per_stage
 from kd_jax.models.small import MLP, DigitsCNN
 from kd_jax.models.vgg import VGG, VGG16_LAYOUT, VGG_HEADS
 
-MODEL_NAMES = ('digits_cnn', 'lenet5', 'mlp', 'preresnet', 'vgg16')
-DEFAULT_WIDTH = {'preresnet': 16, 'vgg16': 64, 'digits_cnn': 32, 'mlp': 256}
+MODEL_NAMES = ('bilstm', 'digits_cnn', 'lenet5', 'mlp', 'preresnet', 'vgg16')
+TEXT_MODEL_NAMES = ('bilstm',)  # models of token ids
+DEFAULT_WIDTH = {'preresnet': 16, 'vgg16': 64, 'digits_cnn': 32, 'mlp': 256, 'bilstm': 70}
 PRERESNET_BLOCKS = ('auto', 'basic', 'bottleneck')
 PRERESNET_NORMS = ('batch', 'layer')
 # The original pytorch-classification code switches to bottleneck blocks at this depth.
@@ -77,8 +82,12 @@ def _get_width(cfg, name: str) -> int:
   return width
 
 
-def build_model(cfg, num_classes: int, dtype=jnp.float32) -> nn.Module:
-  """The model `cfg` describes (see the module docstring), computing in `dtype`."""
+def build_model(cfg, num_classes: int, dtype=jnp.float32, num_tokens: int = 0) -> nn.Module:
+  """The model `cfg` describes (see the module docstring), computing in `dtype`.
+
+  `num_tokens` > 0: the data are token ids below it (a text dataset's `num_tokens`), which only the
+  text models read, and which they need.
+  """
   name = cfg.name
   if name not in MODEL_NAMES:
     raise KdJaxError(f'unknown model name {name!r}; valid names: {", ".join(MODEL_NAMES)}')
@@ -86,6 +95,18 @@ def build_model(cfg, num_classes: int, dtype=jnp.float32) -> nn.Module:
       or num_classes < 1):
     raise KdJaxError(f'num_classes must be a positive integer, got {num_classes!r}')
   num_classes = int(num_classes)
+  if (name in TEXT_MODEL_NAMES) != (num_tokens > 0):
+    raise KdJaxError(f'model {name!r} reads {"token ids" if name in TEXT_MODEL_NAMES else "images"}'
+                     f' but the data are {"token ids" if num_tokens > 0 else "images"}: use '
+                     f'{", ".join(TEXT_MODEL_NAMES)} with a text data source (kd_jax/data/text.py) '
+                     'and the other models with images')
+  if name == 'bilstm':
+    layers, embedding_size = cfg.get('lstm_layers', 2), cfg.get('embedding_size', 128)
+    if min(layers, embedding_size) < 1:
+      raise KdJaxError(f'bilstm needs lstm_layers >= 1 and embedding_size >= 1, got {layers} and '
+                       f'{embedding_size}')
+    return BiLSTM(num_classes=num_classes, num_tokens=int(num_tokens), embedding_size=embedding_size,
+                  cell_size=_get_width(cfg, name), layers=layers, dtype=dtype)
 
   if name == 'preresnet':
     depth = cfg.depth
@@ -118,4 +139,4 @@ def param_count(params) -> int:
 
 
 __all__ = ['build_model', 'param_count', 'MODEL_NAMES', 'VGG_HEADS', 'LENET_POOLINGS', 'PreResNet',
-           'LeNet5', 'VGG', 'DigitsCNN', 'MLP']
+           'LeNet5', 'VGG', 'DigitsCNN', 'MLP', 'BiLSTM']
