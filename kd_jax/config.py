@@ -42,7 +42,7 @@ def optimizer_config(**overrides) -> ml_collections.ConfigDict:
 
 def model_config(**overrides) -> ml_collections.ConfigDict:
   cfg = ml_collections.ConfigDict(dict(
-      name="preresnet",  # preresnet | lenet5 | vgg16 | digits_cnn | mlp
+      name="preresnet",  # preresnet | lenet5 | vgg16 | digits_cnn | mlp | resnet50 (ImageNet, v1.5)
       depth=20,  # preresnet: 6n+2 (basic) or 9n+2 (bottleneck)
       block="auto",  # auto (bottleneck from depth 44, as the paper's code) | basic | bottleneck
       norm="batch",  # batch | layer (preresnet only)
