@@ -182,6 +182,8 @@ def test_auto_pipeline_streams_images_of_varying_size(layouts):
   cfg = _data_cfg(layouts["tfds"])
   cfg.pipeline = "auto"
   assert stream.in_memory_bytes(cfg) is None and stream.uses_streaming(cfg)
+  folder = _data_cfg(layouts["image_folder"])
+  assert stream.in_memory_bytes(folder) is None  # images of several sizes
   cfg.source, cfg.pipeline = "digits", "auto"
   assert not stream.uses_streaming(cfg)
 
@@ -226,6 +228,39 @@ def _killed_at(args, workdir, checkpoint, timeout=240):
   assert not (workdir / "results.json").exists()
 
 
+def _check_evaluation_against_direct_computation(workdir, layout_overrides, results):
+  """The streamed evaluation (batches of 16 over 20 test images: 12 padding rows, sharded, reduced
+  on the host) against the trained models applied to all center crops at once, summarized by
+  kd_jax.metrics."""
+  from kd_jax import losses, metrics
+  from kd_jax.models import build_model
+  config = kd_config.default_config()
+  teacher = build_model(kd_config.model_config(name="preresnet", depth=8, width=4), NUM_CLASSES)
+  student = build_model(kd_config.model_config(name="mlp", width=16), NUM_CLASSES)
+  source = stream.open_source(_data_cfg(layout_overrides))
+  augment = stream.HostAugment(crop_size=16)
+  mean, std = stream.channel_statistics(source.train, augment, 16,
+                                        stream.stream_seeds(config.seed, 2)[0], threads=2)
+  crops = np.stack([augment.evaluate(source.test[i][0]) for i in range(len(source.test))])
+  labels = np.asarray([source.test[i][1] for i in range(len(source.test))])
+  x = ((crops / 255.0 - mean.astype(np.float32)) / (std + 1e-8).astype(np.float32)).astype(np.float32)
+  members = [ocp.StandardCheckpointer().restore(str(workdir / f"teachers/member_{i}")) for i in (0, 1)]
+  member_logits = np.stack([teacher.apply(v, x, train=False) for v in members])
+  ensemble_logits = losses.ensemble_log_probs(member_logits)
+  manager = ocp.CheckpointManager(workdir / "student", item_names=("state", "data"))
+  state = manager.restore(manager.latest_step(),
+                          args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  manager.close()
+  student_logits = student.apply({"params": state["params"]}, x, train=False)
+  expected = metrics.summarize(metrics.per_example(student_logits, labels,
+                                                   teacher_logits=ensemble_logits))
+  for key, value in expected.items():
+    np.testing.assert_allclose(results["student"][f"test_{key}"], value, rtol=1e-5, atol=1e-6)
+  expected = metrics.summarize(metrics.per_example(ensemble_logits, labels))
+  for key, value in expected.items():
+    np.testing.assert_allclose(results["ensemble"][f"test_{key}"], value, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("layout,checkpoint", [("image_folder", "student/8"),
                                                ("tfds", "teachers/train_0-1/8")])
 def test_killed_streamed_run_resumes_to_the_same_result(tmp_path, layouts, layout, checkpoint):
@@ -246,6 +281,8 @@ def test_killed_streamed_run_resumes_to_the_same_result(tmp_path, layouts, layou
              for w in ("uninterrupted", "interrupted")]
   assert results[0] == results[1]
   if layout == "image_folder":
+    _check_evaluation_against_direct_computation(tmp_path / "uninterrupted", layouts[layout],
+                                                 results[0])
     # Two forced CPU devices: the same batches, sharded; the same loss curves up to float rounding.
     two = tmp_path / "two_devices"
     result = run_cli([*args, f"--workdir={two}"],

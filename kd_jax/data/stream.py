@@ -199,7 +199,7 @@ def in_memory_bytes(cfg):
   if cfg.source == "image_folder" and cfg.path and pathlib.Path(cfg.path).expanduser().is_dir():
     root = pathlib.Path(cfg.path).expanduser()
     count, first, sizes = 0, None, set()
-    for split in ("train", "test"):
+    for split in (cfg.train_split, cfg.test_split):
       for class_dir in sorted((root / split).glob("*")) if (root / split).is_dir() else ():
         files = sorted(f for f in os.listdir(class_dir) if f.lower().endswith(_IMAGE_SUFFIXES))
         count += len(files)
