@@ -25,7 +25,7 @@ import numpy as np
 import PIL.Image
 
 from kd_jax import config as kd_config
-from kd_jax import losses, parallel, train
+from kd_jax import parallel, train
 from kd_jax.data import augment as augment_lib
 from kd_jax.data import stream
 from kd_jax.models import build_model
@@ -85,7 +85,6 @@ def step_rate(model_name, crop, batch, steps):
   for _ in range(steps):
     state, metrics = step(state, teacher, images, labels, mean, std)
   jax.block_until_ready(metrics)
-  del losses
   return steps * batch / (time.perf_counter() - start)
 
 

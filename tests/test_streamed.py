@@ -322,3 +322,9 @@ def test_resnet50_has_torchvisions_parameter_count():
       jax.ShapeDtypeStruct((2, 224, 224, 3), np.float32))
   assert [state["intermediates"][f"stage{i}"][0].shape for i in (1, 2, 3, 4)] == [
       (2, 56, 56, 256), (2, 28, 28, 512), (2, 14, 14, 1024), (2, 7, 7, 2048)]
+
+
+def test_stream_benchmark_reads_its_jpegs(tmp_path):
+  from benchmarks import stream as stream_benchmark
+  stream_benchmark.write_jpegs(str(tmp_path), 20, 24, classes=4)
+  assert stream_benchmark.input_rate(str(tmp_path), 16, 8, threads=2, batches=2) > 0
