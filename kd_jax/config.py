@@ -63,7 +63,7 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
       path="",  # local directory (or .tar.gz for image_folder) for the non-tfds sources
       data_dir="",  # tensorflow-datasets data_dir ('' = tfds default)
       train_size=0,  # keep only the first N training examples (0 = all)
-      train_split="train",  # tfds split names
+      train_split="train",  # tfds split names (a streamed image folder: its split folders)
       test_split="test",
       num_classes=0,  # idx: number of classes (0 = 10, as MNIST / Fashion-MNIST)
       grayscale=False,  # image_folder: decode as 1-channel images
@@ -71,6 +71,29 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
       # Resize every image to image_size x image_size on the host after loading (bilinear, PIL),
       # e.g. CIFAR-10 as 28x28 out-of-distribution data for Fashion-MNIST; 0 = native size.
       image_size=0,
+      # Where the images live during training (ignored for distill.ood_data, always in memory).
+      # memory: the whole dataset decoded once and held on every device (augmentation on the
+      # device, kd_jax/data/augment.py). stream: read from disk as training goes (tfds array_record
+      # or an image folder; grain, kd_jax/data/stream.py and kd_jax/streamed.py), decoded and
+      # cropped on the host, its position checkpointed, exact resume. auto: stream when the decoded
+      # train + test images exceed memory_limit_mb or differ in size (ImageNet), else memory.
+      pipeline="auto",
+      memory_limit_mb=4096,
+      # Streamed runs only: the host augmentation and reader (data.augment still applies on the
+      # device, after these; 'none' for the standard ImageNet recipe).
+      stream=ml_collections.ConfigDict(dict(
+          crop_size=224,  # training crops and evaluation center crops are crop_size x crop_size
+          # random_resized_crop_flip (scale [min_crop_scale, 1], aspect [3/4, 4/3], flip p=0.5) |
+          # center_crop (no augmentation: the evaluation transform)
+          train_augment="random_resized_crop_flip",
+          min_crop_scale=0.08,
+          eval_crop_ratio=0.875,  # evaluation: shorter side resized to crop_size / ratio, center crop
+          threads=16,  # grain reader threads per process, each decoding whole batches
+          prefetch_batches=2,  # batches placed on the devices ahead of the step
+          # Normalization mean / std from the center crops of this many seeded training images
+          # (0 = all).
+          statistics_examples=4096,
+      )),
   ))
   cfg.update(overrides)
   return cfg
@@ -87,27 +110,6 @@ def default_config() -> ml_collections.ConfigDict:
   # Data recycling: a seeded split of the train set into halves D0 / D1 (teacher.data_split and
   # distill.data_split pick 'all', 'd0' or 'd1').
   c.data.split_seed = 0
-  # Where the images live during training. memory: the whole dataset decoded once and held on every
-  # device (augmentation on the device, kd_jax/data/augment.py). stream: read from disk as training
-  # goes (tfds array_record or an image folder; grain, kd_jax/data/stream.py and kd_jax/streamed.py),
-  # decoded and cropped on the host, checkpointed position, exact resume. auto: stream when the
-  # decoded train + test images exceed memory_limit_mb or differ in size (ImageNet), else memory.
-  c.data.pipeline = "auto"
-  c.data.memory_limit_mb = 4096
-  # Streamed runs only: the host augmentation and reader (data.augment still applies on the device,
-  # after these; use 'none' for the standard ImageNet recipe).
-  c.data.stream = ml_collections.ConfigDict(dict(
-      crop_size=224,  # training crops and evaluation center crops are crop_size x crop_size
-      # random_resized_crop_flip (scale [min_crop_scale, 1], aspect [3/4, 4/3], flip p=0.5) |
-      # center_crop (no augmentation: the evaluation transform)
-      train_augment="random_resized_crop_flip",
-      min_crop_scale=0.08,
-      eval_crop_ratio=0.875,  # evaluation: shorter side resized to crop_size / ratio, center crop
-      threads=16,  # grain reader threads per process, each decoding whole batches
-      prefetch_batches=2,  # batches placed on the devices ahead of the step
-      # Normalization mean / std from the center crops of this many seeded training images (0 = all).
-      statistics_examples=4096,
-  ))
 
   c.teacher = ml_collections.ConfigDict(dict(
       model=model_config(depth=56),
@@ -270,8 +272,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_choice(config.data.pipeline, stream.PIPELINES, "data.pipeline")
   _check_choice(config.data.stream.train_augment, stream.TRAIN_AUGMENTS,
                 "data.stream.train_augment")
+  _check_positive(config.data.memory_limit_mb, "data.memory_limit_mb")
   for key in ("crop_size", "threads", "prefetch_batches"):
     _check_positive(config.data.stream[key], f"data.stream.{key}")
+  if config.data.stream.statistics_examples < 0:
+    raise KdJaxError("config.data.stream.statistics_examples must be >= 0 (0 = every train image).")
   if not 0.0 < config.data.stream.min_crop_scale <= 1.0:
     raise KdJaxError("config.data.stream.min_crop_scale must lie in (0, 1].")
   if not 0.0 < config.data.stream.eval_crop_ratio <= 1.0:
