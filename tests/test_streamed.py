@@ -328,3 +328,35 @@ def test_stream_benchmark_reads_its_jpegs(tmp_path):
   from benchmarks import stream as stream_benchmark
   stream_benchmark.write_jpegs(str(tmp_path), 20, 24, classes=4)
   assert stream_benchmark.input_rate(str(tmp_path), 16, 8, threads=2, batches=2) > 0
+
+
+@pytest.mark.skipif(os.environ.get("KD_JAX_SLOW_TESTS") != "1",
+                    reason="multi-process streamed run (~40 s); KD_JAX_SLOW_TESTS=1 runs it")
+def test_two_processes_read_their_rows_and_train_like_one(tmp_path, layouts):
+  """2 processes x 1 device (each reading only its rows of every batch, each saving its own grain
+  position) train exactly like 1 process x 2 devices."""
+  import socket
+  args = [*RUN, *layouts["image_folder"]]
+  single = tmp_path / "single"
+  result = run_cli([*args, f"--workdir={single}"],
+                   env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+                              "JAX_PLATFORMS": "cpu"})
+  assert result.returncode == 0, result.stderr
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  multi = tmp_path / "multi"
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+         "JAX_PLATFORMS": "cpu", "KD_JAX_COMPILATION_CACHE": TEST_COMPILATION_CACHE}
+  processes = [subprocess.Popen(
+      [sys.executable, "run.py", *args, f"--workdir={multi}", "--distributed",
+       f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
+      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      for i in range(2)]
+  outputs = [p.communicate(timeout=300)[0] for p in processes]
+  assert [p.returncode for p in processes] == [0, 0], outputs
+  assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(
+      os.listdir(multi / "student" / "8" / "data"))
+  one, _, one_results = loss_curves_devices_results(single)
+  two, _, two_results = loss_curves_devices_results(multi)
+  assert one == two and one_results == two_results
