@@ -20,7 +20,12 @@ stream, seeded by the member's index, so each is trained exactly as if alone.
 
 import functools
 import os
+import sys
 import time
+
+# This module runs the phases of kd_jax/pipeline.py on other input and shares its private helpers
+# (member folders, seed streams, the fit wrapper), so both paths lay out workdirs the same way.
+# pylint: disable=protected-access
 
 import jax
 import jax.numpy as jnp
@@ -130,7 +135,7 @@ def _read_options(config):
 
 def _fit_streamed(ctx, step, state, phase, manager, start, feed):
   phase.data_position = feed.position
-  return pipeline._fit(ctx, step, state, phase, manager, start)  # pylint: disable=protected-access
+  return pipeline._fit(ctx, step, state, phase, manager, start)
 
 
 def _restore(manager, fresh, iterator, name, total):
@@ -153,10 +158,10 @@ def train_teachers(ctx, model, data, teachers_dir, teachers_key):
   step_fn = train.make_supervised_step(
       model, tx, batch_size=cfg.batch_size, augment=pipeline.teacher_policy(config), mesh=ctx.mesh,
       compute_dtype=ctx.compute_dtype, method=config.ensemble_method, streamed=True)
-  init_members = pipeline._teacher_init_fn(ctx, model, tx)  # pylint: disable=protected-access
+  init_members = pipeline._teacher_init_fn(ctx, model, tx)
   member_sharding = NamedSharding(ctx.mesh, P(None, parallel.DATA_AXIS))
   for members in pipeline.teacher_groups(config):
-    if all(os.path.isdir(pipeline._member_dir(teachers_dir, i)) for i in members):  # pylint: disable=protected-access
+    if all(os.path.isdir(pipeline._member_dir(teachers_dir, i)) for i in members):
       continue
     name = pipeline.teacher_group_name("teachers", members, cfg.ensemble_size)
     import grain  # pylint: disable=g-import-not-at-top
@@ -172,16 +177,34 @@ def train_teachers(ctx, model, data, teachers_dir, teachers_key):
                       config.data.stream.prefetch_batches)
     phase = loop.Phase(name=name, total=total, steps_per_epoch=steps_per_epoch,
                        images_per_step=cfg.batch_size * len(members), log_fields={"members": members},
-                       learning_rate=train.learning_rate_schedule(cfg.optimizer, total, steps_per_epoch),
+                       learning_rate=train.learning_rate_schedule(cfg.optimizer, total,
+                                                                  steps_per_epoch),
                        hint="config.teacher.optimizer.learning_rate")
     step = lambda s: step_fn(s, *feed.next(), data.mean, data.std)  # noqa: E731
     state = _fit_streamed(ctx, step, state, phase, manager, start, feed)
     trained = jax.device_get(train.model_variables(state))
     with runtime.deferred_signals():
       for position, index in enumerate(members):
-        checkpoint.save_variables(pipeline._member_dir(teachers_dir, index),  # pylint: disable=protected-access
+        checkpoint.save_variables(pipeline._member_dir(teachers_dir, index),
                                   jax.tree.map(lambda x: x[position], trained))
     runtime.raise_if_stopped()
+
+
+def trained_teachers(ctx, model, data, teachers_dir, teachers_key):
+  """pipeline.trained_teachers: trains what is missing, loads the ensemble; an unreadable member is
+  moved aside (one warning line) and saved again from its group's last training checkpoint."""
+  config = ctx.config
+  for _ in range(config.teacher.ensemble_size + 1):
+    train_teachers(ctx, model, data, teachers_dir, teachers_key)
+    try:
+      return pipeline.load_teachers(model, teachers_dir, config.teacher.ensemble_size,
+                                    ctx.image_shape, ctx.mesh)
+    except checkpoint.UnreadableCheckpoint as e:
+      moved = checkpoint.move_aside(e.path)
+      print(f"warning: {e} Moved aside to {os.path.basename(moved)}; saving it again from its "
+            "group's training checkpoint", file=sys.stderr, flush=True)
+  raise KdJaxError(f"the teacher checkpoints in {teachers_dir} stay unreadable; delete the folder "
+                   "to train the teachers again.")
 
 
 def distill_student(ctx, student, teacher, teacher_variables, data, student_dir, rng):
@@ -328,12 +351,11 @@ def run(config, workdir: str) -> dict:
                  "backend": jax.default_backend(), "pipeline": "stream"})
   if teacher_variables is None:
     teachers_dir = os.path.join(workdir, "teachers")
-    train_teachers(ctx, teacher, data, teachers_dir, pipeline._seed_key(config, pipeline._TEACHERS))  # pylint: disable=protected-access
-    teacher_variables = pipeline.load_teachers(teacher, teachers_dir, config.teacher.ensemble_size,
-                                               image_shape, mesh)
+    teacher_variables = trained_teachers(ctx, teacher, data, teachers_dir,
+                                         pipeline._seed_key(config, pipeline._TEACHERS))
   student_variables = distill_student(
       ctx, student, teacher, teacher_variables, data, os.path.join(workdir, "student"),
-      pipeline._seed_key(config, pipeline._STUDENT))  # pylint: disable=protected-access
+      pipeline._seed_key(config, pipeline._STUDENT))
   results = evaluate(ctx, teacher, student, teacher_variables, student_variables, data)
   ctx.log.write({"phase": "evaluation", **results_lib.flatten_results(results)})
   runtime.raise_if_stopped()

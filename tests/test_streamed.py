@@ -174,7 +174,10 @@ def test_tfds_and_folder_layouts_hold_the_same_examples(layouts):
   folder = stream.open_source(_data_cfg(layouts["image_folder"]))
   tfds_source = stream.open_source(_data_cfg(layouts["tfds"]))
   assert len(folder.train) == len(tfds_source.train) == 40 and tfds_source.num_classes == 10
-  key = lambda split: sorted((bytes(split[i][0]), int(split[i][1])) for i in range(len(split)))  # noqa: E731
+
+  def key(split):
+    return sorted((bytes(split[i][0]), int(split[i][1])) for i in range(len(split)))
+
   assert key(folder.test) == key(tfds_source.test)
 
 

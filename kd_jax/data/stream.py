@@ -129,7 +129,8 @@ def _check_folder(cfg) -> pathlib.Path:
 
 def _tfds_builder(cfg):
   from kd_jax.data import sources  # pylint: disable=g-import-not-at-top
-  return sources._prepared_tfds_builder(cfg.name, cfg.data_dir or None)  # pylint: disable=protected-access
+  # The in-memory loader's checks: prepared, random-access format, how to build it otherwise.
+  return sources._prepared_tfds_builder(cfg.name, cfg.data_dir or None)  # pylint: disable=W0212
 
 
 def _prefix(size: int, train_size: int) -> int:

@@ -1,4 +1,4 @@
-"""ResNet-50 v1.5 for ImageNet (He et al. 2016; the torchvision / NVIDIA variant), the paper's Table 2 model.
+"""ResNet-50 v1.5 for ImageNet (He et al. 2016; torchvision's variant), the paper's Table 2 model.
 
 * stem: 7x7/2 conv (64), BatchNorm, ReLU, 3x3/2 max pool (padding 1);
 * four stages of [3, 4, 6, 3] bottleneck blocks, 64 / 128 / 256 / 512 planes, expansion 4, strides
