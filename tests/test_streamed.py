@@ -363,3 +363,19 @@ def test_two_processes_read_their_rows_and_train_like_one(tmp_path, layouts):
   one, _, one_results = loss_curves_devices_results(single)
   two, _, two_results = loss_curves_devices_results(multi)
   assert one == two and one_results == two_results
+
+
+def test_imagenet_config_is_the_papers_recipe_and_streams():
+  from configs import imagenet_kd
+  from kd_jax import streamed
+  assert imagenet_kd.VARIANTS == ("m1", "m3", "m5") and "python run.py" in imagenet_kd.__doc__
+  for m, variant in zip((1, 3, 5), imagenet_kd.VARIANTS):
+    config = imagenet_kd.get_config(variant)
+    kd_config.validate(config)
+    streamed.check_config(config)  # nothing it sets is unavailable on streamed input
+    assert config.teacher.ensemble_size == m
+    for phase in ("teacher", "student"):
+      cfg = config[phase]
+      assert (cfg.epochs, cfg.batch_size, cfg.model.name) == (90, 1024, "resnet50")
+      assert (cfg.optimizer.learning_rate, cfg.optimizer.warmup_epochs) == (0.1, 5.0)
+    assert config.student.optimizer.weight_decay == 0.0 < config.teacher.optimizer.weight_decay
