@@ -134,8 +134,12 @@ def _read_options(config):
 
 
 def _fit_streamed(ctx, step, state, phase, manager, start, feed):
+  """pipeline._fit, saving the feed's position with each checkpoint; stops the reader threads after."""
   phase.data_position = feed.position
-  return pipeline._fit(ctx, step, state, phase, manager, start)
+  try:
+    return pipeline._fit(ctx, step, state, phase, manager, start)
+  finally:
+    feed.iterator.close()
 
 
 def _restore(manager, fresh, iterator, name, total):
