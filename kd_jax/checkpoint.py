@@ -28,6 +28,8 @@ from kd_jax.errors import KdJaxError
 UNREADABLE_SUFFIX = ".unreadable"
 _SETTLE_SECONDS = 0.5
 PARTIAL_SUFFIX = ".partial"
+# Item names of a streamed run's checkpoint (others hold the state alone, as Orbax's 'default' item).
+_STATE_ITEM, _DATA_ITEM = "state", "data"
 
 
 class CheckpointWriteError(KdJaxError):
@@ -98,10 +100,27 @@ def make_manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
                                            enable_async_checkpointing=False))
 
 
-def save_state(manager: ocp.CheckpointManager, step: int, state) -> None:
-  """Writes `state` as checkpoint `step`; raises CheckpointWriteError if that fails."""
+def _state_and_data(state_args, data_args):
+  """A checkpoint's items: the train state alone, or (streamed input) the state under 'default' and
+  the grain iterator's position under 'data', written by grain's own Orbax handler (one JSON file
+  per process)."""
+  if data_args is None:
+    return state_args
+  return ocp.args.Composite(**{_STATE_ITEM: state_args, _DATA_ITEM: data_args})
+
+
+def save_state(manager: ocp.CheckpointManager, step: int, state, data_position=None) -> None:
+  """Writes `state` as checkpoint `step`; raises CheckpointWriteError if that fails.
+
+  `data_position`, for streamed input, is a grain DatasetIterator whose get_state() is the input
+  iterator's position after `step` steps; it is saved in the same checkpoint.
+  """
+  data_args = None
+  if data_position is not None:
+    import grain  # pylint: disable=g-import-not-at-top (only streamed runs need grain)
+    data_args = grain.checkpoint.CheckpointSave(data_position)
   try:
-    manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    manager.save(step, args=_state_and_data(ocp.args.StandardSave(state), data_args), force=True)
     manager.wait_until_finished()
   except Exception as e:  # pylint: disable=broad-except (orbax and tensorstore raise many types)
     raise CheckpointWriteError(
@@ -119,11 +138,12 @@ def _move_aside(path: str) -> str:
   return target
 
 
-def restore_latest(manager: ocp.CheckpointManager, template):
+def restore_latest(manager: ocp.CheckpointManager, template, data_iterator=None):
   """Returns (state, step) from the newest readable checkpoint, or (template, 0) when there is none.
 
   Unreadable newer checkpoints are moved aside (one warning line); if no checkpoint is readable this
-  raises UnreadableCheckpoint.
+  raises UnreadableCheckpoint. `data_iterator` (streamed input, a grain DatasetIterator) is set to the
+  position saved with the restored state.
   """
   steps = sorted(manager.all_steps(), reverse=True)
   if not steps:
@@ -134,10 +154,18 @@ def restore_latest(manager: ocp.CheckpointManager, template):
     # A manager that failed to restore one step can fail on the next for that reason alone (it keeps
     # what it inferred about the damaged one), so each attempt uses a fresh, read-only manager.
     reader = ocp.CheckpointManager(
-        manager.directory, options=ocp.CheckpointManagerOptions(create=False))
+        manager.directory, options=ocp.CheckpointManagerOptions(create=False),
+        item_names=None if data_iterator is None else (_STATE_ITEM, _DATA_ITEM))
     try:
       with _quiet_failure():
-        state = reader.restore(step, args=ocp.args.StandardRestore(abstract))
+        data_args = None
+        if data_iterator is not None:
+          import grain  # pylint: disable=g-import-not-at-top
+          data_args = grain.checkpoint.CheckpointRestore(data_iterator)
+        state = reader.restore(step, args=_state_and_data(ocp.args.StandardRestore(abstract),
+                                                          data_args))
+        if data_iterator is not None:
+          state = state[_STATE_ITEM]
       break
     except Exception as e:  # pylint: disable=broad-except (a damaged checkpoint fails in many ways)
       unreadable.append((step, e))

@@ -14,6 +14,7 @@ import ml_collections
 from kd_jax import ensemble, losses
 from kd_jax.data import augment
 from kd_jax.data.text import SOURCES as TEXT_SOURCES
+from kd_jax.data import stream
 from kd_jax.errors import KdJaxError
 from kd_jax.models import LENET_POOLINGS, VGG_HEADS
 
@@ -42,7 +43,7 @@ def optimizer_config(**overrides) -> ml_collections.ConfigDict:
 
 def model_config(**overrides) -> ml_collections.ConfigDict:
   cfg = ml_collections.ConfigDict(dict(
-      name="preresnet",  # preresnet | lenet5 | vgg16 | digits_cnn | mlp | bilstm (text)
+      name="preresnet",  # preresnet | lenet5 | vgg16 | digits_cnn | mlp | resnet50 (ImageNet, v1.5) | bilstm (text)
       depth=20,  # preresnet: 6n+2 (basic) or 9n+2 (bottleneck)
       block="auto",  # auto (bottleneck from depth 44, as the paper's code) | basic | bottleneck
       norm="batch",  # batch | layer (preresnet only)
@@ -68,7 +69,7 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
       path="",  # local directory (or .tar.gz for image_folder) for the non-tfds sources
       data_dir="",  # tensorflow-datasets data_dir ('' = tfds default)
       train_size=0,  # keep only the first N training examples (0 = all)
-      train_split="train",  # tfds split names
+      train_split="train",  # tfds split names (a streamed image folder: its split folders)
       test_split="test",
       num_classes=0,  # idx: number of classes (0 = 10, as MNIST / Fashion-MNIST)
       grayscale=False,  # image_folder: decode as 1-channel images
@@ -82,6 +83,29 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
       sequence_length=100,
       vocab_min_count=10,
       vocab_size=0,
+      # Where the images live during training (ignored for distill.ood_data, always in memory).
+      # memory: the whole dataset decoded once and held on every device (augmentation on the
+      # device, kd_jax/data/augment.py). stream: read from disk as training goes (tfds array_record
+      # or an image folder; grain, kd_jax/data/stream.py and kd_jax/streamed.py), decoded and
+      # cropped on the host, its position checkpointed, exact resume. auto: stream when the decoded
+      # train + test images exceed memory_limit_mb or differ in size (ImageNet), else memory.
+      pipeline="auto",
+      memory_limit_mb=4096,
+      # Streamed runs only: the host augmentation and reader (data.augment still applies on the
+      # device, after these; 'none' for the standard ImageNet recipe).
+      stream=ml_collections.ConfigDict(dict(
+          crop_size=224,  # training crops and evaluation center crops are crop_size x crop_size
+          # random_resized_crop_flip (scale [min_crop_scale, 1], aspect [3/4, 4/3], flip p=0.5) |
+          # center_crop (no augmentation: the evaluation transform)
+          train_augment="random_resized_crop_flip",
+          min_crop_scale=0.08,
+          eval_crop_ratio=0.875,  # evaluation: shorter side resized to crop_size / ratio, center crop
+          threads=16,  # grain reader threads per process, each decoding whole batches
+          prefetch_batches=2,  # batches placed on the devices ahead of the step
+          # Normalization mean / std from the center crops of this many seeded training images
+          # (0 = all).
+          statistics_examples=4096,
+      )),
   ))
   cfg.update(overrides)
   return cfg
@@ -264,5 +288,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise KdJaxError(f"config.{key}={policy!r} transforms images; text data (data.source="
                          f"{config.data.source!r}) needs config.data.augment='none' and "
                          "config.distill.augment=''.")
+  _check_choice(config.data.pipeline, stream.PIPELINES, "data.pipeline")
+  _check_choice(config.data.stream.train_augment, stream.TRAIN_AUGMENTS,
+                "data.stream.train_augment")
+  _check_positive(config.data.memory_limit_mb, "data.memory_limit_mb")
+  for key in ("crop_size", "threads", "prefetch_batches"):
+    _check_positive(config.data.stream[key], f"data.stream.{key}")
+  if config.data.stream.statistics_examples < 0:
+    raise KdJaxError("config.data.stream.statistics_examples must be >= 0 (0 = every train image).")
+  if not 0.0 < config.data.stream.min_crop_scale <= 1.0:
+    raise KdJaxError("config.data.stream.min_crop_scale must lie in (0, 1].")
+  if not 0.0 < config.data.stream.eval_crop_ratio <= 1.0:
+    raise KdJaxError("config.data.stream.eval_crop_ratio must lie in (0, 1].")
   if config.teacher.members_per_step < 0:
     raise KdJaxError("config.teacher.members_per_step must be >= 0 (0 = all members at once).")

@@ -55,6 +55,9 @@ class Phase:
   evaluate_every: int = 0
   profile_dir: str = ""  # where a jax.profiler trace of `profile_steps` steps goes (TensorBoard's
   # profile plugin reads it)
+  # Streamed input (kd_jax/streamed.py): step -> the data iterator's position after that many steps,
+  # saved in the same checkpoint as the state (the host reads batches ahead of the steps it saves).
+  data_position: Optional[Callable] = None
 
 
 def format_duration(seconds: float) -> str:
@@ -114,7 +117,8 @@ def fit(step_fn: Callable, state, *, phase: Phase, manager, start: int, log, log
     nonlocal saved_step
     check(keep=0)  # only a state whose steps were all checked is saved
     if saved_step != step and step > 0:
-      checkpoint.save_state(manager, step, state)
+      position = phase.data_position(step) if phase.data_position is not None else None
+      checkpoint.save_state(manager, step, state, data_position=position)
       saved_step = step
 
   def study_eta(step: int, rate: float) -> str:

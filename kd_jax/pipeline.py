@@ -22,6 +22,7 @@ from kd_jax import tensorboard, train
 from kd_jax import workdir as workdir_lib
 from kd_jax import config as config_lib
 from kd_jax.data import augment as augment_lib
+from kd_jax.data import stream as stream_lib
 from kd_jax.data import load_dataset
 from kd_jax.errors import DivergedError, KdJaxError
 from kd_jax.models import build_model
@@ -531,6 +532,9 @@ def check_sizes(config, teacher_examples: int, distill_examples: int, test_examp
 def run(config, workdir: str) -> dict:
   """Runs (or resumes) the whole study of `config` in `workdir` and returns its results."""
   config_lib.validate(config)
+  if stream_lib.uses_streaming(config.data):  # data larger than memory: kd_jax/streamed.py
+    from kd_jax import streamed  # pylint: disable=g-import-not-at-top (it imports this module)
+    return streamed.run(config, workdir)
   # Everything that can fail on the user's input happens before the workdir is touched.
   teacher_policy(config)
   distillation_policy(config)

@@ -151,17 +151,25 @@ def _training_forward(model, state: TrainState, params, x):
 
 
 def make_supervised_step(model, tx, *, batch_size: int, augment: Callable, mesh,
-                         compute_dtype=jnp.float32, method: str = "auto"):
+                         compute_dtype=jnp.float32, method: str = "auto", streamed: bool = False):
   """Compiled cross-entropy step for a stack of k independently seeded models (teachers).
 
   Each member draws its own batches and augmentations from its own key, exactly as if trained alone;
   stacking them only amortizes dispatch and compilation across members.
+
+  step(stacked_state, data) draws each member's batch from the on-device `data`. With streamed=True
+  the step is step(stacked_state, images, labels, mean, std) instead: each member's batch arrives from
+  the host (kd_jax/streamed.py), stacked as (k, B, H, W, C) uint8 and (k, B) labels, and goes through
+  the same update (on-device augmentation, normalization, forward, backward).
   """
 
   def member_step(state: TrainState, data: DeviceData):
     images, labels = sample_batch(state.rng, state.step, data.train_images, data.train_labels,
                                   batch_size)
-    x = augment_lib.normalize(augment(step_key(state), images), data.mean, data.std, compute_dtype)
+    return member_update(state, images, labels, data.mean, data.std)
+
+  def member_update(state: TrainState, images, labels, mean, std):
+    x = augment_lib.normalize(augment(step_key(state), images), mean, std, compute_dtype)
     x = parallel.shard_batch(x, mesh)
 
     def loss_fn(params):
@@ -175,8 +183,13 @@ def make_supervised_step(model, tx, *, batch_size: int, augment: Callable, mesh,
   def step(stacked_state, data):
     return ensemble.map_members(lambda s: member_step(s, data), stacked_state, method=method)
 
+  def streamed_step(stacked_state, images, labels, mean, std):
+    return ensemble.map_members(lambda s, x, y: member_update(s, x, y, mean, std),
+                                stacked_state, images, labels, method=method)
+
   replicated = parallel.replicated_sharding(mesh)
-  return jax.jit(step, donate_argnums=0, out_shardings=(replicated, replicated))
+  return jax.jit(streamed_step if streamed else step, donate_argnums=0,
+                 out_shardings=(replicated, replicated))
 
 
 def teacher_logits_fn(teacher, method: str):
@@ -192,7 +205,7 @@ def teacher_logits_fn(teacher, method: str):
 def make_distill_step(student, teacher, tx, *, batch_size: int, augment: Callable, mesh,
                       temperature: float, alpha: float, loss_kind: str = "forward_kl",
                       ood_fraction: float = 0.0, cached_teacher_logits: bool = False,
-                      compute_dtype=jnp.float32, method: str = "auto"):
+                      compute_dtype=jnp.float32, method: str = "auto", streamed: bool = False):
   """Compiled distillation step: teacher-ensemble forward + student forward/backward + update, fused.
 
   step(state, teacher, data, ood_images) -> (state, metrics). `teacher` is the stacked teacher
@@ -207,7 +220,13 @@ def make_distill_step(student, teacher, tx, *, batch_size: int, augment: Callabl
   The logged `loss` is the objective minus its value for a student that equals the teacher (for the
   paper's loss, tau^2 KL(p_t^tau || p_s^tau) instead of the cross-entropy): 0 at a perfect match, with
   the same gradient, since the subtracted term does not depend on the student.
+
+  With streamed=True the step is step(state, teacher, images, labels, mean, std): the batch arrives
+  from the host (kd_jax/streamed.py; uint8 images, int32 labels) instead of being drawn from on-device
+  data, and goes through the same update (no OOD mixing, no cached logits).
   """
+  if streamed and (cached_teacher_logits or ood_fraction):
+    raise ValueError("a streamed distillation step runs the teachers in the step, without OOD mixing")
   num_ood = int(round(ood_fraction * batch_size))
   if cached_teacher_logits and num_ood:
     raise ValueError("cached teacher logits need a fixed distillation set; ood_fraction draws "
@@ -217,15 +236,22 @@ def make_distill_step(student, teacher, tx, *, batch_size: int, augment: Callabl
   def step(state: TrainState, teacher_inputs, data: DeviceData, ood_images=None):
     indices = sample_indices(state.rng, state.step, data.train_images.shape[0], batch_size)
     images, labels = data.train_images[indices], data.train_labels[indices]
-    augment_key, loss_key, ood_key = jax.random.split(step_key(state), 3)
+    ood_key = jax.random.split(step_key(state), 3)[2]  # (augment, loss, ood): see `update`
     if num_ood:
       picked = jax.random.randint(ood_key, (num_ood,), 0, ood_images.shape[0])
       images = jnp.concatenate([images[:batch_size - num_ood], ood_images[picked]])
       labels = jnp.concatenate([labels[:batch_size - num_ood], jnp.full((num_ood,), -1, jnp.int32)])
-    x = augment_lib.normalize(augment(augment_key, images), data.mean, data.std, compute_dtype)
+    if cached_teacher_logits:
+      teacher_inputs = teacher_inputs[indices]  # the batch's rows of the cached logits
+    return update(state, teacher_inputs, images, labels, data.mean, data.std)
+
+  def update(state: TrainState, teacher_inputs, images, labels, mean, std):
+    """The step after its batch is drawn: augment, normalize, teachers, student, update."""
+    augment_key, loss_key, _ = jax.random.split(step_key(state), 3)
+    x = augment_lib.normalize(augment(augment_key, images), mean, std, compute_dtype)
     x = parallel.shard_batch(x, mesh)
     if cached_teacher_logits:
-      teacher_logits = parallel.shard_batch(teacher_inputs[indices], mesh)
+      teacher_logits = parallel.shard_batch(teacher_inputs, mesh)
     else:
       teacher_logits = ensemble_logits(teacher_inputs, x)
     objective = functools.partial(losses.distillation_loss, teacher_logits=teacher_logits,
@@ -247,4 +273,5 @@ def make_distill_step(student, teacher, tx, *, batch_size: int, augment: Callabl
     return new_state, step_metrics
 
   replicated = parallel.replicated_sharding(mesh)
-  return jax.jit(step, donate_argnums=0, out_shardings=(replicated, replicated))
+  return jax.jit(update if streamed else step, donate_argnums=0,
+                 out_shardings=(replicated, replicated))

@@ -8,14 +8,15 @@ stage as 'intermediates'/'stage{i}' (i = 1, 2, ...; a one-element tuple, as `Mod
 for representation-similarity (CKA) analysis.
 
 Config fields (a `kd_jax.config.model_config()`, which states every default once):
-  name:  'preresnet' | 'lenet5' | 'vgg16' | 'digits_cnn' | 'mlp' | 'bilstm' (text)
+  name:  'preresnet' | 'lenet5' | 'vgg16' | 'digits_cnn' | 'mlp' | 'resnet50' (ImageNet, v1.5) |
+         'bilstm' (text)
   depth: preresnet depth, 6n+2 for basic blocks or 9n+2 for bottlenecks
   block: 'auto' | 'basic' | 'bottleneck' (preresnet; 'auto' = basic below depth 44, else bottleneck,
          the switch of the original code, so PreResNet-56 is a bottleneck net)
   norm:  'batch' | 'layer' (preresnet; 'layer' = LayerNorm over H, W, C of each example)
   width: base width, 0 for the model's own: preresnet first-stage planes (16), vgg16 first-block
-         channels (64), digits_cnn first conv channels (32), mlp hidden units (256), bilstm LSTM cell
-         size (70); lenet5 has a fixed width.
+         channels (64), resnet50 stem channels and first-stage planes (64), digits_cnn first conv
+         channels (32), mlp hidden units (256), bilstm LSTM cell size (70); lenet5 has a fixed width.
   head:  'dropout_mlp' | 'linear' (vgg16 classifier; 'dropout_mlp' is the original code's: two
          512-wide Dropout-Dense-ReLU layers; 'linear' is one Dense layer)
   pooling: 'avg' | 'max' (lenet5; 'avg' is the original code's)
@@ -33,12 +34,14 @@ from kd_jax.errors import KdJaxError
 from kd_jax.models.lenet import LENET_POOLINGS, LeNet5
 from kd_jax.models.lstm import BiLSTM
 from kd_jax.models.preresnet import PreResNet, blocks_per_stage
+from kd_jax.models.resnet import ResNet
 from kd_jax.models.small import MLP, DigitsCNN
 from kd_jax.models.vgg import VGG, VGG16_LAYOUT, VGG_HEADS
 
-MODEL_NAMES = ('bilstm', 'digits_cnn', 'lenet5', 'mlp', 'preresnet', 'vgg16')
+MODEL_NAMES = ('bilstm', 'digits_cnn', 'lenet5', 'mlp', 'preresnet', 'resnet50', 'vgg16')
 TEXT_MODEL_NAMES = ('bilstm',)  # models of token ids
-DEFAULT_WIDTH = {'preresnet': 16, 'vgg16': 64, 'digits_cnn': 32, 'mlp': 256, 'bilstm': 70}
+DEFAULT_WIDTH = {'preresnet': 16, 'vgg16': 64, 'digits_cnn': 32, 'mlp': 256, 'bilstm': 70,
+                 'resnet50': 64}
 PRERESNET_BLOCKS = ('auto', 'basic', 'bottleneck')
 PRERESNET_NORMS = ('batch', 'layer')
 # The original pytorch-classification code switches to bottleneck blocks at this depth.
@@ -128,6 +131,8 @@ def build_model(cfg, num_classes: int, dtype=jnp.float32, num_tokens: int = 0) -
   if name == 'vgg16':
     return VGG(num_classes=num_classes, layout=VGG16_LAYOUT, width=_get_width(cfg, name),
                head=_get_choice(cfg, 'head', VGG_HEADS, name), dtype=dtype)
+  if name == 'resnet50':
+    return ResNet(num_classes=num_classes, width=_get_width(cfg, name), dtype=dtype)
   if name == 'digits_cnn':
     return DigitsCNN(num_classes=num_classes, width=_get_width(cfg, name), dtype=dtype)
   return MLP(num_classes=num_classes, width=_get_width(cfg, name), dtype=dtype)
@@ -139,4 +144,4 @@ def param_count(params) -> int:
 
 
 __all__ = ['build_model', 'param_count', 'MODEL_NAMES', 'VGG_HEADS', 'LENET_POOLINGS', 'PreResNet',
-           'LeNet5', 'VGG', 'DigitsCNN', 'MLP', 'BiLSTM']
+           'LeNet5', 'VGG', 'DigitsCNN', 'MLP', 'BiLSTM', 'ResNet']
