@@ -55,7 +55,7 @@ def member_logits(model, stacked_variables, x, method: str = "auto"):
   """(m, B, C): each stacked member's eval-mode logits on the same batch x.
 
   The members of an ensemble of LeNet-5s read the same input, so their first convolutions run as one
-  convolution with m times the output channels (`lenet.members_first_conv`; 2.4x faster eval forward
+  convolution with m times the output channels (`lenet.members_first_conv`; a 1.1-1.8x faster forward
   on XLA:CPU, docs/performance.md), and each member continues from its slice. Other models run each
   member whole: a fused first layer measured slower for PreResNet's stem.
   """

@@ -71,9 +71,9 @@ def members_first_conv(stacked_params, x, dtype=jnp.float32):
 
   m convolutions of x with 6 output channels each are one convolution with 6m output channels (the
   kernels concatenated along the output axis, member-major), then split. On XLA:CPU the one wide
-  convolution is much faster than m narrow ones over a single input channel: the 3-teacher eval
-  forward ran 2.4x faster in docs/performance.md's measurement. The values are nn.Conv's (same
-  dtype casts, same padding), up to the rounding of a differently blocked convolution.
+  convolution is much faster than m narrow ones over a single input channel (the 3-teacher forward:
+  1.1-1.8x faster, docs/performance.md). The values are nn.Conv's (same dtype casts, same padding),
+  up to the rounding of a differently blocked convolution.
   """
   kernel, bias = stacked_params['Conv_0']['kernel'], stacked_params['Conv_0']['bias']
   members, kh, kw, cin, cout = kernel.shape
