@@ -6,7 +6,7 @@ field is listed here once, with its meaning, so `--config.<key>=value` overrides
 each is explained).
 Where the paper's original code (samuelstanton/gnosis) is the reference, the defaults reproduce it and
 our alternatives are named options (model.head, model.pooling, distill.loss, distill.mixup_lambda,
-distill.rotate_interpolation).
+distill.rotate_interpolation, distill.synthetic_batch_norm).
 """
 
 import ml_collections
