@@ -226,3 +226,40 @@ def test_distillation_with_a_trained_generator_runs_and_reports(trained_gan, tmp
   with open(tmp_path / "run" / "metrics.jsonl") as f:
     student = [json.loads(line) for line in f if '"student"' in line]
   assert all(np.isfinite(r["loss"]) for r in student if "loss" in r)
+
+
+def test_sngan_shapes_and_spectral_norm_state():
+  assert sngan.start_size(32) == (4, 3) and sngan.start_size(28) == (7, 2)
+  generator = sngan.Generator(image_size=32, channels=3, width=8)
+  discriminator = sngan.Discriminator(width=8)
+  g = generator.init(jax.random.PRNGKey(0), jnp.zeros((2, 16)), train=False)
+  images = generator.apply(g, jax.random.normal(jax.random.PRNGKey(1), (2, 16)))
+  assert images.shape == (2, 32, 32, 3) and float(jnp.max(jnp.abs(images))) <= 1.0
+  d = discriminator.init(jax.random.PRNGKey(2), images)
+  sigmas = [v for k, v in jax.tree_util.tree_leaves_with_path(d["batch_stats"])
+            if "sigma" in jax.tree_util.keystr(k)]
+  # Every Conv and Dense: 2 per block x 4, the first block's 1x1 bypass (3 -> 8 channels), the output.
+  assert len(sigmas) == 10
+  scores, updates = discriminator.apply(d, images, update_stats=True, mutable=["batch_stats"])
+  assert scores.shape == (2,)
+  changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), updates["batch_stats"],
+                         d["batch_stats"])
+  assert any(jax.tree.leaves(changed))  # a power-iteration step
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"distill.synthetic_fraction": 0.2}, "needs both config.distill.synthetic_workdir"),
+    ({"distill.synthetic_workdir": "g"}, "needs both config.distill.synthetic_workdir"),
+    ({"distill.synthetic_workdir": "g", "distill.synthetic_fraction": 1.0}, "must lie in"),
+    ({"distill.synthetic_workdir": "g", "distill.synthetic_fraction": 0.2, "distill.alpha": 0.5},
+     "alpha=0"),
+    ({"distill.synthetic_batch_norm": "eval"}, "synthetic_batch_norm"),
+    ({"study": "vae"}, "config.study='vae'"),
+])
+def test_validate_rejects_bad_synthetic_and_study_settings(overrides, message):
+  config = kd_config.default_config()
+  for key, value in overrides.items():
+    section, _, field = key.rpartition(".")
+    (config[section] if section else config)[field] = value
+  with pytest.raises(KdJaxError, match=message):
+    kd_config.validate(config)
