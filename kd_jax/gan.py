@@ -244,9 +244,9 @@ def _generator_template(generator, z_dim: int):
 
 
 def load_generator(workdir: str, image_shape):
-  """(sample, variables) of the generator a finished study='gan' run left in `workdir`, for images of
-  `image_shape`; `sample` as make_sampler's with its batch_norm chosen by the caller:
-  sample(batch_norm) -> the sampler. Raises a one-line KdJaxError if the workdir is no such run."""
+  """(make, variables) for the generator a finished study='gan' run left in `workdir`: make(batch_norm)
+  returns make_sampler's sample(variables, key, n) for that generator. Raises a one-line KdJaxError if
+  the workdir holds no finished GAN run or its generator does not make images of `image_shape`."""
   hint = ("point config.distill.synthetic_workdir at the workdir of a finished GAN run (python run.py "
           "--config=configs/gan_fashion_mnist.py --workdir=...)")
   config_path = os.path.join(workdir, workdir_lib.CONFIG_FILE)

@@ -56,8 +56,9 @@ def _upsample(x):
 
 
 def _downsample(x):
-  """2x2 average pooling (as a reshape and mean: XLA:CPU ran the kernel gradient of the convolution
-  before nn.avg_pool's reduce_window several times slower)."""
+  """2x2 average pooling, as a reshape and mean: with nn.avg_pool's reduce_window XLA:CPU ran the
+  kernel gradient of the convolution before it slowly (the laptop GAN's step: 2.25 s against 1.64 s
+  with this, on a loaded 2-core CPU)."""
   n, h, w, c = x.shape
   return x.reshape(n, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
 
