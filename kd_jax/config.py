@@ -6,7 +6,7 @@ field is listed here once, with its meaning, so `--config.<key>=value` overrides
 each is explained).
 Where the paper's original code (samuelstanton/gnosis) is the reference, the defaults reproduce it and
 our alternatives are named options (model.head, model.pooling, distill.loss, distill.mixup_lambda,
-distill.rotate_interpolation).
+distill.rotate_interpolation, distill.synthetic_batch_norm).
 """
 
 import ml_collections
@@ -24,6 +24,8 @@ DATA_SPLITS = ("all", "d0", "d1")
 STUDENT_INITS = ("random", "interpolate", "teacher_initial")
 BATCH_STATS_INITS = ("reestimate", "interpolate")
 OOD_MODES = ("append", "replace")
+STUDIES = ("kd", "gan")
+SYNTHETIC_BATCH_NORMS = ("batch", "running")
 ENSEMBLE_METHODS = ensemble.METHODS  # stated once, where they are implemented
 
 
@@ -116,6 +118,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.seed = 0  # fixes teachers (member i uses seed's i-th stream), student and data order
   c.precision = "fp32"  # fp32 | bf16 (bf16 compute; fp32 parameters, optimizer state and loss)
   c.ensemble_method = "auto"  # how stacked teachers run in a step: auto | vmap | unroll | scan
+  # What run.py runs: 'kd' (teachers -> student -> evaluation, kd_jax/pipeline.py) | 'gan' (an SN-GAN
+  # on config.data's train split, kd_jax/gan.py; its generator is distill.synthetic_workdir's).
+  c.study = "kd"
 
   c.data = data_config()
   c.data.augment = "crop_flip"  # teacher-training policy, on device (kd_jax/data/augment.py)
@@ -183,6 +188,20 @@ def default_config() -> ml_collections.ConfigDict:
       # logits never change: compute them once instead of in every step. Same results up to float
       # rounding; False runs the teachers in every step as with augmented data.
       cache_teacher_logits=True,
+      # Synthetic distillation data (paper Fig. 4): a trained generator's workdir (a study='gan' run).
+      # Each batch then holds floor(synthetic_fraction * batch_size) generator samples (0.2 = 1
+      # synthetic : 4 real, the original's synth_ratio), drawn in the step and labelled only by the
+      # teachers, after batch_size minus that many real images; epochs count passes over the real
+      # images at that smaller real batch, as the original's loader. Needs alpha = 0.
+      synthetic_workdir="",
+      synthetic_fraction=0.0,
+      # The synthetic images' distillation temperature; the original's synth_temp (default 1.0,
+      # while the real images use `temperature`).
+      synthetic_temperature=1.0,
+      # The generator's BatchNorm while sampling: 'batch' (the original: the generator is left in
+      # train mode, so it normalizes with the statistics of the synthetic sub-batch) | 'running'
+      # (ours: eval mode, the running statistics).
+      synthetic_batch_norm="batch",
   ))
 
   c.evaluation = ml_collections.ConfigDict(dict(
@@ -196,6 +215,26 @@ def default_config() -> ml_collections.ConfigDict:
       # the end) in the progress output and metrics.jsonl ("evaluation": true), for curves over
       # training; 0 = only the final evaluation.
       every_steps=0,
+  ))
+
+  # study='gan': the SN-GAN (kd_jax/gan.py, kd_jax/models/sngan.py); defaults are the original's
+  # CIFAR recipe (samuelstanton/gnosis config/image_generation.yaml and density_model/sngan.yaml).
+  c.gan = ml_collections.ConfigDict(dict(
+      z_dim=128,  # z ~ N(0, I)
+      generator_width=256,  # k: channels of every generator block
+      discriminator_width=128,  # k: channels of every discriminator block
+      steps=100000,  # generator updates
+      batch_size=128,  # real images per discriminator update, samples per generator update
+      # Discriminator updates per generator update (n_dis), each on the next real batch.
+      discriminator_steps=5,
+      # Adam for both networks; the rate decays linearly to final_learning_rate over `steps`,
+      # stepped with the generator updates (the discriminator's too).
+      learning_rate=2e-4,
+      final_learning_rate=1e-6,
+      beta1=0.0,
+      beta2=0.9,
+      augment="flip",  # the real images' policy (kd_jax/data/augment.py); the original flips
+      sample_grid=64,  # generator samples in the workdir's samples.png at the end (a square number)
   ))
 
   c.eval_batch_size = 1000
@@ -221,6 +260,7 @@ def _check_positive(value, key):
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises KdJaxError (one line) for values that would fail later or silently mean nothing."""
+  _check_choice(config.study, STUDIES, "study")
   _check_choice(config.precision, PRECISIONS, "precision")
   _check_choice(config.ensemble_method, ENSEMBLE_METHODS, "ensemble_method")
   _check_choice(config.distill.loss, losses.KD_KINDS, "distill.loss")
@@ -270,6 +310,21 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if ood and config.distill.alpha > 0:
     raise KdJaxError("out-of-distribution images have no labels: use config.distill.alpha=0 with "
                      "config.distill.ood_data.")
+  synthetic = config.distill.synthetic_fraction
+  if not 0.0 <= synthetic < 1.0:
+    raise KdJaxError(f"config.distill.synthetic_fraction={synthetic} must lie in [0, 1).")
+  if bool(synthetic > 0) != bool(config.distill.synthetic_workdir):
+    raise KdJaxError("synthetic distillation data needs both config.distill.synthetic_workdir (a "
+                     "trained generator's workdir) and config.distill.synthetic_fraction > 0.")
+  if synthetic > 0 and config.distill.alpha > 0:
+    raise KdJaxError("synthetic images have no labels: use config.distill.alpha=0 with "
+                     "config.distill.synthetic_workdir.")
+  if synthetic > 0 and config.distill.ood_mode == "replace" and ood:
+    raise KdJaxError("config.distill.synthetic_fraction and config.distill.ood_mode='replace' both "
+                     "replace part of each batch; use one of them.")
+  _check_positive(config.distill.synthetic_temperature, "distill.synthetic_temperature")
+  _check_choice(config.distill.synthetic_batch_norm, SYNTHETIC_BATCH_NORMS,
+                "distill.synthetic_batch_norm")
   if config.evaluation.test_size < 0:
     raise KdJaxError(f"config.evaluation.test_size={config.evaluation.test_size} must be >= 0 "
                      "(0 = the whole test set).")
@@ -302,3 +357,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise KdJaxError("config.data.stream.eval_crop_ratio must lie in (0, 1].")
   if config.teacher.members_per_step < 0:
     raise KdJaxError("config.teacher.members_per_step must be >= 0 (0 = all members at once).")
+  for key in ("z_dim", "generator_width", "discriminator_width", "steps", "batch_size",
+              "discriminator_steps", "learning_rate", "final_learning_rate"):
+    _check_positive(config.gan[key], f"gan.{key}")

@@ -54,6 +54,9 @@ class Context:
   compute_dtype: object  # all compiled steps
   log: workdir_lib.MetricsLog  # all
   plan: StudyPlan  # every phase of the study, for the study's ETA in progress lines
+  # Distillation with synthetic data (distill.synthetic_workdir): (the generator's sampler,
+  # kd_jax.gan.make_sampler's, and its variables on device), or None.
+  synthetic: tuple = None
 
 
 def _seed_key(config, stream: int):
@@ -135,9 +138,10 @@ def appended_ood_images(ood_dataset, count: int, seed: int):
   return images[np.random.default_rng(seed).permutation(images.shape[0])[:count]]
 
 
-def schedule_length(phase_cfg, num_train: int, phase: str):
-  """(total steps, steps per epoch) of a phase."""
-  steps_per_epoch = num_train // phase_cfg.batch_size
+def schedule_length(phase_cfg, num_train: int, phase: str, batch_size: int = 0):
+  """(total steps, steps per epoch) of a phase; `batch_size` > 0: the training images per step when
+  fewer than phase_cfg.batch_size (the rest of the student's batch synthetic)."""
+  steps_per_epoch = num_train // (batch_size or phase_cfg.batch_size)
   if steps_per_epoch == 0:
     raise KdJaxError(f"config.{phase}.batch_size={phase_cfg.batch_size} exceeds the {num_train} "
                      "training examples; lower it.")
@@ -169,7 +173,8 @@ def study_plan(config, teacher_examples: int, distill_examples: int, labelled_ex
   """
   m = config.teacher.ensemble_size
   teacher_steps, _ = schedule_length(config.teacher, teacher_examples, "teacher")
-  student_steps, _ = schedule_length(config.student, distill_examples, "student")
+  student_steps, _ = schedule_length(config.student, distill_examples, "student",
+                                     real_batch_size(config))
 
   def teachers(label):
     return [PlannedPhase(teacher_group_name(label, members, m), "teachers", teacher_steps,
@@ -350,7 +355,8 @@ def distill_student(ctx: Context, student, teacher, teacher_variables, student_d
   """Distills the student from the stacked `teacher_variables` (or from `cached_teacher_logits`, the
   ensemble's (N, C) logits on the distillation set, when its images are not augmented)."""
   cfg, distill = ctx.config.student, ctx.config.distill
-  total, steps_per_epoch = schedule_length(cfg, ctx.distill_data.train_images.shape[0], "student")
+  total, steps_per_epoch = schedule_length(cfg, ctx.distill_data.train_images.shape[0], "student",
+                                           real_batch_size(ctx.config))
   optimizer_cfg = student_optimizer_config(ctx.config)
   tx = train.make_optimizer(optimizer_cfg, total, steps_per_epoch)
   step_fn = train.make_distill_step(
@@ -358,7 +364,10 @@ def distill_student(ctx: Context, student, teacher, teacher_variables, student_d
       mesh=ctx.mesh, temperature=distill.temperature, alpha=distill.alpha, loss_kind=distill.loss,
       ood_fraction=distill.ood_ratio if distill.ood_mode == "replace" else 0.0,
       cached_teacher_logits=cached_teacher_logits is not None, compute_dtype=ctx.compute_dtype,
-      method=ctx.config.ensemble_method)
+      method=ctx.config.ensemble_method,
+      synthetic_sampler=ctx.synthetic[0] if ctx.synthetic else None,
+      synthetic_fraction=distill.synthetic_fraction,
+      synthetic_temperature=distill.synthetic_temperature)
   manager = checkpoint.make_manager(student_dir)
   fresh = initial_student(ctx, student, teacher, tx, rng, teacher_variables)
   state, start = checkpoint.restore_latest(manager, fresh)
@@ -372,7 +381,8 @@ def distill_student(ctx: Context, student, teacher, teacher_variables, student_d
                      evaluate=_periodic_evaluation(ctx, student, teacher, teacher_variables),
                      evaluate_every=ctx.config.evaluation.every_steps)
   step = functools.partial(step_fn, teacher_inputs=teacher_inputs, data=ctx.distill_data,
-                           ood_images=ctx.ood_images)
+                           ood_images=ctx.ood_images,
+                           generator_variables=ctx.synthetic[1] if ctx.synthetic else None)
   state = _fit(ctx, step, state, phase, manager, start)
   return train.model_variables(state)
 
@@ -438,7 +448,13 @@ def caches_teacher_logits(config) -> bool:
   policy = config.distill.augment or config.data.augment
   per_step_ood = bool(config.distill.ood_data.source) and config.distill.ood_mode == "replace"
   return (config.distill.cache_teacher_logits and not augment_lib.parse_policy(policy)
-          and not per_step_ood)
+          and not per_step_ood and not config.distill.synthetic_workdir)
+
+
+def real_batch_size(config) -> int:
+  """The student's training images per step: its batch size less the synthetic images, if any."""
+  return config.student.batch_size - train.synthetic_count(config.distill.synthetic_fraction,
+                                                           config.student.batch_size)
 
 
 def distillation_targets(ctx: Context, evaluator, teacher_variables, label: str = "teachers"):
@@ -521,7 +537,8 @@ def check_sizes(config, teacher_examples: int, distill_examples: int, test_examp
                 mesh) -> None:
   """Raises KdJaxError where the config does not fit the data or the devices (before any work)."""
   for phase, examples in (("teacher", teacher_examples), ("student", distill_examples)):
-    schedule_length(config[phase], examples, phase)
+    schedule_length(config[phase], examples, phase,
+                    real_batch_size(config) if phase == "student" else 0)
     parallel.check_batch_size(config[phase].batch_size, mesh, f"config.{phase}.batch_size")
   devices = mesh.devices.size
   if min(test_examples, distill_examples) < devices:
@@ -531,6 +548,9 @@ def check_sizes(config, teacher_examples: int, distill_examples: int, test_examp
 
 def run(config, workdir: str) -> dict:
   """Runs (or resumes) the whole study of `config` in `workdir` and returns its results."""
+  if config.study == "gan":  # an SN-GAN, whose generator later gives synthetic distillation data
+    from kd_jax import gan  # pylint: disable=g-import-not-at-top
+    return gan.run(config, workdir)
   config_lib.validate(config)
   if stream_lib.uses_streaming(config.data):  # data larger than memory: kd_jax/streamed.py
     from kd_jax import streamed  # pylint: disable=g-import-not-at-top (it imports this module)
@@ -544,6 +564,11 @@ def run(config, workdir: str) -> dict:
   if ood is not None and tuple(ood.train_images.shape[1:]) != image_shape:
     raise KdJaxError(f"config.distill.ood_data images have shape {ood.train_images.shape[1:]}, the "
                      f"training images {image_shape}; choose an OOD dataset of the same image size.")
+  synthetic = None
+  if config.distill.synthetic_workdir:
+    from kd_jax import gan  # pylint: disable=g-import-not-at-top
+    sampler, generator_variables = gan.load_generator(config.distill.synthetic_workdir, image_shape)
+    synthetic = (sampler(config.distill.synthetic_batch_norm), generator_variables)
   appended_ood = None
   if ood is not None and config.distill.ood_mode == "append":
     appended_ood = appended_ood_images(ood, config.distill.ood_examples, config.data.split_seed)
@@ -578,7 +603,9 @@ def run(config, workdir: str) -> dict:
                   if ood is not None and config.distill.ood_mode == "replace" else None),
       image_shape=image_shape, compute_dtype=compute_dtype, log=workdir_lib.MetricsLog(workdir),
       plan=study_plan(config, teacher_split.size, distill_examples, distill_split.size,
-                      test_examples))
+                      test_examples),
+      synthetic=None if synthetic is None else (synthetic[0],
+                                                parallel.replicate(synthetic[1], mesh)))
   print(f"kd_jax: {dataset.name} ({num_train} train / {dataset.test_images.shape[0]} test, "
         f"{dataset.num_classes} classes) on {mesh.devices.size} {jax.default_backend()} device(s); "
         f"workdir {workdir}{' (resuming)' if resuming else ''}", flush=True)

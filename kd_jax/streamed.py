@@ -106,6 +106,7 @@ def check_config(config) -> None:
       "distill.data_split": config.distill.data_split != "all",
       "teacher.train_examples": config.teacher.train_examples > 0,
       "distill.ood_data.source": bool(config.distill.ood_data.source),
+      "distill.synthetic_workdir": bool(config.distill.synthetic_workdir),
       "evaluation.augmented_batches": config.evaluation.augmented_batches > 0,
       "evaluation.cka_examples": config.evaluation.cka_examples > 0,
       "evaluation.every_steps": config.evaluation.every_steps > 0,

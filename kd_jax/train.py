@@ -19,6 +19,8 @@ from kd_jax.data import order
 
 # fold_in tags that separate the RNG streams derived from one state key.
 _ORDER_STREAM, _STEP_STREAM, _DROPOUT_STREAM = 0, 1, 2
+# fold_in tag under a distillation step's key for its synthetic images' z.
+_SYNTHETIC_STREAM = 3
 
 @flax.struct.dataclass
 class TrainState:
@@ -202,10 +204,33 @@ def teacher_logits_fn(teacher, method: str):
   return ensemble_logits
 
 
+def synthetic_count(fraction: float, batch_size: int) -> int:
+  """Synthetic images per batch: int(fraction * batch_size), the original's rounding down (25 of
+  128 at 0.2)."""
+  return int(fraction * batch_size)
+
+
+def _mixed_objective(student_logits, *, teacher_logits, num_synthetic, temperature,
+                     synthetic_temperature, kind, rng):
+  """Pure distillation loss over a batch whose last num_synthetic rows are synthetic: the mean over
+  all B rows of L_KD at `temperature` (real rows) or `synthetic_temperature` (synthetic rows), i.e.
+  (R * mean_real + S * mean_synthetic) / B, as the original's per-example temperatures."""
+  real = student_logits.shape[0] - num_synthetic
+  parts = ((slice(0, real), temperature, real), (slice(real, None), synthetic_temperature,
+                                                 num_synthetic))
+  total = 0.0
+  for rows, tau, count in parts:
+    total += count * losses.distillation_loss(student_logits[rows], teacher_logits[rows], None,
+                                              alpha=0.0, temperature=tau, kind=kind, rng=rng)
+  return total / student_logits.shape[0]
+
+
 def make_distill_step(student, teacher, tx, *, batch_size: int, augment: Callable, mesh,
                       temperature: float, alpha: float, loss_kind: str = "forward_kl",
                       ood_fraction: float = 0.0, cached_teacher_logits: bool = False,
-                      compute_dtype=jnp.float32, method: str = "auto", streamed: bool = False):
+                      compute_dtype=jnp.float32, method: str = "auto", streamed: bool = False,
+                      synthetic_sampler: Callable = None, synthetic_fraction: float = 0.0,
+                      synthetic_temperature: float = 1.0):
   """Compiled distillation step: teacher-ensemble forward + student forward/backward + update, fused.
 
   step(state, teacher, data, ood_images) -> (state, metrics). `teacher` is the stacked teacher
@@ -217,6 +242,12 @@ def make_distill_step(student, teacher, tx, *, batch_size: int, augment: Callabl
   With ood_fraction > 0, that fraction of each batch is replaced by random images of `ood_images`
   (labelled only by the teacher; their label is -1 and they are left out of the logged accuracy).
 
+  With synthetic_fraction > 0 (paper Fig. 4, the original's synth_ratio), each batch is
+  batch_size - S real images, augmented, followed by S = floor(synthetic_fraction * batch_size)
+  images of `synthetic_sampler(generator_variables, key, S)` ([0, 255] scale, no gradient into the
+  generator), not augmented, labelled -1; the teachers label them in the same step, at
+  synthetic_temperature (the real ones at `temperature`). The loss is the mean over all B images.
+
   The logged `loss` is the objective minus its value for a student that equals the teacher (for the
   paper's loss, tau^2 KL(p_t^tau || p_s^tau) instead of the cross-entropy): 0 at a perfect match, with
   the same gradient, since the subtracted term does not depend on the student.
@@ -225,16 +256,23 @@ def make_distill_step(student, teacher, tx, *, batch_size: int, augment: Callabl
   from the host (kd_jax/streamed.py; uint8 images, int32 labels) instead of being drawn from on-device
   data, and goes through the same update (no OOD mixing, no cached logits).
   """
-  if streamed and (cached_teacher_logits or ood_fraction):
-    raise ValueError("a streamed distillation step runs the teachers in the step, without OOD mixing")
+  if streamed and (cached_teacher_logits or ood_fraction or synthetic_fraction):
+    raise ValueError("a streamed distillation step runs the teachers in the step, without OOD or "
+                     "synthetic images")
   num_ood = int(round(ood_fraction * batch_size))
   if cached_teacher_logits and num_ood:
     raise ValueError("cached teacher logits need a fixed distillation set; ood_fraction draws "
                      "fresh out-of-distribution images each step")
+  num_synthetic = synthetic_count(synthetic_fraction, batch_size)
+  if cached_teacher_logits and num_synthetic:
+    raise ValueError("cached teacher logits need a fixed distillation set; synthetic images are "
+                     "drawn fresh each step")
   ensemble_logits = teacher_logits_fn(teacher, method)
 
-  def step(state: TrainState, teacher_inputs, data: DeviceData, ood_images=None):
-    indices = sample_indices(state.rng, state.step, data.train_images.shape[0], batch_size)
+  def step(state: TrainState, teacher_inputs, data: DeviceData, ood_images=None,
+           generator_variables=None):
+    indices = sample_indices(state.rng, state.step, data.train_images.shape[0],
+                             batch_size - num_synthetic)
     images, labels = data.train_images[indices], data.train_labels[indices]
     ood_key = jax.random.split(step_key(state), 3)[2]  # (augment, loss, ood): see `update`
     if num_ood:
@@ -243,12 +281,19 @@ def make_distill_step(student, teacher, tx, *, batch_size: int, augment: Callabl
       labels = jnp.concatenate([labels[:batch_size - num_ood], jnp.full((num_ood,), -1, jnp.int32)])
     if cached_teacher_logits:
       teacher_inputs = teacher_inputs[indices]  # the batch's rows of the cached logits
-    return update(state, teacher_inputs, images, labels, data.mean, data.std)
+    return update(state, teacher_inputs, images, labels, data.mean, data.std, generator_variables)
 
-  def update(state: TrainState, teacher_inputs, images, labels, mean, std):
-    """The step after its batch is drawn: augment, normalize, teachers, student, update."""
+  def update(state: TrainState, teacher_inputs, images, labels, mean, std,
+             generator_variables=None):
+    """The step after its batch is drawn: augment, normalize, synthetic images, teachers, student,
+    update."""
     augment_key, loss_key, _ = jax.random.split(step_key(state), 3)
     x = augment_lib.normalize(augment(augment_key, images), mean, std, compute_dtype)
+    if num_synthetic:
+      synthetic_key = jax.random.fold_in(step_key(state), _SYNTHETIC_STREAM)
+      synthetic = synthetic_sampler(generator_variables, synthetic_key, num_synthetic)
+      x = jnp.concatenate([x, augment_lib.normalize(synthetic, mean, std, compute_dtype)])
+      labels = jnp.concatenate([labels, jnp.full((num_synthetic,), -1, jnp.int32)])
     x = parallel.shard_batch(x, mesh)
     if cached_teacher_logits:
       teacher_logits = parallel.shard_batch(teacher_inputs, mesh)
@@ -257,6 +302,11 @@ def make_distill_step(student, teacher, tx, *, batch_size: int, augment: Callabl
     objective = functools.partial(losses.distillation_loss, teacher_logits=teacher_logits,
                                   labels=labels, alpha=alpha, temperature=temperature,
                                   kind=loss_kind, rng=loss_key)
+    if num_synthetic:
+      objective = functools.partial(_mixed_objective, teacher_logits=teacher_logits,
+                                    num_synthetic=num_synthetic, temperature=temperature,
+                                    synthetic_temperature=synthetic_temperature, kind=loss_kind,
+                                    rng=loss_key)
 
     def loss_fn(params):
       logits, batch_stats = _training_forward(student, state, params, x)

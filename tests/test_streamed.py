@@ -21,7 +21,7 @@ import orbax.checkpoint as ocp
 import PIL.Image
 import pytest
 
-from conftest import REPO, TEST_COMPILATION_CACHE, loss_curves_devices_results, run_cli
+from conftest import REPO, TEST_COMPILATION_CACHE, loss_curves_devices_results, run_cli, tiny_config
 from kd_jax import config as kd_config
 from kd_jax.data import stream
 
@@ -306,6 +306,16 @@ def test_unsupported_options_are_one_line_errors(tmp_path, layouts):
                     f"--workdir={tmp_path / 'w'}"])
   assert result.returncode == 2 and "cka_examples is not available with streamed input" in result.stderr
   assert not (tmp_path / "w").exists()
+
+
+def test_synthetic_distillation_data_is_refused_on_streamed_input():
+  from kd_jax import streamed  # pylint: disable=import-outside-toplevel
+  from kd_jax.errors import KdJaxError  # pylint: disable=import-outside-toplevel
+  config = tiny_config()
+  streamed.check_config(config)
+  config.distill.synthetic_workdir = "runs/gan"
+  with pytest.raises(KdJaxError, match="synthetic_workdir is not available with streamed input"):
+    streamed.check_config(config)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -7,7 +7,10 @@ batch, labelled by the teachers), noise (each image replaced by uniform noise wi
 ood_cifar10 (2,000 CIFAR-10 training images in grayscale, resized to 28x28, appended to
 the 10,000: 1/6 of the distillation set, the original code's proportion for 10,000 SVHN images next to
 50,000 CIFAR images), and data recycling: teachers trained on a seeded half D0 (5,000 images), the
-student distilled on D0 (recycle_d0) or on D0 u D1, all 10,000 (recycle_d0_d1).
+student distilled on D0 (recycle_d0) or on D0 u D1, all 10,000 (recycle_d0_d1), and gan (samples of
+a small SN-GAN trained on the same 10,000 images: 25 of each batch of 128, 1 synthetic : 4 real,
+labelled only by the teachers; the generator is GAN_WORKDIR below, trained first with
+`python run.py --config=configs/gan_fashion_mnist.py --workdir=runs/gan_fmnist`).
 
 C4 (paper Fig. 4 and section 5, 5x ResNet-56 on CIFAR-100): baseline test agreement 84.5 %, MixUp (the
 best policy) only 86 %; MixUp raises student accuracy more than agreement; noise and OOD (SVHN) data
@@ -29,6 +32,9 @@ from kd_jax import config as kd_config
 CIFAR10_JPEG = "../shared/data/cifar10_jpeg_q75.tar.gz"
 # 2,000 next to 10,000: the original's 10,000 SVHN images next to 50,000 CIFAR images.
 OOD_EXAMPLES = 2000
+# The gan variant's generator (relative to the repository root, like the data paths): a finished run of
+# configs/gan_fashion_mnist.py. Missing, the gan runs stop with a one-line error naming it.
+GAN_WORKDIR = "runs/gan_fmnist"
 
 OVERRIDES = {
     "baseline": {},
@@ -41,6 +47,8 @@ OVERRIDES = {
             image_size=28)},
     "recycle_d0": {"teacher.data_split": "d0", "distill.data_split": "d0"},
     "recycle_d0_d1": {"teacher.data_split": "d0", "distill.data_split": "all"},
+    # The original's synth_ratio (configs/paper/augmentation.py:gan) with the laptop generator.
+    "gan": {"distill.synthetic_workdir": GAN_WORKDIR, "distill.synthetic_fraction": 0.2},
 }
 VARIANTS = tuple(OVERRIDES)
 
