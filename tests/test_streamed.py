@@ -312,6 +312,7 @@ def test_synthetic_distillation_data_is_refused_on_streamed_input():
   from kd_jax import streamed  # pylint: disable=import-outside-toplevel
   from kd_jax.errors import KdJaxError  # pylint: disable=import-outside-toplevel
   config = tiny_config()
+  config.evaluation.augmented_batches = 0  # (tiny_config's; not available on streamed input either)
   streamed.check_config(config)
   config.distill.synthetic_workdir = "runs/gan"
   with pytest.raises(KdJaxError, match="synthetic_workdir is not available with streamed input"):
