@@ -702,7 +702,7 @@ def side_by_side(cases, rounds: int, mesh=None, torch_channels_last: bool = Fals
     if c.cache_s is not None:
       # The table is computed once per run; per step of a single epoch it costs cache_s / S.
       steps_per_epoch = c.case.train_size // c.case.batch
-      record.update(cache_s=round(c.cache_s, 2),
+      record.update(cache_s=round(c.cache_s, 3),
                     jax_step_ms_one_epoch=round((jax_s + c.cache_s / steps_per_epoch) * 1e3, 2))
     if c.torch_step is not None:
       torch_s = statistics.median(itertools.chain(*c.torch_rounds))

@@ -66,8 +66,8 @@ def test_interrupted_gan_resumes_to_the_same_generator(trained_gan, tmp_path, mo
   workdir = str(tmp_path / "interrupted")
   save_state = checkpoint.save_state
 
-  def save_then_stop(manager, step, state):
-    save_state(manager, step, state)
+  def save_then_stop(manager, step, state, **kwargs):
+    save_state(manager, step, state, **kwargs)
     raise Interrupted(f"stopped after step {step}")
 
   monkeypatch.setattr(checkpoint, "save_state", save_then_stop)
