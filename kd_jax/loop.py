@@ -21,7 +21,6 @@
 """
 
 import dataclasses
-import math
 import time
 from typing import Callable, Optional
 

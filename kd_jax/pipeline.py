@@ -306,13 +306,19 @@ def reestimate_batch_stats(ctx: Context, model, state: train.TrainState, rng) ->
 
 
 def trained_teachers(ctx: Context, model, teachers_dir: str, teachers_key, label: str = "teachers"):
-  """Trains (or finishes training) the ensemble in teachers_dir and loads it as stacked variables.
+  """Trains (or finishes training) the ensemble in teachers_dir and loads it as stacked variables."""
+  return load_trained_teachers(
+      ctx, model, teachers_dir, lambda: train_teachers(ctx, model, teachers_dir, teachers_key, label))
+
+
+def load_trained_teachers(ctx, model, teachers_dir: str, train_missing):
+  """train_missing() (which trains the members not yet saved), then the stacked ensemble.
 
   A member checkpoint that cannot be read is moved aside (one warning line) and written again from its
-  group's last training checkpoint.
+  group's last training checkpoint by the next train_missing().
   """
   for _ in range(ctx.config.teacher.ensemble_size + 1):
-    train_teachers(ctx, model, teachers_dir, teachers_key, label)
+    train_missing()
     try:
       return load_teachers(model, teachers_dir, ctx.config.teacher.ensemble_size, ctx.image_shape,
                            ctx.mesh)

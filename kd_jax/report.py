@@ -22,7 +22,7 @@ import numpy as np
 
 from kd_jax.errors import KdJaxError
 from kd_jax import files
-from kd_jax.results import flatten_results, results_table  # noqa: F401  (one run's view)
+from kd_jax.results import flatten_results
 from kd_jax.workdir import (CONFIG_FILE, METRICS_FILE, OPERATIONAL_KEYS, RESULTS_FILE, flatten_config,
                             read_diverged)
 
@@ -406,7 +406,7 @@ def _markdown_document(table: str, variants, plots) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Plots (matplotlib is imported only here: pipeline.py imports this module for results_table)
+# Plots (matplotlib is imported only here, when a report draws them)
 
 def _pyplot():
   import matplotlib

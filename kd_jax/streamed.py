@@ -20,7 +20,6 @@ stream, seeded by the member's index, so each is trained exactly as if alone.
 
 import functools
 import os
-import sys
 import time
 
 # This module runs the phases of kd_jax/pipeline.py on other input and shares its private helpers
@@ -196,20 +195,9 @@ def train_teachers(ctx, model, data, teachers_dir, teachers_key):
 
 
 def trained_teachers(ctx, model, data, teachers_dir, teachers_key):
-  """pipeline.trained_teachers: trains what is missing, loads the ensemble; an unreadable member is
-  moved aside (one warning line) and saved again from its group's last training checkpoint."""
-  config = ctx.config
-  for _ in range(config.teacher.ensemble_size + 1):
-    train_teachers(ctx, model, data, teachers_dir, teachers_key)
-    try:
-      return pipeline.load_teachers(model, teachers_dir, config.teacher.ensemble_size,
-                                    ctx.image_shape, ctx.mesh)
-    except checkpoint.UnreadableCheckpoint as e:
-      moved = checkpoint.move_aside(e.path)
-      print(f"warning: {e} Moved aside to {os.path.basename(moved)}; saving it again from its "
-            "group's training checkpoint", file=sys.stderr, flush=True)
-  raise KdJaxError(f"the teacher checkpoints in {teachers_dir} stay unreadable; delete the folder "
-                   "to train the teachers again.")
+  """pipeline.trained_teachers on streamed input."""
+  return pipeline.load_trained_teachers(
+      ctx, model, teachers_dir, lambda: train_teachers(ctx, model, data, teachers_dir, teachers_key))
 
 
 def distill_student(ctx, student, teacher, teacher_variables, data, student_dir, rng):

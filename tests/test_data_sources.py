@@ -402,7 +402,7 @@ def test_image_folder_decode_shows_progress_and_the_cache_read(tmp_path, monkeyp
   assert f"[data] reading and decoding the images of {tmp_path / 'pets'}" in out
   assert "[data] decoding train images: 5/6, " in out and "img/s" in out
   assert "[data] decoding test images: 1/2, " in out
-  assert "[data] decoded 8 images of" in out and "[data] cached the decoded images in" in out
+  assert "[data] decoded 8 images of" in out and "[data] cached the decoded images of" in out
   data.load_dataset(_cfg(source="image_folder", path=str(tmp_path / "pets")))
   out = capsys.readouterr().out
   assert "[data] read the decoded images of" in out and "from the cache" in out

@@ -3,7 +3,6 @@ normalization statistics, the original's OOD set, the interpolated student's lea
 BatchNorm statistics, cached teacher logits, the logged loss, and the evaluation subset."""
 
 import json
-import os
 import types
 
 import flax.linen as nn

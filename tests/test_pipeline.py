@@ -65,7 +65,7 @@ def test_results_shape_and_ranges(finished_run):
 def test_results_match_an_independent_numpy_evaluation(finished_run):
   """Recomputes teacher, ensemble and student test metrics with NumPy from the saved checkpoints."""
   import jax
-  from kd_jax import checkpoint, train
+  from kd_jax import checkpoint
   from kd_jax.data import load_dataset
   from kd_jax.models import build_model
 

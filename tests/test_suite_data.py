@@ -2,7 +2,6 @@
 (teacher.train_examples) and a host-side resize (data.image_size)."""
 
 import json
-import os
 
 import numpy as np
 import PIL.Image

@@ -131,7 +131,7 @@ def load_dataset(cfg) -> Dataset:
   if source not in loaders:
     raise KdJaxError(f"unknown data.source={source!r}: use one of {', '.join(SOURCES + text.SOURCES)}")
   start = time.perf_counter()
-  dataset = _take_train_prefix(loaders[source](cfg), int(cfg.train_size or 0))
+  dataset = take_train_prefix(loaders[source](cfg), int(cfg.train_size or 0))
   dataset = resize_images(dataset, int(cfg.image_size or 0))
   logging.info("Loaded %s from %s in %.1fs: train %s, test %s, %d classes.", dataset.name, source,
                time.perf_counter() - start, dataset.train_images.shape, dataset.test_images.shape,
@@ -139,16 +139,19 @@ def load_dataset(cfg) -> Dataset:
   return dataset
 
 
-def _take_train_prefix(dataset, train_size):
-  """Keeps the first `train_size` training examples (0 keeps all); the test split is untouched."""
+def take_train_prefix(dataset, train_size, inputs: str = "train_images", what: str = "examples"):
+  """Keeps the first `train_size` training examples (0 keeps all); the test split is untouched.
+
+  `inputs` names the dataclass field that holds the training inputs (text: "train_tokens").
+  """
   num_train = len(dataset.train_labels)
   if train_size < 0 or train_size > num_train:
-    raise KdJaxError(f"data.train_size={train_size} but {dataset.name} has {num_train} training examples; "
+    raise KdJaxError(f"data.train_size={train_size} but {dataset.name} has {num_train} training {what}; "
                      f"use 0 for all of them or a number from 1 to {num_train}")
   if train_size in (0, num_train):
     return dataset
   # Copies, so the full arrays can be freed instead of staying alive behind views.
-  return dataclasses.replace(dataset, train_images=dataset.train_images[:train_size].copy(),
+  return dataclasses.replace(dataset, **{inputs: getattr(dataset, inputs)[:train_size].copy()},
                              train_labels=dataset.train_labels[:train_size].copy())
 
 
@@ -550,35 +553,39 @@ def _cached_arrays(source_path, key, build, use_cache):
     return build()
   digest = hashlib.sha1(key.encode()).hexdigest()[:16]
   path = cache_dir() / "image_folder" / f"{_strip_tar_suffix(source_path.resolve().name)}-{digest}.npz"
+  return cached_npz(path, build, f"the decoded images of {source_path}")
+
+
+def cached_npz(path, build, what: str) -> dict:
+  """The arrays of the .npz at `path`, or build()'s, written there for next time.
+
+  An unreadable cache file is ignored (and rebuilt). The file is written atomically (temporary file +
+  rename), so a crash or a concurrent run never sees half of one; a read-only or full cache only
+  costs speed next time, since the data are already in memory.
+  """
   if path.is_file():
     try:
       with np.load(path, allow_pickle=False) as cached:
         arrays = {name: cached[name] for name in cached.files}
-      print(f"[data] read the decoded images of {source_path} from the cache {path}", flush=True)
+      print(f"[data] read {what} from the cache {path}", flush=True)
       return arrays
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-      logging.warning("Ignoring the unreadable cache %s (%s); decoding again.", path, e)
+      logging.warning("Ignoring the unreadable cache %s (%s); building it again.", path, e)
   arrays = build()
-  _write_cache(path, arrays)
-  return arrays
-
-
-def _write_cache(path, arrays):
-  """Writes atomically (temp file + rename) so a crash or a concurrent run never sees half a file."""
   tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
   try:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(tmp, "wb") as f:
       np.savez(f, **arrays)
     os.replace(tmp, path)
-    print(f"[data] cached the decoded images in {path}", flush=True)
+    print(f"[data] cached {what} in {path}", flush=True)
   except OSError as e:
-    # A read-only or full cache only costs speed next time; the data is already in memory.
     logging.warning("Could not write the cache %s (%s); set KD_JAX_CACHE to a writable folder.", path, e)
     try:
       tmp.unlink(missing_ok=True)
     except OSError:
       pass  # Never created, e.g. because the cache folder could not be.
+  return arrays
 
 
 # ----------------------------------------------------------------------------------------------------

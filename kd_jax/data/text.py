@@ -40,7 +40,6 @@ import pathlib
 import re
 import tarfile
 import time
-import zipfile
 
 from absl import logging
 import numpy as np
@@ -193,14 +192,7 @@ def load_text_dataset(cfg) -> TextDataset:
 def _take_train_prefix(dataset, train_size):
   """The first `train_size` training reviews (0 = all). The vocabulary stays the whole split's, as the
   original code builds it before subsampling."""
-  num_train = len(dataset.train_labels)
-  if train_size < 0 or train_size > num_train:
-    raise KdJaxError(f"data.train_size={train_size} but {dataset.name} has {num_train} training "
-                     f"reviews; use 0 for all of them or a number from 1 to {num_train}")
-  if train_size in (0, num_train):
-    return dataset
-  return dataclasses.replace(dataset, train_tokens=dataset.train_tokens[:train_size].copy(),
-                             train_labels=dataset.train_labels[:train_size].copy())
+  return sources.take_train_prefix(dataset, train_size, inputs="train_tokens", what="reviews")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -321,24 +313,4 @@ def _cached(name, key, build):
   digest = hashlib.sha1(key.encode()).hexdigest()[:16]
   stem = re.sub(r"[^A-Za-z0-9_.-]", "_", name)  # tfds names may hold '/' and ':'
   path = sources.cache_dir() / "text" / f"{stem}-{digest}.npz"
-  if path.is_file():
-    try:
-      with np.load(path, allow_pickle=False) as cached:
-        arrays = {k: cached[k] for k in cached.files}
-      print(f"[data] read the tokenized {name} from the cache {path}", flush=True)
-      return arrays
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-      logging.warning("Ignoring the unreadable cache %s (%s); tokenizing again.", path, e)
-  arrays = build()
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  try:  # atomically: a crash or a concurrent run never sees half a file
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(tmp, "wb") as f:
-      np.savez(f, **arrays)
-    os.replace(tmp, path)
-    print(f"[data] cached the tokenized {name} in {path}", flush=True)
-  except OSError as e:
-    logging.warning("Could not write the cache %s (%s); set KD_JAX_CACHE to a writable folder.", path,
-                    e)
-    tmp.unlink(missing_ok=True)
-  return arrays
+  return sources.cached_npz(path, build, f"the tokenized {name}")
