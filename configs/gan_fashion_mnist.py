@@ -9,7 +9,7 @@ generator update there): 7x7 -> 28x28 through 2 up-blocks, widths 32 (generator)
 updates instead of 100,000, no flips (the suite trains its classifiers without augmentation). The run
 ends with generator/, samples.png and results.json in the workdir.
 
-  python run.py --config=configs/gan_fashion_mnist.py --workdir=../runs/gan_fmnist
+  python run.py --config=configs/gan_fashion_mnist.py --workdir=runs/gan_fmnist
   python -m kd_jax.fid --generator=../runs/gan_fmnist --classifier=<a laptop-suite run>
 """
 
