@@ -230,6 +230,9 @@ def plan_experiments(experiments, seeds, overrides) -> list:
         apply_overrides(config, overrides)
         config.seed = seed
         config_lib.validate(config)
+        if config.get("study", "kd") != "kd":
+          raise KdJaxError(f"{experiment.config_file}:{variant} is a config.study={config.study!r} "
+                           "run, which has no student to sweep or report; run it with run.py.")
         run = PlannedRun(
             variant=variant, seed=seed, config=config,
             workdir=os.path.abspath(os.path.join(experiment.root, variant, f"seed{seed}")),

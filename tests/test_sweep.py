@@ -231,3 +231,14 @@ def test_shared_members_equal_teachers_trained_alone(tmp_path):
     assert shared_results["teachers"][0][key] == pytest.approx(
         alone_results["teachers"][0][key], rel=1e-4, abs=1e-6)
   assert not (tmp_path / "shared" / "teachers").exists()
+
+
+def test_a_gan_config_is_refused_with_one_line(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "sweep.py", "--config=configs/paper/sngan_cifar.py",
+       f"--workdir={tmp_path / 's'}", "--dry-run"], cwd=REPO, capture_output=True, text=True,
+      timeout=300)
+  assert result.returncode == 2
+  assert "config.study='gan' run" in result.stderr and "run it with run.py" in result.stderr
+  assert len(result.stderr.strip().splitlines()) == 1
+  assert not (tmp_path / "s").exists()
