@@ -10,7 +10,7 @@ updates instead of 100,000, no flips (the suite trains its classifiers without a
 ends with generator/, samples.png and results.json in the workdir.
 
   python run.py --config=configs/gan_fashion_mnist.py --workdir=runs/gan_fmnist
-  python -m kd_jax.fid --generator=../runs/gan_fmnist --classifier=<a laptop-suite run>
+  python -m kd_jax.fid --generator=runs/gan_fmnist --classifier=<a laptop-suite run>
 """
 
 from configs.paper.small import _base

@@ -11,7 +11,7 @@ Features: 'logits' (the classifier's output) or 'stage' (its last sown stage act
 LeNet-5's 5x5x16 conv output). Means and covariances accumulate in float64 over batches; the matrix
 square root is scipy.linalg.sqrtm in float64.
 
-    python -m kd_jax.fid --generator=../runs/gan_fmnist --classifier=../runs/small/<run> [--examples=N]
+    python -m kd_jax.fid --generator=runs/gan_fmnist --classifier=runs/small/<run> [--examples=N]
 
 prints the FID against the classifier's training images of: generator samples (BatchNorm in train mode,
 as the distillation sampler of the original, and with running statistics), the held-out test images

@@ -1,6 +1,6 @@
 """SN-GAN training (study='gan') and the generator as a source of distillation data (paper Fig. 4).
 
-    python run.py --config=configs/gan_fashion_mnist.py --workdir=../runs/gan_fmnist
+    python run.py --config=configs/gan_fashion_mnist.py --workdir=runs/gan_fmnist
 
 trains the SN-GAN of kd_jax/models/sngan.py on config.data's train split with the original code's
 recipe (samuelstanton/gnosis, gnosis/boilerplate/gan_epoch.py, config/image_generation.yaml): hinge
