@@ -2,9 +2,12 @@
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -48,14 +51,56 @@ def compilation_cache():
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-def run_cli(args, env_extra=None, timeout=300):
-  """Runs `python run.py ARGS` in the repo; returns the CompletedProcess."""
+def _run_env(env_extra=None) -> dict:
   env = dict(os.environ)
   # Processes of one test session share compiled programs (the cache is keyed by program and devices).
   env.setdefault("KD_JAX_COMPILATION_CACHE", TEST_COMPILATION_CACHE)
   env.update(env_extra or {})
-  return subprocess.run([sys.executable, str(REPO / "run.py"), *args], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=timeout)
+  return env
+
+
+def run_cli(args, env_extra=None, timeout=300):
+  """Runs `python run.py ARGS` in the repo; returns the CompletedProcess."""
+  return subprocess.run([sys.executable, str(REPO / "run.py"), *args], cwd=REPO,
+                        env=_run_env(env_extra), capture_output=True, text=True, timeout=timeout)
+
+
+def start_run(args, env_extra=None, stderr=subprocess.STDOUT):
+  """Starts `python run.py ARGS` in the repo without waiting; its stdout (and by default its
+  stderr) piped."""
+  return subprocess.Popen([sys.executable, "run.py", *args], cwd=REPO, env=_run_env(env_extra),
+                          stdout=subprocess.PIPE, stderr=stderr, text=True)
+
+
+def kill_when_exists(path, process, timeout=240):
+  """SIGKILLs `process` as soon as `path` exists (a checkpoint it writes); fails the test if the run
+  ends first or `path` does not appear within `timeout` seconds."""
+  start = time.time()
+  while not os.path.exists(path):
+    if process.poll() is not None:
+      pytest.fail(f"run finished before {path} appeared:\n{process.stdout.read()}")
+    if time.time() - start > timeout:
+      process.kill()
+      pytest.fail(f"{path} did not appear in {timeout}s")
+    time.sleep(0.05)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+
+
+def run_distributed(args, num_processes: int, devices_per_process: int, timeout=300):
+  """One run as `num_processes` local processes of JAX's multi-process runtime (`run.py
+  --distributed`, a coordinator on a free port), each with `devices_per_process` forced CPU devices.
+  Returns (return codes, outputs)."""
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}",
+         "JAX_PLATFORMS": "cpu"}
+  processes = [start_run([*args, "--distributed", f"--coordinator_address=localhost:{port}",
+                          f"--num_processes={num_processes}", f"--process_id={i}"], env)
+               for i in range(num_processes)]
+  outputs = [p.communicate(timeout=timeout)[0] for p in processes]
+  return [p.returncode for p in processes], outputs
 
 
 def loss_curves_devices_results(workdir):

@@ -18,7 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import REPO, TEST_COMPILATION_CACHE, run_cli, tiny_config
+from conftest import REPO, run_cli, start_run, tiny_config
 from kd_jax import KdJaxError, checkpoint, cli, files, loop, pipeline, runtime
 from kd_jax import workdir as workdir_lib
 from kd_jax.errors import DivergedError, Interrupted
@@ -279,11 +279,8 @@ def test_a_signal_outside_the_loop_stops_at_once(handlers):
 
 
 def _start(workdir, *args):
-  env = {**os.environ, "KD_JAX_COMPILATION_CACHE": TEST_COMPILATION_CACHE}
-  return subprocess.Popen(
-      [sys.executable, "run.py", CONFIG, f"--workdir={workdir}", "--config.teacher.steps=100000",
-       "--config.checkpoint_every_steps=1000", *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, text=True)
+  return start_run([CONFIG, f"--workdir={workdir}", "--config.teacher.steps=100000",
+                    "--config.checkpoint_every_steps=1000", *args], stderr=subprocess.PIPE)
 
 
 def _wait_for_training(process, workdir, timeout=240):

@@ -5,23 +5,12 @@ the dataset, the global batch is sharded over all processes' devices, and proces
 workdir's files while Orbax coordinates the checkpoints.
 """
 
-import os
-import socket
-import subprocess
-import sys
-
 import numpy as np
 
-from conftest import REPO, TEST_COMPILATION_CACHE, loss_curves_devices_results, run_cli
+from conftest import loss_curves_devices_results, run_cli, run_distributed
 
 ARGS = ["--config=tests/tiny_config.py", "--config.log_every_steps=1",
         "--config.teacher.steps=6", "--config.student.steps=6"]
-
-
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
 
 
 def test_two_processes_match_one_process_with_as_many_devices(tmp_path):
@@ -31,16 +20,9 @@ def test_two_processes_match_one_process_with_as_many_devices(tmp_path):
   assert result.returncode == 0, result.stderr
 
   multi = tmp_path / "multi"
-  port = _free_port()
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-         "JAX_PLATFORMS": "cpu", "KD_JAX_COMPILATION_CACHE": TEST_COMPILATION_CACHE}
-  processes = [subprocess.Popen(
-      [sys.executable, "run.py", *ARGS, f"--workdir={multi}", "--distributed",
-       f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
-      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-      for i in range(2)]
-  outputs = [p.communicate(timeout=300)[0] for p in processes]
-  assert [p.returncode for p in processes] == [0, 0], outputs
+  returncodes, outputs = run_distributed([*ARGS, f"--workdir={multi}"], num_processes=2,
+                                         devices_per_process=2)
+  assert returncodes == [0, 0], outputs
 
   (one, one_devices, one_results) = loss_curves_devices_results(single)
   (two, two_devices, two_results) = loss_curves_devices_results(multi)

@@ -5,17 +5,13 @@ inside the phase under test (teachers or student), so the rerun has to resume fr
 """
 
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import REPO, TEST_COMPILATION_CACHE, run_cli
+from conftest import kill_when_exists, run_cli, start_run
 
 # The tiny config's phases (tests/conftest.py): 12 steps each, a checkpoint every 4.
 CONFIG = "--config=tests/tiny_config.py"
@@ -40,26 +36,11 @@ def _final_params(workdir):
   return params
 
 
-def _kill_when(path, process, timeout=240):
-  start = time.time()
-  while not os.path.exists(path):
-    if process.poll() is not None:
-      pytest.fail(f"run finished before {path} appeared:\n{process.stdout.read()}")
-    if time.time() - start > timeout:
-      process.kill()
-      pytest.fail(f"{path} did not appear in {timeout}s")
-    time.sleep(0.05)
-  process.send_signal(signal.SIGKILL)
-  process.wait()
-
-
 @pytest.mark.parametrize("phase_checkpoint", ["teachers/train_0-1/8", "student/8"])
 def test_killed_run_resumes_to_the_same_result(tmp_path, uninterrupted, phase_checkpoint):
   interrupted = tmp_path / "interrupted"
-  env = {**os.environ, "KD_JAX_COMPILATION_CACHE": TEST_COMPILATION_CACHE}
-  process = subprocess.Popen([sys.executable, "run.py", CONFIG, f"--workdir={interrupted}", *SLOW],
-                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-  _kill_when(interrupted / phase_checkpoint, process)
+  kill_when_exists(interrupted / phase_checkpoint,
+                   start_run([CONFIG, f"--workdir={interrupted}", *SLOW]))
   assert not (interrupted / "results.json").exists()
 
   resumed = run_cli([CONFIG, f"--workdir={interrupted}", *SLOW])

@@ -10,10 +10,6 @@ results of an uninterrupted run.
 import io
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import jax
 import numpy as np
@@ -21,7 +17,8 @@ import orbax.checkpoint as ocp
 import PIL.Image
 import pytest
 
-from conftest import REPO, TEST_COMPILATION_CACHE, loss_curves_devices_results, run_cli, tiny_config
+from conftest import (kill_when_exists, loss_curves_devices_results, run_cli, run_distributed,
+                      start_run, tiny_config)
 from kd_jax import config as kd_config
 from kd_jax.data import stream
 
@@ -214,20 +211,9 @@ def _params(workdir):
   return params
 
 
-def _killed_at(args, workdir, checkpoint, timeout=240):
-  env = {**os.environ, "KD_JAX_COMPILATION_CACHE": TEST_COMPILATION_CACHE}
-  process = subprocess.Popen([sys.executable, "run.py", *args, f"--workdir={workdir}"], cwd=REPO,
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-  start = time.time()
-  while not (workdir / checkpoint / "_CHECKPOINT_METADATA").exists():
-    if process.poll() is not None:
-      pytest.fail(f"run finished before {checkpoint} appeared:\n{process.stdout.read()}")
-    if time.time() - start > timeout:
-      process.kill()
-      pytest.fail(f"{checkpoint} did not appear in {timeout}s")
-    time.sleep(0.05)
-  process.send_signal(signal.SIGKILL)
-  process.wait()
+def _killed_at(args, workdir, checkpoint):
+  kill_when_exists(workdir / checkpoint / "_CHECKPOINT_METADATA",
+                   start_run([*args, f"--workdir={workdir}"]))
   assert not (workdir / "results.json").exists()
 
 
@@ -349,26 +335,16 @@ def test_stream_benchmark_reads_its_jpegs(tmp_path):
 def test_two_processes_read_their_rows_and_train_like_one(tmp_path, layouts):
   """2 processes x 1 device (each reading only its rows of every batch, each saving its own grain
   position) train exactly like 1 process x 2 devices."""
-  import socket
   args = [*RUN, *layouts["image_folder"]]
   single = tmp_path / "single"
   result = run_cli([*args, f"--workdir={single}"],
                    env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=2",
                               "JAX_PLATFORMS": "cpu"})
   assert result.returncode == 0, result.stderr
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    port = s.getsockname()[1]
   multi = tmp_path / "multi"
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-         "JAX_PLATFORMS": "cpu", "KD_JAX_COMPILATION_CACHE": TEST_COMPILATION_CACHE}
-  processes = [subprocess.Popen(
-      [sys.executable, "run.py", *args, f"--workdir={multi}", "--distributed",
-       f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
-      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-      for i in range(2)]
-  outputs = [p.communicate(timeout=300)[0] for p in processes]
-  assert [p.returncode for p in processes] == [0, 0], outputs
+  returncodes, outputs = run_distributed([*args, f"--workdir={multi}"], num_processes=2,
+                                         devices_per_process=1)
+  assert returncodes == [0, 0], outputs
   assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(
       os.listdir(multi / "student" / "8" / "data"))
   one, _, one_results = loss_curves_devices_results(single)
