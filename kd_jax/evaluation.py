@@ -71,8 +71,9 @@ def make_predict_fn(apply_fn: Callable, *, batch_size: int, mesh, compute_dtype=
   return predict
 
 
-@jax.jit
-def _per_example_by_role(member_logits, student_logits, labels):
+def per_example_by_role(member_logits, student_logits, labels) -> dict:
+  """metrics.per_example of every member ((m, N) arrays), the ensemble and the student (whose fidelity
+  is measured against the ensemble), on the device."""
   ensemble_logits = losses.ensemble_log_probs(member_logits)
   return {
       "teachers": metrics.per_example(member_logits, labels),
@@ -81,16 +82,33 @@ def _per_example_by_role(member_logits, student_logits, labels):
   }
 
 
-def split_metrics(member_logits, student_logits, labels) -> dict:
-  """{'teachers': [{..}], 'ensemble': {..}, 'student': {..}} of float values (float64 means)."""
-  values = jax.device_get(_per_example_by_role(member_logits, student_logits, labels))
-  num_members = member_logits.shape[0]
+def summarize_by_role(values) -> dict:
+  """per_example_by_role's values (on the host, all of a split's examples) -> {'teachers': [{..}],
+  'ensemble': {..}, 'student': {..}} of float values (float64 means)."""
+  num_members = next(iter(values["teachers"].values())).shape[0]
   return {
       "teachers": [metrics.summarize({k: v[i] for k, v in values["teachers"].items()})
                    for i in range(num_members)],
       "ensemble": metrics.summarize(values["ensemble"]),
       "student": metrics.summarize(values["student"]),
   }
+
+
+_per_example_by_role_jit = jax.jit(per_example_by_role)
+
+
+def split_metrics(member_logits, student_logits, labels) -> dict:
+  """summarize_by_role of the (m, N, C) member logits and (N, C) student logits of one split."""
+  return summarize_by_role(jax.device_get(
+      _per_example_by_role_jit(member_logits, student_logits, labels)))
+
+
+def add_split(results: dict, split: str, split_results: dict) -> None:
+  """Adds one split's summarize_by_role results to a run's results, as '<split>_<metric>' keys."""
+  for entry, values in zip(results["teachers"], split_results["teachers"]):
+    entry.update({f"{split}_{k}": v for k, v in values.items()})
+  for role in ("ensemble", "student"):
+    results[role].update({f"{split}_{k}": v for k, v in split_results[role].items()})
 
 
 class Evaluator:

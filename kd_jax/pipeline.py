@@ -501,10 +501,7 @@ def evaluate(ctx: Context, evaluator, teacher_variables, student_variables, *, l
     split_results = evaluation.split_metrics(member_logits, student_logits, labels)
     if split == "test":
       test_member_logits = member_logits
-    for entry, values in zip(results["teachers"], split_results["teachers"]):
-      entry.update({f"{split}_{k}": v for k, v in values.items()})
-    for role in ("ensemble", "student"):
-      results[role].update({f"{split}_{k}": v for k, v in split_results[role].items()})
+    evaluation.add_split(results, split, split_results)
   if config.evaluation.augmented_batches:
     augmented = evaluator.augmented_fidelity(
         teacher_variables, student_variables, data, distillation_policy(config),

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from kd_jax import checkpoint, ensemble, loop, losses, metrics, parallel
+from kd_jax import checkpoint, ensemble, evaluation, loop, parallel
 from kd_jax import pipeline, results as results_lib, runtime, train
 from kd_jax import workdir as workdir_lib
 from kd_jax import config as config_lib
@@ -261,14 +261,10 @@ def evaluate(ctx, teacher, student, teacher_variables, student_variables, data) 
   def per_example(teacher_variables, student_variables, images, labels):
     x = parallel.shard_batch(
         augment_lib.normalize(images, data.mean, data.std, ctx.compute_dtype), mesh)
-    member_logits = ensemble.map_members(lambda v: teacher.apply(v, x, train=False),
-                                         teacher_variables, method=config.ensemble_method)
-    member_logits = member_logits.astype(jnp.float32)
-    student_logits = student.apply(student_variables, x, train=False).astype(jnp.float32)
-    ensemble_logits = losses.ensemble_log_probs(member_logits)
-    return {"teachers": metrics.per_example(member_logits, labels),
-            "ensemble": metrics.per_example(ensemble_logits, labels),
-            "student": metrics.per_example(student_logits, labels, teacher_logits=ensemble_logits)}
+    member_logits = ensemble.member_logits(teacher, teacher_variables, x, config.ensemble_method)
+    student_logits = student.apply(student_variables, x, train=False)
+    return evaluation.per_example_by_role(member_logits.astype(jnp.float32),
+                                          student_logits.astype(jnp.float32), labels)
 
   results = {"teachers": [{} for _ in range(config.teacher.ensemble_size)], "ensemble": {},
              "student": {}}
@@ -291,15 +287,7 @@ def evaluate(ctx, teacher, student, teacher_variables, student_variables, data) 
     # is the tail of the last one.
     values = jax.tree.map(lambda *xs: np.concatenate(xs, axis=-1)[..., :count],
                           *jax.device_get(parts))
-    split_results = {
-        "teachers": [metrics.summarize({k: v[i] for k, v in values["teachers"].items()})
-                     for i in range(config.teacher.ensemble_size)],
-        "ensemble": metrics.summarize(values["ensemble"]),
-        "student": metrics.summarize(values["student"])}
-    for entry, entry_values in zip(results["teachers"], split_results["teachers"]):
-      entry.update({f"{split}_{k}": v for k, v in entry_values.items()})
-    for role in ("ensemble", "student"):
-      results[role].update({f"{split}_{k}": v for k, v in split_results[role].items()})
+    evaluation.add_split(results, split, evaluation.summarize_by_role(values))
   return results
 
 
