@@ -29,12 +29,12 @@ import ml_collections
 import numpy as np
 import optax
 
-from kd_jax import checkpoint, loop, parallel, runtime, train
+from kd_jax import checkpoint, loop, parallel, pipeline, runtime, train
 from kd_jax import config as config_lib
 from kd_jax import workdir as workdir_lib
 from kd_jax.data import augment as augment_lib
 from kd_jax.data import load_dataset
-from kd_jax.errors import DivergedError, KdJaxError
+from kd_jax.errors import KdJaxError
 from kd_jax.models import sngan
 
 MAX_PIXEL = 255.0
@@ -309,25 +309,15 @@ def run(config, workdir: str) -> dict:
                   out_shardings=parallel.replicated_sharding(mesh))(key)
   step_fn = make_train_step(generator, discriminator, cfg, augment=augment, mesh=mesh)
   manager = checkpoint.make_manager(os.path.join(workdir, "gan"))
-  try:
-    state, start = checkpoint.restore_latest(manager, fresh)
-    if start:
-      print(f"[gan] resuming at step {start}/{cfg.steps}", flush=True)
-    real_per_step = cfg.batch_size * cfg.discriminator_steps
-    phase = loop.Phase(name="gan", total=cfg.steps,
-                       steps_per_epoch=max(num_train // real_per_step, 1),
-                       images_per_step=real_per_step, learning_rate=learning_rate_schedule(cfg),
-                       hint="config.gan.learning_rate",
-                       profile_dir=os.path.join(workdir, "profile", "gan"))
-    state = loop.fit(functools.partial(step_fn, data=data), state, phase=phase, manager=manager,
-                     start=start, log=log, log_every=config.log_every_steps,
-                     checkpoint_every=config.checkpoint_every_steps,
-                     profile_steps=config.profile_steps)
-  except DivergedError as e:
-    workdir_lib.write_diverged(workdir, str(e))
-    raise
-  finally:
-    manager.close()
+  state, start = checkpoint.restore_latest(manager, fresh)
+  if start:
+    print(f"[gan] resuming at step {start}/{cfg.steps}", flush=True)
+  real_per_step = cfg.batch_size * cfg.discriminator_steps
+  phase = loop.Phase(name="gan", total=cfg.steps, steps_per_epoch=max(num_train // real_per_step, 1),
+                     images_per_step=real_per_step, learning_rate=learning_rate_schedule(cfg),
+                     hint="config.gan.learning_rate")
+  state = pipeline.fit_phase(config, workdir, log, functools.partial(step_fn, data=data), state,
+                             phase, manager, start)
   variables = jax.device_get({"params": state.generator, "batch_stats": state.generator_stats})
   with runtime.deferred_signals():
     checkpoint.save_variables(os.path.join(workdir, GENERATOR_DIR), variables)

@@ -422,15 +422,22 @@ def _periodic_evaluation(ctx: Context, student, teacher, teacher_variables):
 
 
 def _fit(ctx: Context, step, state, phase: loop.Phase, manager, start: int):
-  """loop.fit with the run's logging and checkpoint intervals; closes the phase's manager."""
-  phase.profile_dir = os.path.join(ctx.workdir, "profile", tensorboard.phase_tag(phase.name))
+  """fit_phase in the run of `ctx`."""
+  return fit_phase(ctx.config, ctx.workdir, ctx.log, step, state, phase, manager, start, ctx.plan)
+
+
+def fit_phase(config, workdir: str, log, step, state, phase: loop.Phase, manager, start: int,
+              plan=None):
+  """loop.fit with the run's logging, checkpoint and profiling settings; a divergence leaves
+  diverged.json in the workdir; closes the phase's manager."""
+  phase.profile_dir = os.path.join(workdir, "profile", tensorboard.phase_tag(phase.name))
   try:
-    return loop.fit(step, state, phase=phase, manager=manager, start=start, log=ctx.log,
-                    log_every=ctx.config.log_every_steps,
-                    checkpoint_every=ctx.config.checkpoint_every_steps,
-                    profile_steps=ctx.config.profile_steps, study=ctx.plan)
+    return loop.fit(step, state, phase=phase, manager=manager, start=start, log=log,
+                    log_every=config.log_every_steps,
+                    checkpoint_every=config.checkpoint_every_steps,
+                    profile_steps=config.profile_steps, study=plan)
   except DivergedError as e:
-    workdir_lib.write_diverged(ctx.workdir, str(e))
+    workdir_lib.write_diverged(workdir, str(e))
     raise
   finally:
     manager.close()
