@@ -139,16 +139,22 @@ def load_dataset(cfg) -> Dataset:
   return dataset
 
 
+def train_prefix_size(train_size: int, num_train: int, name: str, what: str = "examples") -> int:
+  """How many training examples data.train_size keeps of `num_train` (0 = all); a one-line
+  KdJaxError when it is out of range."""
+  if train_size < 0 or train_size > num_train:
+    raise KdJaxError(f"data.train_size={train_size} but {name} has {num_train} training {what}; "
+                     f"use 0 for all of them or a number from 1 to {num_train}")
+  return train_size or num_train
+
+
 def take_train_prefix(dataset, train_size, inputs: str = "train_images", what: str = "examples"):
   """Keeps the first `train_size` training examples (0 keeps all); the test split is untouched.
 
   `inputs` names the dataclass field that holds the training inputs (text: "train_tokens").
   """
   num_train = len(dataset.train_labels)
-  if train_size < 0 or train_size > num_train:
-    raise KdJaxError(f"data.train_size={train_size} but {dataset.name} has {num_train} training {what}; "
-                     f"use 0 for all of them or a number from 1 to {num_train}")
-  if train_size in (0, num_train):
+  if train_prefix_size(train_size, num_train, dataset.name, what) == num_train:
     return dataset
   # Copies, so the full arrays can be freed instead of staying alive behind views.
   return dataclasses.replace(dataset, **{inputs: getattr(dataset, inputs)[:train_size].copy()},
@@ -599,7 +605,7 @@ def _load_tfds(cfg):
   """A tfds dataset already prepared as array_record (or parquet) in data_dir, read without TensorFlow."""
   name = cfg.name
   data_dir = cfg.data_dir or None
-  builder = _prepared_tfds_builder(name, data_dir)
+  builder = prepared_tfds_builder(name, data_dir)
   splits = [cfg.train_split, cfg.test_split]
   for split in splits:
     if split.split("[")[0] not in builder.info.splits:  # 'train[:90%]' slices are fine too.
@@ -612,7 +618,7 @@ def _load_tfds(cfg):
   return _make_dataset(name, train_images, train_labels, test_images, test_labels, num_classes)
 
 
-def _prepared_tfds_builder(name, data_dir):
+def prepared_tfds_builder(name, data_dir):
   """Returns the tfds builder for `name`, or raises saying how to provide the prepared files."""
   try:
     import tensorflow_datasets as tfds  # Lazy: only this source needs tfds, and its import is slow.

@@ -34,6 +34,7 @@ import pathlib
 import numpy as np
 import PIL.Image
 
+from kd_jax.data import sources
 from kd_jax.errors import KdJaxError
 
 PIPELINES = ("auto", "memory", "stream")
@@ -128,16 +129,12 @@ def _check_folder(cfg) -> pathlib.Path:
 
 
 def _tfds_builder(cfg):
-  from kd_jax.data import sources  # pylint: disable=g-import-not-at-top
   # The in-memory loader's checks: prepared, random-access format, how to build it otherwise.
-  return sources._prepared_tfds_builder(cfg.name, cfg.data_dir or None)  # pylint: disable=W0212
+  return sources.prepared_tfds_builder(cfg.name, cfg.data_dir or None)
 
 
-def _prefix(size: int, train_size: int) -> int:
-  if train_size < 0 or train_size > size:
-    raise KdJaxError(f"data.train_size={train_size} but the train split has {size} examples; use 0 "
-                     f"for all of them or a number from 1 to {size}")
-  return train_size or size
+def _prefix(cfg, size: int) -> int:
+  return sources.train_prefix_size(int(cfg.train_size), size, cfg.name or "the train split")
 
 
 def open_source(cfg) -> StreamDataset:
@@ -155,7 +152,7 @@ def open_source(cfg) -> StreamDataset:
 
     return StreamDataset(
         name=cfg.name or root.resolve().name,
-        train=split(train_paths, train_labels, _prefix(len(train_paths), int(cfg.train_size))),
+        train=split(train_paths, train_labels, _prefix(cfg, len(train_paths))),
         test=split(test_paths, test_labels, len(test_paths)), num_classes=len(class_names),
         channels=1 if grayscale else 3)
   if cfg.source == "tfds":
@@ -178,7 +175,7 @@ def open_source(cfg) -> StreamDataset:
     if shape[-1] == 1 and not grayscale:
       channels = 3  # decoded as RGB unless data.grayscale
     return StreamDataset(
-        name=cfg.name, train=StreamSource(train, _prefix(len(train), int(cfg.train_size)), record),
+        name=cfg.name, train=StreamSource(train, _prefix(cfg, len(train)), record),
         test=StreamSource(test, len(test), record),
         num_classes=builder.info.features["label"].num_classes, channels=channels)
   raise KdJaxError(f"data.source={cfg.source!r} cannot be streamed: a streamed run reads "

@@ -157,7 +157,7 @@ def load_text_dataset(cfg) -> TextDataset:
     fingerprint = _path_fingerprint(path)
     read = lambda: (_read_aclimdb(path), len(_CLASSES))  # noqa: E731
   else:
-    builder = sources._prepared_tfds_builder(cfg.name, cfg.data_dir or None)  # pylint: disable=protected-access
+    builder = sources.prepared_tfds_builder(cfg.name, cfg.data_dir or None)
     name = cfg.name
     fingerprint = _path_fingerprint(pathlib.Path(str(builder.data_dir)))
     read = lambda: _read_tfds(builder, cfg)  # noqa: E731
