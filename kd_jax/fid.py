@@ -24,11 +24,12 @@ import os
 import sys
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import scipy.linalg
 
+from kd_jax import workdir as workdir_lib
+from kd_jax.data import augment as augment_lib
 from kd_jax.errors import KdJaxError
 
 FEATURE_KINDS = ("logits", "stage")
@@ -82,7 +83,7 @@ def make_feature_fn(model, kind: str, mean, std):
 
   @jax.jit
   def features(variables, pixels):
-    x = (pixels.astype(jnp.float32) / 255.0 - mean) / std
+    x = augment_lib.normalize(pixels, mean, std)
     if kind == "logits":
       return model.apply(variables, x, train=False)
     _, state = model.apply(variables, x, train=False, mutable=["intermediates"])
@@ -111,19 +112,18 @@ def _load_classifier(workdir: str, member: int):
   from kd_jax import parallel, pipeline  # pylint: disable=g-import-not-at-top
   from kd_jax.data import load_dataset  # pylint: disable=g-import-not-at-top
   from kd_jax.models import build_model  # pylint: disable=g-import-not-at-top
-  path = os.path.join(workdir, "config.json")
+  path = os.path.join(workdir, workdir_lib.CONFIG_FILE)
   if not os.path.isfile(path):
-    raise KdJaxError(f"classifier workdir {workdir} has no config.json; give a kd_jax run with "
-                     "trained teachers.")
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+    raise KdJaxError(f"classifier workdir {workdir} has no {workdir_lib.CONFIG_FILE}; give a kd_jax "
+                     "run with trained teachers.")
+  config = ml_collections.ConfigDict(workdir_lib.read_json(path, "the classifier run's config"))
   dataset = load_dataset(config.data)
   model = build_model(config.teacher.model, dataset.num_classes)
   image_shape = tuple(dataset.train_images.shape[1:])
   variables = jax.tree.map(lambda x: x[member], pipeline.load_teachers(
       model, workdir, member + 1, image_shape, parallel.make_mesh()))
-  mean, std = pipeline.channel_statistics(dataset.train_images)
-  return model, variables, dataset, mean.astype(np.float32), (std + 1e-8).astype(np.float32)
+  mean, std = pipeline.standardization(*pipeline.channel_statistics(dataset.train_images))
+  return model, variables, dataset, mean, std
 
 
 def main(argv=None) -> None:

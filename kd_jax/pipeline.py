@@ -85,24 +85,19 @@ def split_indices(num_examples: int, split: str, split_seed: int, examples: int 
 
 
 def channel_statistics(images, chunk: int = 4096):
-  """Per-channel mean and standard deviation of uint8 images (N, H, W, C) scaled to [0, 1].
-
-  Accumulated in float64 over chunks of images: a float32 sum over a whole dataset stops growing once
-  it reaches 2^24 (on CIFAR-10's 50,000 images every channel's "mean" came out 0.32768), and a float64
-  copy of the whole dataset would take 8 bytes per pixel.
-  """
+  """Per-channel mean and standard deviation of uint8 images (N, H, W, C) scaled to [0, 1]
+  (augment.channel_moments over chunks of `chunk` images; in float32, on CIFAR-10's 50,000 images
+  every channel's "mean" came out 0.32768)."""
   if images.dtype != np.uint8:  # token ids (text): nothing to standardize (augment.normalize)
     return np.zeros(1), np.ones(1)
-  channels = images.shape[-1]
-  total, total_sq = np.zeros(channels), np.zeros(channels)
-  for start in range(0, images.shape[0], chunk):
-    x = images[start:start + chunk].reshape(-1, channels).astype(np.float64) / 255.0
-    total += x.sum(axis=0)
-    total_sq += np.square(x).sum(axis=0)
-  count = images.size // channels
-  mean = total / count
-  std = np.sqrt(np.maximum(total_sq / count - np.square(mean), 0.0))
-  return mean, std
+  return augment_lib.channel_moments(
+      images[start:start + chunk] for start in range(0, images.shape[0], chunk))
+
+
+def standardization(mean, std) -> tuple:
+  """The float32 (mean, std) that augment.normalize uses, from channel statistics; 1e-8 is added to
+  std so that a constant channel stays finite."""
+  return np.asarray(mean).astype(np.float32), (np.asarray(std) + 1e-8).astype(np.float32)
 
 
 def device_data(dataset, train_indices, mesh, statistics, *, test_size: int = 0, extra_images=None
@@ -113,7 +108,7 @@ def device_data(dataset, train_indices, mesh, statistics, *, test_size: int = 0,
   `extra_images` (out-of-distribution images without labels) are appended to the train split with
   label -1; `test_size` > 0 keeps the first test_size test examples (smoke runs).
   """
-  mean, std = statistics
+  mean, std = standardization(*statistics)
   train_images = dataset.train_images[train_indices]
   train_labels = dataset.train_labels[train_indices].astype(np.int32)
   if extra_images is not None:
@@ -124,7 +119,7 @@ def device_data(dataset, train_indices, mesh, statistics, *, test_size: int = 0,
       train_images=train_images, train_labels=train_labels,
       test_images=dataset.test_images[:test_end],
       test_labels=dataset.test_labels[:test_end].astype(np.int32),
-      mean=mean.astype(np.float32), std=(std + 1e-8).astype(np.float32)), mesh)
+      mean=mean, std=std), mesh)
 
 
 def appended_ood_images(ood_dataset, count: int, seed: int):

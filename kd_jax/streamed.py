@@ -236,8 +236,7 @@ class StreamedData:
     mean, std = stream_lib.channel_statistics(
         source.train, self.augment, config.data.stream.statistics_examples,
         stream_lib.stream_seeds(config.seed, _STATISTICS_STREAM)[0], config.data.stream.threads)
-    self.mean, self.std = parallel.replicate(
-        (mean.astype(np.float32), (std + 1e-8).astype(np.float32)), mesh)
+    self.mean, self.std = parallel.replicate(pipeline.standardization(mean, std), mesh)
 
   def train_batches(self, batch_size: int, stream_key):
     return stream_lib.train_batches(

@@ -27,6 +27,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from kd_jax.errors import KdJaxError
 
@@ -483,6 +484,19 @@ def make_policy(name: str, cfg=None) -> Callable:
   return policy
 
 
+def channel_moments(batches) -> tuple:
+  """Per-channel (mean, std) of uint8 image batches (..., C) scaled to [0, 1], accumulated in float64
+  batch by batch: a float32 sum over a whole dataset stops growing once it reaches 2^24, and a float64
+  copy of it would take 8 bytes per pixel. The statistics `normalize` standardizes with."""
+  total = total_sq = 0.0
+  count = 0
+  for images in batches:
+    x = np.asarray(images).reshape(-1, images.shape[-1]).astype(np.float64) / MAX_VALUE
+    total = total + x.sum(axis=0)
+    total_sq = total_sq + np.square(x).sum(axis=0)
+    count += x.shape[0]
+  mean = total / count
+  return mean, np.sqrt(np.maximum(total_sq / count - np.square(mean), 0.0))
 
 
 def is_token_input(x) -> bool:

@@ -34,6 +34,7 @@ import pathlib
 import numpy as np
 import PIL.Image
 
+from kd_jax.data import augment as augment_lib
 from kd_jax.data import sources
 from kd_jax.errors import KdJaxError
 
@@ -382,12 +383,4 @@ def channel_statistics(source: StreamSource, augment: HostAugment, examples: int
   images = grain.MapDataset.source(picked.tolist()).map(
       lambda i: augment.evaluate(source[i][0])).to_iter_dataset(
           grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * max(threads, 1)))
-  total = total_sq = None
-  pixels = 0
-  for image in images:
-    x = image.reshape(-1, image.shape[-1]).astype(np.float64) / 255.0
-    total = x.sum(axis=0) if total is None else total + x.sum(axis=0)
-    total_sq = np.square(x).sum(axis=0) if total_sq is None else total_sq + np.square(x).sum(axis=0)
-    pixels += x.shape[0]
-  mean = total / pixels
-  return mean, np.sqrt(np.maximum(total_sq / pixels - np.square(mean), 0.0))
+  return augment_lib.channel_moments(images)
