@@ -63,7 +63,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kd_jax import config as config_lib
-from kd_jax import ensemble, evaluation, losses, parallel, runtime, train
+from kd_jax import ensemble, evaluation, losses, parallel, pipeline, runtime, train
 from kd_jax.data import augment as augment_lib
 from kd_jax.models import build_model, lenet
 
@@ -210,14 +210,10 @@ def synthetic_data(num_train: int, num_classes: int, mesh,
   num_test = 1_000
   images = rng.integers(0, 256, (num_train + num_test, *image_shape), dtype=np.uint8)
   labels = rng.integers(0, num_classes, num_train + num_test).astype(np.int32)
-  # Per-channel statistics without a float copy of the whole set (numpy casts in chunks).
-  pixels = images[:num_train].reshape(-1, image_shape[-1])
-  mean = pixels.mean(axis=0, dtype=np.float64) / 255.0
-  std = pixels.std(axis=0, dtype=np.float64) / 255.0 + 1e-8
+  mean, std = pipeline.standardization(*pipeline.channel_statistics(images[:num_train]))
   return parallel.replicate(train.DeviceData(
       train_images=images[:num_train], train_labels=labels[:num_train],
-      test_images=images[num_train:], test_labels=labels[num_train:],
-      mean=mean.astype(np.float32), std=std.astype(np.float32)), mesh)
+      test_images=images[num_train:], test_labels=labels[num_train:], mean=mean, std=std), mesh)
 
 
 def _model(case: Case):
