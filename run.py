@@ -39,11 +39,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def resolved_config(config_spec: str, overrides):
-  """The config file's config with the overrides applied and validated."""
-  from kd_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  config = cli.apply_overrides(cli.load_config_file(config_spec), overrides)
-  config_lib.validate(config)
-  return config
+  """The config file's config with the overrides applied (kd_jax.study.run validates it)."""
+  return cli.apply_overrides(cli.load_config_file(config_spec), overrides)
 
 
 def main(argv) -> None:
@@ -53,6 +50,8 @@ def main(argv) -> None:
     args = _parser().parse_args(rest)
     config = resolved_config(args.config, overrides)
     if args.print_config:
+      from kd_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+      config_lib.validate(config)
       print(config.to_json_best_effort(indent=2, sort_keys=True))
       return
     if not args.workdir:
@@ -60,11 +59,11 @@ def main(argv) -> None:
                        "run to resume).")
     runtime.setup_process()
     import jax  # pylint: disable=g-import-not-at-top (after setup_process: XLA flags, cache)
-    from kd_jax import pipeline  # pylint: disable=g-import-not-at-top
+    from kd_jax import study  # pylint: disable=g-import-not-at-top
     if args.distributed:
       jax.distributed.initialize(coordinator_address=args.coordinator_address,
                                  num_processes=args.num_processes, process_id=args.process_id)
-    pipeline.run(config, args.workdir)
+    study.run(config, args.workdir)
   except KdJaxError as e:
     cli.fail(e)
   except (Interrupted, KeyboardInterrupt):

@@ -2,8 +2,10 @@
 
 A config file in configs/ starts from `default_config()` and changes what its experiment needs; every
 field is listed here once, with its meaning, so `--config.<key>=value` overrides have one reference
-(the augmentation policies' options in config.distill come from kd_jax.data.augment.DEFAULTS, where
-each is explained).
+(the augmentation policies' options in config.distill come from kd_jax.data.policy.DEFAULTS, where
+each is explained). The valid values of every choice field are stated here, once; the modules that
+implement them import them from here. Importing this module does not import JAX, so that reading and
+planning runs (kd_jax/experiments/) stays light.
 Where the paper's original code (samuelstanton/gnosis) is the reference, the defaults reproduce it and
 our alternatives are named options (model.head, model.pooling, distill.loss, distill.mixup_lambda,
 distill.rotate_interpolation, distill.synthetic_batch_norm).
@@ -11,12 +13,9 @@ distill.rotate_interpolation, distill.synthetic_batch_norm).
 
 import ml_collections
 
-from kd_jax import ensemble, losses
-from kd_jax.data import augment
+from kd_jax.data import policy
 from kd_jax.data.text import SOURCES as TEXT_SOURCES
-from kd_jax.data import stream
 from kd_jax.errors import KdJaxError
-from kd_jax.models import LENET_POOLINGS, VGG_HEADS
 
 PRECISIONS = ("fp32", "bf16")
 OPTIMIZERS = ("sgd", "adam")
@@ -26,7 +25,17 @@ BATCH_STATS_INITS = ("reestimate", "interpolate")
 OOD_MODES = ("append", "replace")
 STUDIES = ("kd", "gan")
 SYNTHETIC_BATCH_NORMS = ("batch", "running")
-ENSEMBLE_METHODS = ensemble.METHODS  # stated once, where they are implemented
+# How the members of a stacked ensemble run in one step (kd_jax/ensemble.py).
+ENSEMBLE_METHODS = ("auto", "vmap", "unroll", "scan")
+# L_KD (kd_jax/losses.py, where each kind's docstring gives its formula): the original code's kinds
+# first, then ours.
+KD_LOSSES = ("forward_kl", "reverse_ce", "symmetric_kl", "brier", "hard_argmax", "hard_sample",
+             "reverse_kl", "symmetric_kl_tau2", "brier_tau2")
+# Data paths (kd_jax/data/stream.py): auto streams when the decoded set is too large.
+PIPELINES = ("auto", "memory", "stream")
+STREAM_TRAIN_AUGMENTS = ("random_resized_crop_flip", "center_crop")
+VGG_HEADS = ("dropout_mlp", "linear")  # kd_jax/models/vgg.py
+LENET_POOLINGS = ("avg", "max")  # kd_jax/models/lenet.py
 
 
 def optimizer_config(**overrides) -> ml_collections.ConfigDict:
@@ -88,7 +97,7 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
       # Where the images live during training (ignored for distill.ood_data, always in memory).
       # memory: the whole dataset decoded once and held on every device (augmentation on the
       # device, kd_jax/data/augment.py). stream: read from disk as training goes (tfds array_record
-      # or an image folder; grain, kd_jax/data/stream.py and kd_jax/streamed.py), decoded and
+      # or an image folder; grain, kd_jax/data/stream.py and kd_jax/study/streamed.py), decoded and
       # cropped on the host, its position checkpointed, exact resume. auto: stream when the decoded
       # train + test images exceed memory_limit_mb or differ in size (ImageNet), else memory.
       pipeline="auto",
@@ -118,7 +127,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.seed = 0  # fixes teachers (member i uses seed's i-th stream), student and data order
   c.precision = "fp32"  # fp32 | bf16 (bf16 compute; fp32 parameters, optimizer state and loss)
   c.ensemble_method = "auto"  # how stacked teachers run in a step: auto | vmap | unroll | scan
-  # What run.py runs: 'kd' (teachers -> student -> evaluation, kd_jax/pipeline.py) | 'gan' (an SN-GAN
+  # What run.py runs: 'kd' (teachers -> student -> evaluation, kd_jax/study/) | 'gan' (an SN-GAN
   # on config.data's train split, kd_jax/gan.py; its generator is distill.synthetic_workdir's).
   c.study = "kd"
 
@@ -165,15 +174,15 @@ def default_config() -> ml_collections.ConfigDict:
   c.distill = ml_collections.ConfigDict(dict(
       temperature=4.0,  # tau, shared by teacher and student
       alpha=0.0,  # weight of the label NLL; 0 = pure distillation
-      # L_KD: one of kd_jax.losses.KD_KINDS, where each kind's docstring gives its formula and whether
-      # it is the original code's (losses.ORIGINAL_KD_KINDS, its scaling exactly) or ours.
+      # L_KD: one of KD_LOSSES (kd_jax/losses.py, where each kind's docstring gives its formula and
+      # whether it is the original code's (losses.ORIGINAL_KD_KINDS, its scaling exactly) or ours).
       loss="forward_kl",  # the paper's Eq. 1
       augment="",  # distillation-data policy, e.g. crop_flip+rotate, mixup, noise ('' = data.augment)
       # The policies' options, with their defaults and meanings stated once in
-      # kd_jax.data.augment.DEFAULTS: rotate_degrees, color_jitter, mixup_alpha, mixup_lambda
+      # kd_jax.data.policy.DEFAULTS: rotate_degrees, color_jitter, mixup_alpha, mixup_lambda
       # (batch: one lambda per batch, the original | example: one per image, ours),
       # rotate_interpolation (nearest, the original | bilinear, ours), cutmix_alpha, noise_prob.
-      **augment.DEFAULTS,
+      **policy.DEFAULTS,
       data_split="all",  # all | d0 | d1: the part of the train set the student is distilled on
       # Out-of-distribution images (e.g. SVHN), used when ood_data.source is set, labelled only by the
       # teachers. ood_mode 'append' (the original code): ood_examples images of a seeded shuffle of
@@ -263,9 +272,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_choice(config.study, STUDIES, "study")
   _check_choice(config.precision, PRECISIONS, "precision")
   _check_choice(config.ensemble_method, ENSEMBLE_METHODS, "ensemble_method")
-  _check_choice(config.distill.loss, losses.KD_KINDS, "distill.loss")
-  _check_choice(config.distill.mixup_lambda, augment.MIXUP_LAMBDAS, "distill.mixup_lambda")
-  _check_choice(config.distill.rotate_interpolation, augment.ROTATE_INTERPOLATIONS,
+  _check_choice(config.distill.loss, KD_LOSSES, "distill.loss")
+  _check_choice(config.distill.mixup_lambda, policy.MIXUP_LAMBDAS, "distill.mixup_lambda")
+  _check_choice(config.distill.rotate_interpolation, policy.ROTATE_INTERPOLATIONS,
                 "distill.rotate_interpolation")
   for phase in ("teacher", "student"):
     cfg = config[phase]
@@ -337,14 +346,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.data.image_size < 0:
     raise KdJaxError(f"config.data.image_size={config.data.image_size} must be >= 0 (0 = native).")
   if config.data.source in TEXT_SOURCES:
-    for key, policy in (("data.augment", config.data.augment),
-                        ("distill.augment", config.distill.augment or "none")):
-      if augment.parse_policy(policy):
-        raise KdJaxError(f"config.{key}={policy!r} transforms images; text data (data.source="
+    for key, policy_name in (("data.augment", config.data.augment),
+                             ("distill.augment", config.distill.augment or "none")):
+      if policy.parse_policy(policy_name):
+        raise KdJaxError(f"config.{key}={policy_name!r} transforms images; text data (data.source="
                          f"{config.data.source!r}) needs config.data.augment='none' and "
                          "config.distill.augment=''.")
-  _check_choice(config.data.pipeline, stream.PIPELINES, "data.pipeline")
-  _check_choice(config.data.stream.train_augment, stream.TRAIN_AUGMENTS,
+  _check_choice(config.data.pipeline, PIPELINES, "data.pipeline")
+  _check_choice(config.data.stream.train_augment, STREAM_TRAIN_AUGMENTS,
                 "data.stream.train_augment")
   _check_positive(config.data.memory_limit_mb, "data.memory_limit_mb")
   for key in ("crop_size", "threads", "prefetch_batches"):

@@ -16,9 +16,10 @@ choice, not yet a measurement: benchmarks/kd_step.py --method unroll vmap scan m
 import jax
 import jax.numpy as jnp
 
+from kd_jax import config
 from kd_jax.models import lenet
 
-METHODS = ("auto", "vmap", "unroll", "scan")
+METHODS = config.ENSEMBLE_METHODS
 
 
 def resolve_method(method: str) -> str:

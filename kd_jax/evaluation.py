@@ -3,7 +3,7 @@
 - `Evaluator.teacher_logits` / `student_logits`: one compiled, chunked pass of a model over a whole split
   (clean images, eval-mode BatchNorm), with progress lines on long passes. The run computes each model's
   logits on each split once and passes them around: the teachers' logits on the distillation set also
-  serve as cached distillation targets (kd_jax/pipeline.py), and the independent baseline reuses the
+  serve as cached distillation targets (kd_jax/study/memory.py), and the independent baseline reuses the
   ensemble's test logits.
 - `split_metrics`: accuracy, NLL and ECE for each teacher, the ensemble and the student, and agreement
   and KL(ensemble || student), from those logits; per-example values in float32 on the device, dataset
@@ -21,11 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kd_jax import ensemble, losses, metrics, parallel
+from kd_jax import ensemble, losses, metrics, parallel, progress
 from kd_jax.data import augment as augment_lib
 
 # A pass over a split that takes longer than this prints progress lines this often.
-PROGRESS_SECONDS = 10.0
 
 
 def eval_batch_size(requested: int, smallest_split: int, mesh) -> int:
@@ -39,7 +38,7 @@ def make_predict_fn(apply_fn: Callable, *, batch_size: int, mesh, compute_dtype=
   `apply_fn(variables, x)` gives (..., B, C) logits for a normalized batch; the images stay on device
   and are cut into fixed-size chunks inside one compiled function (the last chunk overlaps the one
   before it instead of being padded, so there is a single compilation). With a `label`, a pass that
-  runs longer than PROGRESS_SECONDS prints how far it got.
+  runs longer than progress.PROGRESS_SECONDS prints how far it got.
   """
 
   # Replicated logits: the host reads them whole in every process of a multi-process run.
@@ -59,7 +58,7 @@ def make_predict_fn(apply_fn: Callable, *, batch_size: int, mesh, compute_dtype=
       clamped = min(start, num_images - batch_size)
       logits = predict_chunk(variables, images, clamped, mean, std)
       chunks.append(logits[..., start - clamped:, :])
-      if label and time.time() - last_report > PROGRESS_SECONDS:
+      if label and time.time() - last_report > progress.PROGRESS_SECONDS:
         jax.block_until_ready(logits)
         last_report = time.time()
         done = min(start + batch_size, num_images)

@@ -109,7 +109,9 @@ def _array_batches(images, batch_size: int):
 
 def _load_classifier(workdir: str, member: int):
   """(model, variables, dataset, mean, std) of teacher `member` of a kd_jax workdir."""
-  from kd_jax import parallel, pipeline  # pylint: disable=g-import-not-at-top
+  from kd_jax import parallel  # pylint: disable=g-import-not-at-top
+  from kd_jax.data import placement  # pylint: disable=g-import-not-at-top
+  from kd_jax.study import teachers  # pylint: disable=g-import-not-at-top
   from kd_jax.data import load_dataset  # pylint: disable=g-import-not-at-top
   from kd_jax.models import build_model  # pylint: disable=g-import-not-at-top
   path = os.path.join(workdir, workdir_lib.CONFIG_FILE)
@@ -120,9 +122,9 @@ def _load_classifier(workdir: str, member: int):
   dataset = load_dataset(config.data)
   model = build_model(config.teacher.model, dataset.num_classes)
   image_shape = tuple(dataset.train_images.shape[1:])
-  variables = jax.tree.map(lambda x: x[member], pipeline.load_teachers(
+  variables = jax.tree.map(lambda x: x[member], teachers.load_teachers(
       model, workdir, member + 1, image_shape, parallel.make_mesh()))
-  mean, std = pipeline.standardization(*pipeline.channel_statistics(dataset.train_images))
+  mean, std = placement.standardization(*placement.channel_statistics(dataset.train_images))
   return model, variables, dataset, mean, std
 
 

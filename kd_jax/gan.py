@@ -2,7 +2,7 @@
 
     python run.py --config=configs/gan_fashion_mnist.py --workdir=runs/gan_fmnist
 
-trains the SN-GAN of kd_jax/models/sngan.py on config.data's train split with the original code's
+trains (kd_jax/study/gan.py drives the run) the SN-GAN of kd_jax/models/sngan.py on config.data's train split with the original code's
 recipe (samuelstanton/gnosis, gnosis/boilerplate/gan_epoch.py, config/image_generation.yaml): hinge
 loss, Adam (beta1 0, beta2 0.9) for both networks with one learning rate decaying linearly over the
 generator updates, and per generator update `discriminator_steps` discriminator updates, each on the
@@ -29,11 +29,10 @@ import ml_collections
 import numpy as np
 import optax
 
-from kd_jax import checkpoint, loop, parallel, pipeline, runtime, train
+from kd_jax import checkpoint, parallel, train
 from kd_jax import config as config_lib
 from kd_jax import workdir as workdir_lib
-from kd_jax.data import augment as augment_lib
-from kd_jax.data import load_dataset
+from kd_jax.data.placement import DeviceData
 from kd_jax.errors import KdJaxError
 from kd_jax.models import sngan
 
@@ -135,7 +134,7 @@ def make_train_step(generator, discriminator, cfg, *, augment, mesh):
     direction, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, jax.tree.map(lambda u: -rate * u, direction)), opt_state
 
-  def step(state: GanState, data: train.DeviceData):
+  def step(state: GanState, data: DeviceData):
     key = train.step_key(state)
     rate = schedule(state.step)
 
@@ -270,70 +269,6 @@ def load_generator(workdir: str, image_shape):
   return functools.partial(make_sampler, generator, saved.gan.z_dim), variables
 
 
-def run(config, workdir: str) -> dict:
-  """Trains (or resumes) the SN-GAN of `config` in `workdir`; returns its results."""
-  config_lib.validate(config)
-  cfg = config.gan
-  augment = augment_lib.make_policy(cfg.augment)
-  if math.isqrt(cfg.sample_grid) ** 2 != cfg.sample_grid:
-    raise KdJaxError(f"config.gan.sample_grid={cfg.sample_grid} must be a square number (e.g. 64).")
-  dataset = load_dataset(config.data)
-  image_shape = tuple(dataset.train_images.shape[1:])
-  try:
-    generator, discriminator = sngan.build(cfg, image_shape)
-  except ValueError as e:
-    raise KdJaxError(f"config.data: {e}; the SN-GAN needs square images of such a size.") from e
-  num_train = dataset.train_images.shape[0]
-  if cfg.batch_size > num_train:
-    raise KdJaxError(f"config.gan.batch_size={cfg.batch_size} exceeds the {num_train} training "
-                     "images; lower it.")
-  mesh = parallel.make_mesh()
-  parallel.check_batch_size(cfg.batch_size, mesh, "config.gan.batch_size")
-  workdir = os.path.abspath(workdir)
-  resuming = workdir_lib.prepare(workdir, config)
-
-  # Only the training images matter; normalization statistics are unused (the GAN reads [-1, 1]).
-  channels = image_shape[-1]
-  data = parallel.replicate(train.DeviceData(
-      train_images=dataset.train_images, train_labels=dataset.train_labels.astype(np.int32),
-      test_images=dataset.test_images[:1], test_labels=dataset.test_labels[:1].astype(np.int32),
-      mean=np.zeros(channels, np.float32), std=np.ones(channels, np.float32)), mesh)
-  log = workdir_lib.MetricsLog(workdir)
-  print(f"kd_jax GAN: {dataset.name} ({num_train} train images {image_shape}) on "
-        f"{mesh.devices.size} {jax.default_backend()} device(s); workdir {workdir}"
-        f"{' (resuming)' if resuming else ''}", flush=True)
-  log.write({"event": "resume" if resuming else "start", "devices": int(mesh.devices.size),
-             "backend": jax.default_backend()})
-  key = jax.random.PRNGKey(config.seed)
-  fresh = jax.jit(lambda r: create_state(generator, discriminator, cfg, r, image_shape),
-                  out_shardings=parallel.replicated_sharding(mesh))(key)
-  step_fn = make_train_step(generator, discriminator, cfg, augment=augment, mesh=mesh)
-  manager = checkpoint.make_manager(os.path.join(workdir, "gan"))
-  state, start = checkpoint.restore_latest(manager, fresh)
-  if start:
-    print(f"[gan] resuming at step {start}/{cfg.steps}", flush=True)
-  real_per_step = cfg.batch_size * cfg.discriminator_steps
-  phase = loop.Phase(name="gan", total=cfg.steps, steps_per_epoch=max(num_train // real_per_step, 1),
-                     images_per_step=real_per_step, learning_rate=learning_rate_schedule(cfg),
-                     hint="config.gan.learning_rate")
-  state = pipeline.fit_phase(config, workdir, log, functools.partial(step_fn, data=data), state,
-                             phase, manager, start)
-  variables = jax.device_get({"params": state.generator, "batch_stats": state.generator_stats})
-  with runtime.deferred_signals():
-    checkpoint.save_variables(os.path.join(workdir, GENERATOR_DIR), variables)
-  runtime.raise_if_stopped()
-  sample = jax.jit(make_sampler(generator, cfg.z_dim, "running"), static_argnums=2)
-  grid = sample_grid(sample(variables, jax.random.fold_in(key, 1), cfg.sample_grid))
-  write_png(os.path.join(workdir, SAMPLES_FILE), grid)
-  results = {"gan": {"steps": int(state.step), "samples": SAMPLES_FILE,
-                     "generator": GENERATOR_DIR}}
-  workdir_lib.write_results(workdir, results)
-  workdir_lib.release(workdir)
-  print(f"[gan] done: generator in {os.path.join(workdir, GENERATOR_DIR)}, samples in "
-        f"{os.path.join(workdir, SAMPLES_FILE)}", flush=True)
-  return results
-
-
-__all__ = ["run", "load_generator", "make_sampler", "make_train_step", "create_state", "to_unit",
+__all__ = ["load_generator", "make_sampler", "make_train_step", "create_state", "to_unit",
            "to_pixels", "discriminator_hinge_loss", "generator_hinge_loss", "sample_grid",
            "write_png"]

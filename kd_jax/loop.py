@@ -1,10 +1,11 @@
 """The training loop shared by every phase: steps, progress lines, metrics, checkpoints, and stopping.
 
-    state = loop.fit(step_fn, state, phase=Phase(...), manager=manager, start=start, log=log, ...)
+    state = loop.fit(step_fn, state, phase=Phase(...), manager=manager, start=start, log=log,
+                     settings=Settings(...))
 
 `step_fn(state) -> (state, metrics)` is a compiled step with everything else it reads already bound
 (functools.partial at the call site says what a step receives). The loop:
-- keeps at most `max_steps_ahead` steps in flight: the host blocks on the metrics of the step that many
+- keeps at most `settings.max_steps_ahead` steps in flight: the host blocks on the metrics of the step that many
   steps back. Unbounded run-ahead queued so many steps on forced multi-device CPU runs that XLA's
   all-reduce rendezvous timed out; a few steps in flight keep an accelerator busy all the same;
 - checks every step's metrics as they arrive (loss, metrics and the parameter norm): the first
@@ -27,15 +28,14 @@ from typing import Callable, Optional
 import jax
 import numpy as np
 
-from kd_jax import checkpoint, runtime
+from kd_jax import checkpoint, progress, runtime
 from kd_jax.errors import DivergedError, Interrupted
 from kd_jax.study_plan import StudyPlan
 
 # Steps the host may dispatch before it waits for the oldest one (see the module docstring).
 MAX_STEPS_AHEAD = 4
-# Between log lines, a short progress line (no metrics) at most this often, so that a phase whose
-# log_every_steps is far away still shows that it runs and when it will end.
-PROGRESS_SECONDS = 30.0
+# Between log lines, a short progress line (no metrics) every progress.PROGRESS_SECONDS, so that a
+# phase whose log_every_steps is far away still shows that it runs and when it will end.
 
 
 @dataclasses.dataclass
@@ -54,9 +54,19 @@ class Phase:
   evaluate_every: int = 0
   profile_dir: str = ""  # where a jax.profiler trace of `profile_steps` steps goes (TensorBoard's
   # profile plugin reads it)
-  # Streamed input (kd_jax/streamed.py): step -> the data iterator's position after that many steps,
+  # Streamed input (kd_jax/study/streamed.py): step -> the data iterator's position after that many steps,
   # saved in the same checkpoint as the state (the host reads batches ahead of the steps it saves).
   data_position: Optional[Callable] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """How a run logs, checkpoints and profiles its phases (config.log_every_steps,
+  config.checkpoint_every_steps, config.profile_steps)."""
+  log_every: int
+  checkpoint_every: int
+  profile_steps: int = 0
+  max_steps_ahead: int = MAX_STEPS_AHEAD
 
 
 def format_duration(seconds: float) -> str:
@@ -84,13 +94,16 @@ class _Window:
     return {k: float(np.mean([np.mean(m[k]) for m in self.metrics])) for k in self.metrics[0]}
 
 
-def fit(step_fn: Callable, state, *, phase: Phase, manager, start: int, log, log_every: int,
-        checkpoint_every: int, max_steps_ahead: int = MAX_STEPS_AHEAD, profile_steps: int = 0,
+def fit(step_fn: Callable, state, *, phase: Phase, manager, start: int, log, settings: Settings,
         study: Optional[StudyPlan] = None):
   """Runs step_fn from step `start` to `phase.total` (see the module docstring); returns the state.
 
   `study`, the plan of the study this phase belongs to, adds the study's ETA to progress lines.
+  The loop is one function, longer than most here, so that what happens between two steps reads top
+  to bottom in one place; its closures are the parts (check, save, log a line).
   """
+  log_every, checkpoint_every = settings.log_every, settings.checkpoint_every
+  profile_steps, max_steps_ahead = settings.profile_steps, settings.max_steps_ahead
   step = start
   saved_step = start if start else None  # the checkpoint on disk that `state` was restored from
   in_flight = []  # (step number, metrics on device), oldest first
@@ -175,7 +188,7 @@ def fit(step_fn: Callable, state, *, phase: Phase, manager, start: int, log, log
         check(keep=0)
         log_line()
         last_progress = time.time()
-      elif time.time() - last_progress > PROGRESS_SECONDS:
+      elif time.time() - last_progress > progress.PROGRESS_SECONDS:
         last_progress = time.time()
         elapsed = last_progress - window.start_time
         rate = (step - window.start_step) / elapsed if elapsed > 0 else 0.0

@@ -207,7 +207,7 @@ _OUR_KD_LOSSES = {
 }
 _KD_LOSSES = {**_ORIGINAL_KD_LOSSES, **_OUR_KD_LOSSES}
 
-# The valid values of `distillation_loss(kind=...)` and of config.distill.loss (the one list of them).
+# The valid values of `distillation_loss(kind=...)`: config.KD_LOSSES, in its order (tested).
 KD_KINDS = tuple(_KD_LOSSES)
 # The kinds that reproduce the paper's original code exactly.
 ORIGINAL_KD_KINDS = tuple(_ORIGINAL_KD_LOSSES)

@@ -13,9 +13,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from kd_jax import ensemble, losses, metrics, parallel
+from kd_jax import distill, ensemble, losses, metrics, parallel
 from kd_jax.data import augment as augment_lib
 from kd_jax.data import order
+from kd_jax.data.placement import DeviceData
 
 # fold_in tags that separate the RNG streams derived from one state key.
 _ORDER_STREAM, _STEP_STREAM, _DROPOUT_STREAM = 0, 1, 2
@@ -29,18 +30,6 @@ class TrainState:
   batch_stats: Any  # {} for models without BatchNorm
   opt_state: Any
   rng: jax.Array  # raw uint32 key; data order and augmentation derive from it and `step`
-
-
-@flax.struct.dataclass
-class DeviceData:
-  """A whole small dataset, replicated on every device, as uint8 images (or int32 token ids, text) and
-  int32 labels."""
-  train_images: jax.Array
-  train_labels: jax.Array
-  test_images: jax.Array
-  test_labels: jax.Array
-  mean: jax.Array  # per-channel, of the training images scaled to [0, 1] (text: 0, unused)
-  std: jax.Array  # (text: 1, unused)
 
 
 def model_variables(state: TrainState) -> dict:
@@ -204,70 +193,28 @@ def teacher_logits_fn(teacher, method: str):
   return ensemble_logits
 
 
-def synthetic_count(fraction: float, batch_size: int) -> int:
-  """Synthetic images per batch: int(fraction * batch_size), the original's rounding down (25 of
-  128 at 0.2)."""
-  return int(fraction * batch_size)
+def make_distill_step(student, teacher, tx, spec: distill.DistillSpec, mesh):
+  """Compiled distillation step: teacher-ensemble forward + student forward/backward + update, fused,
+  as `spec` (kd_jax/distill.py) describes.
 
-
-def _mixed_objective(student_logits, *, teacher_logits, num_synthetic, temperature,
-                     synthetic_temperature, kind, rng):
-  """Pure distillation loss over a batch whose last num_synthetic rows are synthetic: the mean over
-  all B rows of L_KD at `temperature` (real rows) or `synthetic_temperature` (synthetic rows), i.e.
-  (R * mean_real + S * mean_synthetic) / B, as the original's per-example temperatures."""
-  real = student_logits.shape[0] - num_synthetic
-  parts = ((slice(0, real), temperature, real), (slice(real, None), synthetic_temperature,
-                                                 num_synthetic))
-  total = 0.0
-  for rows, tau, count in parts:
-    total += count * losses.distillation_loss(student_logits[rows], teacher_logits[rows], None,
-                                              alpha=0.0, temperature=tau, kind=kind, rng=rng)
-  return total / student_logits.shape[0]
-
-
-def make_distill_step(student, teacher, tx, *, batch_size: int, augment: Callable, mesh,
-                      temperature: float, alpha: float, loss_kind: str = "forward_kl",
-                      ood_fraction: float = 0.0, cached_teacher_logits: bool = False,
-                      compute_dtype=jnp.float32, method: str = "auto", streamed: bool = False,
-                      synthetic_sampler: Callable = None, synthetic_fraction: float = 0.0,
-                      synthetic_temperature: float = 1.0):
-  """Compiled distillation step: teacher-ensemble forward + student forward/backward + update, fused.
-
-  step(state, teacher, data, ood_images) -> (state, metrics). `teacher` is the stacked teacher
-  variables, whose ensemble runs inside the step on the same augmented batch as the student and
-  receives no gradient; or, with cached_teacher_logits, an (N, C) table of the ensemble's logits on
-  `data.train_images`, computed once when the distillation images are not augmented (they never
-  change, so neither do the teacher's outputs), from which the step gathers its batch's rows.
-
-  With ood_fraction > 0, that fraction of each batch is replaced by random images of `ood_images`
-  (labelled only by the teacher; their label is -1 and they are left out of the logged accuracy).
-
-  With synthetic_fraction > 0 (paper Fig. 4, the original's synth_ratio), each batch is
-  batch_size - S real images, augmented, followed by S = floor(synthetic_fraction * batch_size)
-  images of `synthetic_sampler(generator_variables, key, S)` ([0, 255] scale, no gradient into the
-  generator), not augmented, labelled -1; the teachers label them in the same step, at
-  synthetic_temperature (the real ones at `temperature`). The loss is the mean over all B images.
+  step(state, teacher_inputs, data, ood_images, generator_variables) -> (state, metrics).
+  `teacher_inputs` is the stacked teacher variables, whose ensemble runs inside the step on the same
+  augmented batch as the student and receives no gradient; or, with spec.teachers == CACHED_LOGITS,
+  an (N, C) table of the ensemble's logits on `data.train_images`, from which the step gathers its
+  batch's rows. `ood_images` (spec.extra an OodReplacement: the batch's last rows are random images of
+  it, label -1, left out of the logged accuracy) and `generator_variables` (spec.extra SyntheticImages:
+  the generator's samples follow the real rows; no gradient reaches the generator) are None otherwise.
 
   The logged `loss` is the objective minus its value for a student that equals the teacher (for the
   paper's loss, tau^2 KL(p_t^tau || p_s^tau) instead of the cross-entropy): 0 at a perfect match, with
   the same gradient, since the subtracted term does not depend on the student.
 
-  With streamed=True the step is step(state, teacher, images, labels, mean, std): the batch arrives
-  from the host (kd_jax/streamed.py; uint8 images, int32 labels) instead of being drawn from on-device
-  data, and goes through the same update (no OOD mixing, no cached logits).
+  With spec.streamed the step is step(state, teacher_variables, images, labels, mean, std): the batch
+  arrives from the host (kd_jax/study/streamed.py; uint8 images, int32 labels) instead of being drawn
+  from on-device data, and goes through the same update.
   """
-  if streamed and (cached_teacher_logits or ood_fraction or synthetic_fraction):
-    raise ValueError("a streamed distillation step runs the teachers in the step, without OOD or "
-                     "synthetic images")
-  num_ood = int(round(ood_fraction * batch_size))
-  if cached_teacher_logits and num_ood:
-    raise ValueError("cached teacher logits need a fixed distillation set; ood_fraction draws "
-                     "fresh out-of-distribution images each step")
-  num_synthetic = synthetic_count(synthetic_fraction, batch_size)
-  if cached_teacher_logits and num_synthetic:
-    raise ValueError("cached teacher logits need a fixed distillation set; synthetic images are "
-                     "drawn fresh each step")
-  ensemble_logits = teacher_logits_fn(teacher, method)
+  batch_size, num_ood, num_synthetic = spec.batch_size, spec.num_ood, spec.num_synthetic
+  ensemble_logits = teacher_logits_fn(teacher, spec.ensemble_method)
 
   def step(state: TrainState, teacher_inputs, data: DeviceData, ood_images=None,
            generator_variables=None):
@@ -279,7 +226,7 @@ def make_distill_step(student, teacher, tx, *, batch_size: int, augment: Callabl
       picked = jax.random.randint(ood_key, (num_ood,), 0, ood_images.shape[0])
       images = jnp.concatenate([images[:batch_size - num_ood], ood_images[picked]])
       labels = jnp.concatenate([labels[:batch_size - num_ood], jnp.full((num_ood,), -1, jnp.int32)])
-    if cached_teacher_logits:
+    if spec.cached:
       teacher_inputs = teacher_inputs[indices]  # the batch's rows of the cached logits
     return update(state, teacher_inputs, images, labels, data.mean, data.std, generator_variables)
 
@@ -288,24 +235,22 @@ def make_distill_step(student, teacher, tx, *, batch_size: int, augment: Callabl
     """The step after its batch is drawn: augment, normalize, synthetic images, teachers, student,
     update."""
     augment_key, loss_key, _ = jax.random.split(step_key(state), 3)
-    x = augment_lib.normalize(augment(augment_key, images), mean, std, compute_dtype)
+    x = augment_lib.normalize(spec.augment(augment_key, images), mean, std, spec.compute_dtype)
     if num_synthetic:
       synthetic_key = jax.random.fold_in(step_key(state), _SYNTHETIC_STREAM)
-      synthetic = synthetic_sampler(generator_variables, synthetic_key, num_synthetic)
-      x = jnp.concatenate([x, augment_lib.normalize(synthetic, mean, std, compute_dtype)])
+      synthetic = spec.extra.sampler(generator_variables, synthetic_key, num_synthetic)
+      x = jnp.concatenate([x, augment_lib.normalize(synthetic, mean, std, spec.compute_dtype)])
       labels = jnp.concatenate([labels, jnp.full((num_synthetic,), -1, jnp.int32)])
     x = parallel.shard_batch(x, mesh)
-    if cached_teacher_logits:
+    if spec.cached:
       teacher_logits = parallel.shard_batch(teacher_inputs, mesh)
     else:
       teacher_logits = ensemble_logits(teacher_inputs, x)
-    objective = functools.partial(losses.distillation_loss, teacher_logits=teacher_logits,
-                                  labels=labels, alpha=alpha, temperature=temperature,
-                                  kind=loss_kind, rng=loss_key)
     if num_synthetic:
-      objective = functools.partial(_mixed_objective, teacher_logits=teacher_logits,
-                                    num_synthetic=num_synthetic, temperature=temperature,
-                                    synthetic_temperature=synthetic_temperature, kind=loss_kind,
+      objective = functools.partial(distill.mixed_objective, spec.method, teacher_logits=teacher_logits,
+                                    labels=labels, rng=loss_key, synthetic=spec.extra)
+    else:
+      objective = functools.partial(spec.method.loss, teacher_logits=teacher_logits, labels=labels,
                                     rng=loss_key)
 
     def loss_fn(params):
@@ -323,5 +268,5 @@ def make_distill_step(student, teacher, tx, *, batch_size: int, augment: Callabl
     return new_state, step_metrics
 
   replicated = parallel.replicated_sharding(mesh)
-  return jax.jit(update if streamed else step, donate_argnums=0,
+  return jax.jit(update if spec.streamed else step, donate_argnums=0,
                  out_shardings=(replicated, replicated))

@@ -1,4 +1,5 @@
-"""What a run keeps in its workdir: config.json (its identity), metrics.jsonl, checkpoints, results.json.
+"""What a run keeps in its workdir: config.json (its identity), checkpoints, results.json (metrics.jsonl:
+kd_jax/metrics_log.py).
 
 A workdir belongs to one config: rerunning the same config resumes it, a different config is refused
 before anything is written, and a folder kd_jax did not create is never written into. One process
@@ -23,7 +24,6 @@ import ml_collections
 
 from kd_jax import config as config_lib
 from kd_jax import files
-from kd_jax.tensorboard import EventWriter
 from kd_jax.errors import KdJaxError
 
 CONFIG_FILE = "config.json"
@@ -52,14 +52,14 @@ def flatten_config(tree: dict, prefix: str = "") -> dict:
   return flat
 
 
-def _process_index() -> int:
+def process_index() -> int:
   # Imported here so that reading workdirs (kd_jax.report, sweep planning) does not pay for JAX.
   import jax  # pylint: disable=g-import-not-at-top
   return jax.process_index()
 
 
-def _is_main_process() -> bool:
-  return _process_index() == 0
+def is_main_process() -> bool:
+  return process_index() == 0
 
 
 def _sync(name: str) -> None:
@@ -132,7 +132,7 @@ def prepare(workdir: str, config: ml_collections.ConfigDict) -> bool:
   resuming = check(workdir, config)
   _sync("kd_jax workdir checked")
   error = None
-  if _is_main_process():
+  if is_main_process():
     try:
       os.makedirs(workdir, exist_ok=True)
       lock(workdir)
@@ -241,38 +241,6 @@ def release(workdir: str) -> None:
 # ---------------------------------------------------------------------------------------------------
 # Writing
 
-def _finite_or_none(value):
-  if isinstance(value, float) and not math.isfinite(value):
-    return None
-  if isinstance(value, dict):
-    return {k: _finite_or_none(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_finite_or_none(v) for v in value]
-  return value
-
-
-class MetricsLog:
-  """Appends one JSON object per logged step or evaluation to metrics.jsonl (process 0 only).
-
-  A non-finite number is written as null (valid JSON); readers skip a last line cut short by a kill.
-  The same numbers go to TensorBoard event files in the workdir (kd_jax/tensorboard.py).
-  """
-
-  def __init__(self, workdir: str, tensorboard: bool = True):
-    self.path = os.path.join(workdir, METRICS_FILE)
-    self.events = EventWriter(workdir) if tensorboard else None
-
-  def write(self, record: dict) -> None:
-    if not _is_main_process():
-      return
-    record = _finite_or_none({"time": round(time.time(), 3), **record})
-    line = json.dumps(record, allow_nan=False)
-    with open(self.path, "a") as f:
-      f.write(line + "\n")
-    if self.events is not None:
-      self.events.write(record)
-
-
 def non_finite_keys(tree, prefix: str = "") -> list:
   """Dotted keys of the non-finite numbers in a results tree."""
   if isinstance(tree, dict):
@@ -294,7 +262,7 @@ def write_results(workdir: str, results: dict) -> None:
                           f"{', ...' if len(bad) > 3 else ''}); {RESULTS_FILE} not written.")
     write_diverged(workdir, str(error))
     raise error
-  if _is_main_process():
+  if is_main_process():
     files.write_json(os.path.join(workdir, RESULTS_FILE), results)
     with contextlib.suppress(FileNotFoundError):
       os.remove(os.path.join(workdir, DIVERGED_FILE))  # an earlier attempt's
@@ -302,7 +270,7 @@ def write_results(workdir: str, results: dict) -> None:
 
 def write_diverged(workdir: str, message: str) -> None:
   """Marks the workdir's run as diverged (report and sweep read this)."""
-  if _is_main_process() and os.path.isdir(workdir):
+  if is_main_process() and os.path.isdir(workdir):
     files.write_json(os.path.join(workdir, DIVERGED_FILE),
                      {"time": round(time.time(), 3), "error": message})
 

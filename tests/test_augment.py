@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from kd_jax import config as kd_config
-from kd_jax.data import augment
+from kd_jax.data import augment, policy
 from kd_jax.errors import KdJaxError
 
 KEY = jax.random.PRNGKey(0)
@@ -424,7 +424,9 @@ def test_unknown_names_and_bad_options_raise_kdjaxerror():
 
 
 def test_policy_names_and_normalize_accept_float_input():
-  assert {"none", "crop_flip", "all", "mixup", "noise"} <= set(augment.POLICY_NAMES)
+  assert {"none", "crop_flip", "all", "mixup", "noise"} <= set(policy.POLICY_NAMES)
+  # every single policy the names promise is built, and nothing else
+  assert tuple(augment.build_ops(None)) == policy.SINGLE_POLICIES
   x = images_u8((2, 3, 3, 3))
   mean, std = np.array([0.5, 0.4, 0.3]), np.array([0.2, 0.25, 0.3])
   np.testing.assert_allclose(np.asarray(augment.normalize(x.astype(np.float32), mean, std)),

@@ -84,6 +84,6 @@ def test_resize_keeps_constant_images_constant_and_native_size_untouched():
 
 def test_load_dataset_resizes_digits():
   cfg = kd_config.data_config(name="digits", source="digits", train_size=100, image_size=28)
-  dataset = sources.load_dataset(cfg)
+  dataset = sources.load_image_dataset(cfg)
   assert dataset.train_images.shape == (100, 28, 28, 1)
   assert dataset.test_images.shape[1:] == (28, 28, 1)

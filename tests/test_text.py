@@ -25,6 +25,7 @@ from kd_jax import config as kd_config
 from kd_jax import data
 from kd_jax.data import augment, text
 from kd_jax.models import build_model
+from kd_jax.models.lstm import BiLSTM
 
 # A two-class corpus with a signal a tiny model finds in a few dozen steps: each review mixes filler
 # words with sentiment words of its class.
@@ -148,6 +149,7 @@ def test_vocabulary_and_ids_by_hand():
   np.testing.assert_array_equal(text.encode(tokens, vocabulary, 5), np.array(
       [[6, 1, 2, 0, 0], [0, 0, 0, 0, 0], [3, 3, 3, 3, 3]], np.int32))
   assert (text.PAD_ID, text.OOV_ID, text.FIRST_WORD_ID) == (0, 1, 2)
+  assert BiLSTM(num_classes=2, num_tokens=3).pad_id == text.PAD_ID  # the model masks the same id
 
 
 def _pairs(tokens, labels):

@@ -29,23 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kd_jax.data.policy import DEFAULTS, MIXUP_LAMBDAS, ROTATE_INTERPOLATIONS, parse_policy
 from kd_jax.errors import KdJaxError
-
-# The policies' options and their defaults: the fields of config.distill (kd_jax/config.py takes
-# them from here), and the options of a policy made without a config (the teachers').
-DEFAULTS = {
-    "rotate_degrees": 20.0,  # rotation angle ~ U[-d, d] degrees
-    "color_jitter": 0.2,  # brightness, contrast, saturation and hue strength (one number for all)
-    "mixup_alpha": 0.0,  # 0: lambda ~ U[0, 1] (the paper); > 0: lambda ~ Beta(a, a)
-    "mixup_lambda": "batch",  # batch: one lambda per batch (the original) | example: one per image
-    "rotate_interpolation": "nearest",  # nearest (the original, torchvision's default) | bilinear
-    "cutmix_alpha": 0.0,  # 0: box area fraction ~ U[0, 1]; > 0: ~ Beta(a, a)
-    "noise_prob": 0.2,  # probability that an image is replaced by uniform noise
-}
-
-# Choices of the string options; the first is the original code's.
-MIXUP_LAMBDAS = ("batch", "example")
-ROTATE_INTERPOLATIONS = ("nearest", "bilinear")
 
 MAX_VALUE = 255.0  # images are kept on the uint8 scale until `normalize`
 
@@ -409,7 +394,7 @@ def _check_range(name: str, value: float, low: float, high: float):
     raise KdJaxError(f"augmentation option {name}={value} must lie in [{low}, {high}].")
 
 
-def _builders(cfg):
+def build_ops(cfg):
   """Single policy name -> key-taking op, with its options read from cfg (validated here)."""
   degrees = _option(cfg, "rotate_degrees")
   strength = _option(cfg, "color_jitter")
@@ -437,35 +422,14 @@ def _builders(cfg):
   }
 
 
-# Composite names, expanded before building.
-ALIASES = {"all": ("crop_flip", "rotate", "vflip", "color_jitter")}  # the paper's "all combined"
-
-POLICY_NAMES = tuple(_builders(None)) + tuple(ALIASES)
-
-
-def parse_policy(name: str) -> tuple:
-  """'a+b+all' -> the tuple of single ops to apply, left to right; KdJaxError on unknown names."""
-  parts = [part.strip() for part in str(name).split("+")]
-  ops = []
-  for part in parts:
-    if part in ALIASES:
-      ops.extend(ALIASES[part])
-    elif part in POLICY_NAMES:
-      ops.append(part)
-    else:
-      raise KdJaxError(f"unknown augmentation policy {part!r} in {name!r}; valid names: "
-                       f"{', '.join(POLICY_NAMES)} (join several with '+').")
-  return tuple(op for op in ops if op != "none")
-
-
 def make_policy(name: str, cfg=None) -> Callable:
   """Returns policy(key, images) -> float32 images in [0, 255] of the same shape.
 
-  `name` is one of POLICY_NAMES or several joined by '+', applied left to right, each with its own
+  `name` is one of kd_jax.data.policy.POLICY_NAMES or several joined by '+', applied left to right, each with its own
   subkey; `cfg` (config.distill, or None for DEFAULTS) supplies every option of DEFAULTS.
   """
   ops = parse_policy(name)
-  builders = _builders(cfg)
+  builders = build_ops(cfg)
   fns = [builders[op] for op in ops]
 
   def policy(key, images):

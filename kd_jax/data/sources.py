@@ -35,11 +35,11 @@ from absl import logging
 import numpy as np
 import PIL.Image
 
+from kd_jax import files as files_lib
+from kd_jax import progress
 from kd_jax.errors import KdJaxError
 
 SOURCES = ("tfds", "cifar_pickle", "idx", "image_folder", "digits")
-# Decoding an image folder prints a progress line this often (CIFAR-10's first decode takes ~20 s).
-PROGRESS_SECONDS = 5.0
 
 # How to get each well-known dataset onto a machine without internet, from its original files.
 _OFFLINE_HOWTO = {
@@ -114,13 +114,10 @@ def _make_dataset(name, train_images, train_labels, test_images, test_labels, nu
       num_classes=int(num_classes))
 
 
-def load_dataset(cfg) -> Dataset:
-  """Loads the dataset `cfg` describes: a `kd_jax.config.data_config()` (every field and its default
-  are stated there)."""
+def load_image_dataset(cfg) -> Dataset:
+  """Loads the image dataset `cfg` describes: a `kd_jax.config.data_config()` (every field and its
+  default are stated there) whose source is one of SOURCES."""
   source = cfg.source
-  from kd_jax.data import text  # Lazy: text.py imports this module.
-  if source in text.SOURCES:
-    return text.load_text_dataset(cfg)
   loaders = {
       "tfds": _load_tfds,
       "cifar_pickle": _load_cifar_pickle,
@@ -128,8 +125,6 @@ def load_dataset(cfg) -> Dataset:
       "image_folder": _load_image_folder,
       "digits": _load_digits,
   }
-  if source not in loaders:
-    raise KdJaxError(f"unknown data.source={source!r}: use one of {', '.join(SOURCES + text.SOURCES)}")
   start = time.perf_counter()
   dataset = take_train_prefix(loaders[source](cfg), int(cfg.train_size or 0))
   dataset = resize_images(dataset, int(cfg.image_size or 0))
@@ -189,7 +184,7 @@ def _dataset_name(cfg, default):
   return cfg.name or default
 
 
-def _existing_path(cfg, expected):
+def existing_path(cfg, expected):
   """Returns cfg.path as an existing Path, or raises naming what should be there."""
   raw = cfg.path or ""
   name = cfg.name or ""
@@ -235,7 +230,7 @@ _CIFAR_EXPECTED = (f"a folder holding {_CIFAR10_DIR}/ (data_batch_1..5, test_bat
 
 def _load_cifar_pickle(cfg):
   """The original CIFAR python pickles: 10 or 100 classes, decided by which files are there."""
-  folder, num_classes = _find_cifar_folder(_existing_path(cfg, _CIFAR_EXPECTED), cfg.name)
+  folder, num_classes = _find_cifar_folder(existing_path(cfg, _CIFAR_EXPECTED), cfg.name)
   if num_classes == 10:
     train = [_read_cifar_batch(folder / f, b"labels") for f in _CIFAR10_TRAIN]
     test = [_read_cifar_batch(folder / _CIFAR10_TEST, b"labels")]
@@ -313,7 +308,7 @@ _IDX_EXPECTED = ", ".join(f"{stem}.gz" for stem in _IDX_STEMS.values()) + " (or 
 
 def _load_idx(cfg):
   """MNIST-style IDX files (ubyte images and labels) for train and t10k."""
-  folder = _existing_path(cfg, f"a folder with {_IDX_EXPECTED}")
+  folder = existing_path(cfg, f"a folder with {_IDX_EXPECTED}")
   arrays = {}
   for key, stem in _IDX_STEMS.items():
     magic = _IDX_IMAGES_MAGIC if key.endswith("images") else _IDX_LABELS_MAGIC
@@ -387,7 +382,7 @@ def cache_dir():
 
 def _load_image_folder(cfg):
   """train/<class>/<image> and test/<class>/<image> from a folder or a tar archive, cached decoded."""
-  path = _existing_path(cfg, _IMAGE_FOLDER_EXPECTED)
+  path = existing_path(cfg, _IMAGE_FOLDER_EXPECTED)
   grayscale = bool(cfg.grayscale)
   if path.is_dir():
     listing = _list_folder_images(path)
@@ -518,7 +513,7 @@ def _interleave_classes(per_class):
 def _decode_images(sources, mode, where, split=""):
   """Decodes [(relative name, bytes or path)] into one uint8 (N, H, W, C) array; all must share one size.
 
-  Prints a progress line for `split` every PROGRESS_SECONDS.
+  Prints a progress line for `split` every progress.PROGRESS_SECONDS.
 
   Serial on purpose: measured on CIFAR-10 (60k 32x32 JPEGs, 2 cores), PIL holds the GIL so a thread
   pool was slower than one thread (12s vs 7s), and a process pool saved only ~25% while forking a
@@ -529,7 +524,7 @@ def _decode_images(sources, mode, where, split=""):
   images[0] = first
   started = last_report = time.perf_counter()
   for i in range(1, len(sources)):
-    if time.perf_counter() - last_report > PROGRESS_SECONDS:
+    if time.perf_counter() - last_report > progress.PROGRESS_SECONDS:
       last_report = time.perf_counter()
       rate = i / max(last_report - started, 1e-9)
       print(f"[data] decoding {split} images: {i}/{len(sources)}, {rate:.0f} img/s, "
@@ -578,19 +573,14 @@ def cached_npz(path, build, what: str) -> dict:
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
       logging.warning("Ignoring the unreadable cache %s (%s); building it again.", path, e)
   arrays = build()
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
   try:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(tmp, "wb") as f:
-      np.savez(f, **arrays)
-    os.replace(tmp, path)
+    with files_lib.atomic_path(str(path)) as temporary:
+      with open(temporary, "wb") as f:
+        np.savez(f, **arrays)
     print(f"[data] cached {what} in {path}", flush=True)
   except OSError as e:
     logging.warning("Could not write the cache %s (%s); set KD_JAX_CACHE to a writable folder.", path, e)
-    try:
-      tmp.unlink(missing_ok=True)
-    except OSError:
-      pass  # Never created, e.g. because the cache folder could not be.
   return arrays
 
 

@@ -34,12 +34,11 @@ import pathlib
 import numpy as np
 import PIL.Image
 
+from kd_jax import config
 from kd_jax.data import augment as augment_lib
 from kd_jax.data import sources
 from kd_jax.errors import KdJaxError
 
-PIPELINES = ("auto", "memory", "stream")
-TRAIN_AUGMENTS = ("random_resized_crop_flip", "center_crop")
 STREAMED_SOURCES = ("tfds", "image_folder")
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 # torchvision's RandomResizedCrop defaults.
@@ -218,9 +217,9 @@ def uses_streaming(data_cfg) -> bool:
   """Whether a run streams its data: data.pipeline 'stream', or 'auto' when the decoded dataset is
   larger than data.memory_limit_mb or its images differ in size (the in-memory path holds one array)."""
   pipeline = data_cfg.pipeline
-  if pipeline not in PIPELINES:
+  if pipeline not in config.PIPELINES:
     raise KdJaxError(f"config.data.pipeline={pipeline!r} is not valid; choose one of "
-                     f"{', '.join(PIPELINES)}.")
+                     f"{', '.join(config.PIPELINES)}.")
   if pipeline == "memory":
     return False
   if pipeline == "stream":

@@ -152,7 +152,7 @@ def load_text_dataset(cfg) -> TextDataset:
                      f"data.vocab_size >= 0 (0 = no cap); got {length}, {min_count}, {max_size}")
   start = time.perf_counter()
   if cfg.source == "aclimdb":
-    path = sources._existing_path(cfg, _ACLIMDB_EXPECTED)  # pylint: disable=protected-access
+    path = sources.existing_path(cfg, _ACLIMDB_EXPECTED)
     name = cfg.name or "imdb_reviews"
     fingerprint = _path_fingerprint(path)
     read = lambda: (_read_aclimdb(path), len(_CLASSES))  # noqa: E731

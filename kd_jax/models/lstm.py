@@ -3,7 +3,7 @@
 As the original code (samuelstanton/gnosis, gnosis/models/lstm.py, a torch.nn.LSTM over packed padded
 sequences): embedding -> `layers` bidirectional LSTM layers -> a linear layer on the top layer's final
 hidden states, the forward direction's after the review's last token and the backward direction's
-after its first, concatenated. Padding (PAD_ID, at the end of each review) is masked out by the
+after its first, concatenated. Padding (`pad_id`, at the end of each review) is masked out by the
 sequence lengths: neither direction reads it, so a review's logits do not depend on how much
 padding follows it.
 
@@ -18,7 +18,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kd_jax.data.text import PAD_ID
 
 
 def _uniform(bound: float):
@@ -42,11 +41,12 @@ class BiLSTM(nn.Module):
   after the first], (N, 2 * cell_size).
   """
   num_classes: int
-  num_tokens: int  # rows of the embedding: PAD_ID, OOV_ID and the vocabulary (kd_jax/data/text.py)
+  num_tokens: int  # rows of the embedding: padding, out-of-vocabulary and the vocabulary
   embedding_size: int = 128
   cell_size: int = 70
   layers: int = 2
   dtype: Any = jnp.float32
+  pad_id: int = 0  # the token id of padding: kd_jax.data.text.PAD_ID (tested)
 
   input_dtype = jnp.int32  # token ids; kd_jax.train.dummy_input initializes with these
 
@@ -55,7 +55,7 @@ class BiLSTM(nn.Module):
     del train  # No dropout or batch statistics.
     # Padding sits at the end, so the real length is the count of other ids. An all-padding review
     # (nothing left after tokenization) reads its first position, the padding embedding.
-    lengths = jnp.maximum(jnp.sum(tokens != PAD_ID, axis=-1), 1)
+    lengths = jnp.maximum(jnp.sum(tokens != self.pad_id, axis=-1), 1)
     x = nn.Embed(self.num_tokens, self.embedding_size, dtype=self.dtype,
                  embedding_init=nn.initializers.normal(1.0))(tokens)
     bound = self.cell_size ** -0.5

@@ -1,0 +1,102 @@
+"""The run's metric log: metrics.jsonl, and TensorBoard event files beside it.
+
+metrics.jsonl gets one JSON object per logged step or evaluation (process 0 only); a non-finite number
+is written as null (valid JSON), and readers skip a last line cut short by a kill. The same numbers go
+to TensorBoard event files in the workdir, so `tensorboard --logdir runs/` shows every run.
+
+The event files are written with tensorboardX: a maintained writer of TensorBoard's event format that
+needs only NumPy and protobuf (already here through tensorflow-datasets), where clu.metric_writers would
+bring in TensorFlow. Without tensorboardX installed the run goes on with metrics.jsonl alone (one note).
+Tags are `<phase>/<metric>`, e.g. `student/loss`, `teachers_1-3_of_3/grad_norm`, with the step as the
+x-axis; the final evaluation's numbers are `evaluation/<role>_<metric>` at step 0.
+"""
+
+import json
+import math
+import os
+import re
+import time
+
+from kd_jax import workdir as workdir_lib
+
+
+# Record fields that are not curves.
+_NOT_SCALARS = ("phase", "step", "time", "members", "event")
+
+
+def phase_tag(phase: str) -> str:
+  return re.sub(r"[^A-Za-z0-9_.-]+", "_", phase.replace("/", " of ")).strip("_")
+
+
+class EventWriter:
+  """Writes numeric fields of metrics.jsonl records as scalars; created on the first record."""
+
+  def __init__(self, logdir: str):
+    self.logdir = logdir
+    self._writer = None
+    self._missing = False
+
+  def _get(self):
+    if self._writer is None and not self._missing:
+      try:
+        from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      except ImportError:
+        self._missing = True
+        print("note: tensorboardX is not installed, so no TensorBoard events are written "
+              "(pip install -r requirements.txt); metrics.jsonl has every number", flush=True)
+        return None
+      self._writer = SummaryWriter(logdir=self.logdir, flush_secs=30)
+    return self._writer
+
+  def write(self, record: dict) -> None:
+    if "phase" not in record:
+      return
+    scalars = {key: value for key, value in record.items()
+               if key not in _NOT_SCALARS and isinstance(value, (int, float))
+               and not isinstance(value, bool)}
+    if not scalars:
+      return
+    writer = self._get()
+    if writer is None:
+      return
+    tag, step = phase_tag(record["phase"]), int(record.get("step", 0))
+    for key, value in scalars.items():
+      writer.add_scalar(f"{tag}/{key}", float(value), global_step=step)
+    writer.flush()
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
+      self._writer = None
+
+
+def _finite_or_none(value):
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  if isinstance(value, dict):
+    return {k: _finite_or_none(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_finite_or_none(v) for v in value]
+  return value
+
+
+class MetricsLog:
+  """Appends one JSON object per logged step or evaluation to metrics.jsonl (process 0 only).
+
+  A non-finite number is written as null (valid JSON); readers skip a last line cut short by a kill.
+  The same numbers go to TensorBoard event files in the workdir (EventWriter).
+  """
+
+  def __init__(self, workdir: str, tensorboard: bool = True):
+    self.path = os.path.join(workdir, workdir_lib.METRICS_FILE)
+    self.events = EventWriter(workdir) if tensorboard else None
+
+  def write(self, record: dict) -> None:
+    if not workdir_lib.is_main_process():
+      return
+    record = _finite_or_none({"time": round(time.time(), 3), **record})
+    line = json.dumps(record, allow_nan=False)
+    with open(self.path, "a") as f:
+      f.write(line + "\n")
+    if self.events is not None:
+      self.events.write(record)

@@ -1,0 +1,158 @@
+"""The student: its starting state, its optimizer, the distillation step's description, and
+distillation itself over any batch source (study/memory.py's on-device draw, study/streamed.py's
+host feed).
+"""
+
+import jax
+import ml_collections
+
+from kd_jax import checkpoint, distill, evaluation, loop, parallel, train
+from kd_jax.data import augment as augment_lib
+from kd_jax.study import phases, teachers as teachers_lib
+
+# fold_in tag under the student's key for the BatchNorm re-estimation pass of an interpolated student.
+BATCH_STATS_STREAM = 1
+# The original code's floor for the learning rate of a student interpolated towards its teacher.
+INTERPOLATED_LR_FLOOR = 1e-6
+
+
+def student_optimizer_config(config):
+  """The student's optimizer config; with the original's rule for a student interpolated towards the
+  trained teacher (student.init='interpolate', init_scale_lr), its learning rate scaled by (1 - lambda)
+  with a floor of INTERPOLATED_LR_FLOOR, so a student that starts near the teacher is not kicked away."""
+  cfg = config.student.optimizer
+  if config.student.init != "interpolate" or not config.student.init_scale_lr:
+    return cfg
+  cfg = ml_collections.ConfigDict(cfg.to_dict())
+  cfg.learning_rate = max(cfg.learning_rate * (1.0 - config.student.init_lambda),
+                          INTERPOLATED_LR_FLOOR)
+  cfg.final_learning_rate = min(cfg.final_learning_rate, cfg.learning_rate)
+  return cfg
+
+
+def distill_spec(ctx: phases.Context, *, cached: bool, streamed: bool) -> distill.DistillSpec:
+  """The distillation step's description (kd_jax/distill.py), made once from the run's config."""
+  config, cfg = ctx.config, ctx.config.distill
+  batch_size = config.student.batch_size
+  extra = None
+  if cfg.ood_mode == "replace" and cfg.ood_ratio > 0:
+    extra = distill.OodReplacement(int(round(cfg.ood_ratio * batch_size)))
+  elif cfg.synthetic_fraction > 0:
+    extra = distill.SyntheticImages(ctx.synthetic[0],
+                                    distill.synthetic_count(cfg.synthetic_fraction, batch_size),
+                                    cfg.synthetic_temperature)
+  return distill.DistillSpec(
+      batch_size=batch_size, augment=phases.distillation_policy(config),
+      method=distill.LogitKD(temperature=cfg.temperature, alpha=cfg.alpha, kind=cfg.loss),
+      teachers=distill.CACHED_LOGITS if cached else distill.TEACHERS_IN_STEP, extra=extra,
+      streamed=streamed, compute_dtype=ctx.compute_dtype, ensemble_method=config.ensemble_method)
+
+
+def reestimate_batch_stats(ctx: phases.Context, model, state: train.TrainState,
+                           rng) -> train.TrainState:
+  """Recomputes BatchNorm running statistics with one train-mode pass over the teachers' training data.
+
+  The original code does this for a student initialized from teacher weights: mixing two networks'
+  weights also mixes what their layers output, so neither network's statistics fit the mixture. The
+  pass uses the teachers' augmentation policy and the student's batch size, updates only the statistics
+  (momentum as in training), and leaves the weights unchanged.
+  """
+  if not state.batch_stats:
+    return state
+  data, batch_size = ctx.teacher_data, ctx.config.student.batch_size
+  policy = phases.teacher_policy(ctx.config)
+
+  @jax.jit
+  def update(batch_stats, step):
+    images, _ = train.sample_batch(rng, step, data.train_images, data.train_labels, batch_size)
+    x = augment_lib.normalize(policy(jax.random.fold_in(rng, step), images), data.mean, data.std,
+                              ctx.compute_dtype)
+    x = parallel.shard_batch(x, ctx.mesh)
+    _, updates = model.apply({"params": state.params, "batch_stats": batch_stats}, x, train=True,
+                             mutable=["batch_stats"])
+    return updates["batch_stats"]
+
+  batch_stats = state.batch_stats
+  for step in range(data.train_images.shape[0] // batch_size):
+    batch_stats = update(batch_stats, step)
+  return state.replace(batch_stats=batch_stats)
+
+
+def initial_student(ctx: phases.Context, student, teacher, tx, rng, teacher_variables):
+  """The student's starting state: random, or interpolated towards / set to the teacher's weights."""
+  config = ctx.config
+  state = phases.model_state_init(student, tx, ctx)(rng)
+  if config.student.init == "random":
+    return state
+  if config.student.init == "teacher_initial":
+    # Member 0's initialization, regenerated from its key: the weights before any teacher training.
+    first = teachers_lib.initial_members(ctx, teacher, [0],
+                                         phases.seed_key(config, phases.TEACHERS),
+                                         ctx.teacher_data.train_images.shape[0])
+    target = jax.tree.map(lambda x: x[0], train.model_variables(first))
+    lam = 1.0
+  else:
+    target = jax.tree.map(lambda x: x[0], teacher_variables)
+    lam = config.student.init_lambda
+  mix = lambda t, r: lam * t + (1.0 - lam) * r  # noqa: E731
+  params = jax.tree.map(mix, target["params"], state.params)
+  batch_stats = jax.tree.map(mix, target.get("batch_stats", {}), state.batch_stats)
+  state = state.replace(params=params, batch_stats=batch_stats, opt_state=tx.init(params))
+  if config.student.init_batch_stats == "reestimate":
+    state = reestimate_batch_stats(ctx, student, state, jax.random.fold_in(rng, BATCH_STATS_STREAM))
+  return state
+
+
+def periodic_evaluation(ctx: phases.Context, student, teacher, teacher_variables):
+  """state -> the student's clean test metrics (accuracy, NLL, ECE, agreement, KL), for
+  config.evaluation.every_steps (in memory); None when that is 0."""
+  if not ctx.config.evaluation.every_steps:
+    return None
+  data = ctx.distill_data
+  evaluator = evaluation.Evaluator(
+      teacher, student, mesh=ctx.mesh, compute_dtype=ctx.compute_dtype,
+      method=ctx.config.ensemble_method,
+      batch_size=evaluation.eval_batch_size(
+          ctx.config.eval_batch_size,
+          min(data.test_images.shape[0], data.train_images.shape[0]), ctx.mesh))
+
+  teacher_test_logits = []  # the teachers' test logits, computed at the first evaluation only
+
+  def evaluate(state):
+    if not teacher_test_logits:
+      teacher_test_logits.append(evaluator.teacher_logits(teacher_variables, data.test_images,
+                                                          data.mean, data.std))
+    student_logits = evaluator.student_logits(train.model_variables(state), data.test_images,
+                                              data.mean, data.std)
+    values = evaluation.split_metrics(teacher_test_logits[0], student_logits,
+                                      data.test_labels)["student"]
+    return {f"test_{k}": v for k, v in values.items()}
+
+  return evaluate
+
+
+def distill_student(ctx: phases.Context, student, teacher, teacher_variables, student_dir: str, rng,
+                    batches, *, cached_teacher_logits=None, label: str = "student"):
+  """Distills the student from the stacked `teacher_variables` (or from `cached_teacher_logits`, the
+  ensemble's (N, C) logits on the distillation set, when its images are not augmented) on `batches`;
+  returns the student's variables."""
+  cfg = ctx.config.student
+  total, steps_per_epoch = phases.schedule_length(cfg, batches.num_examples, "student",
+                                                  phases.real_batch_size(ctx.config))
+  optimizer_cfg = student_optimizer_config(ctx.config)
+  tx = train.make_optimizer(optimizer_cfg, total, steps_per_epoch)
+  spec = distill_spec(ctx, cached=cached_teacher_logits is not None, streamed=batches.streamed)
+  step_fn = train.make_distill_step(student, teacher, tx, spec, ctx.mesh)
+  manager = checkpoint.make_manager(student_dir)
+  fresh = initial_student(ctx, student, teacher, tx, rng, teacher_variables)
+  state, start = batches.restore(manager, fresh, label, total)
+  phase = loop.Phase(name=label, total=total, steps_per_epoch=steps_per_epoch,
+                     images_per_step=cfg.batch_size,
+                     learning_rate=train.learning_rate_schedule(optimizer_cfg, total, steps_per_epoch),
+                     hint="config.student.optimizer.learning_rate",
+                     evaluate=periodic_evaluation(ctx, student, teacher, teacher_variables),
+                     evaluate_every=ctx.config.evaluation.every_steps)
+  teacher_inputs = teacher_variables if cached_teacher_logits is None else cached_teacher_logits
+  step = batches.bind(step_fn, teacher_inputs=teacher_inputs)
+  state = phases.fit(ctx, step, state, phase, manager, start, batches)
+  return train.model_variables(state)
