@@ -32,7 +32,7 @@ def test_print_config_shows_the_resolved_config_and_runs_nothing(tmp_path):
 def test_importing_kd_jax_changes_nothing_in_the_process():
   code = ("import os, signal\n"
           "before = (os.environ.get('XLA_FLAGS'), signal.getsignal(signal.SIGTERM))\n"
-          "import kd_jax.train, kd_jax.pipeline, kd_jax.sweep\n"
+          "import kd_jax.train, kd_jax.study, kd_jax.sweep\n"
           "assert (os.environ.get('XLA_FLAGS'), signal.getsignal(signal.SIGTERM)) == before\n"
           "from kd_jax import runtime\n"
           "runtime.setup_process()\n"

@@ -13,9 +13,12 @@ import pytest
 
 from conftest import SHARED_DATA, tiny_config
 from kd_jax import config as kd_config
-from kd_jax import losses, parallel, pipeline, train
+from kd_jax import distill
+from kd_jax import losses, parallel, study, train
 from kd_jax.data import augment as augment_lib
 from kd_jax.models import build_model
+from kd_jax.study import phases, student as study_student
+from kd_jax.data import placement
 
 
 def test_channel_statistics_of_a_cifar_sized_array_match_float64():
@@ -23,7 +26,7 @@ def test_channel_statistics_of_a_cifar_sized_array_match_float64():
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (50000, 32, 32, 3), dtype=np.uint8)
   images[..., 2] //= 2  # channels with different statistics
-  mean, std = pipeline.channel_statistics(images)
+  mean, std = placement.channel_statistics(images)
   expected_mean = np.array([images[..., c].mean(dtype=np.float64) for c in range(3)]) / 255.0
   expected_std = np.array([images[..., c].std(dtype=np.float64) for c in range(3)]) / 255.0
   np.testing.assert_allclose(mean, expected_mean, rtol=1e-12)
@@ -34,20 +37,20 @@ def test_channel_statistics_of_a_cifar_sized_array_match_float64():
 def test_normalization_statistics_do_not_depend_on_train_size():
   rng = np.random.default_rng(1)
   images = rng.integers(0, 256, (3000, 4, 4, 3), dtype=np.uint8)
-  full = pipeline.channel_statistics(images)
-  chunked = pipeline.channel_statistics(images, chunk=7)  # chunk boundaries do not matter
+  full = placement.channel_statistics(images)
+  chunked = placement.channel_statistics(images, chunk=7)  # chunk boundaries do not matter
   np.testing.assert_allclose(full, chunked, rtol=1e-12)
 
 
 def test_appended_ood_images_are_a_fixed_seeded_subset():
   ood = types.SimpleNamespace(train_images=np.arange(50, dtype=np.uint8).reshape(50, 1, 1, 1))
-  picked = pipeline.appended_ood_images(ood, 10, seed=3)
-  again = pipeline.appended_ood_images(ood, 10, seed=3)
+  picked = placement.appended_ood_images(ood, 10, seed=3)
+  again = placement.appended_ood_images(ood, 10, seed=3)
   np.testing.assert_array_equal(picked, again)
   assert len(np.unique(picked)) == 10  # no image twice
   assert not np.array_equal(picked.ravel(), np.arange(10))  # shuffled, not the first ten
   with pytest.raises(Exception, match="ood_examples=60"):
-    pipeline.appended_ood_images(ood, 60, seed=3)
+    placement.appended_ood_images(ood, 60, seed=3)
 
 
 def test_ood_append_mode_distills_on_train_plus_ood_and_evaluates_on_train(tmp_path):
@@ -56,7 +59,7 @@ def test_ood_append_mode_distills_on_train_plus_ood_and_evaluates_on_train(tmp_p
   config.distill.ood_mode = "append"
   config.distill.ood_examples = 160
   config.log_every_steps = 50
-  results = pipeline.run(config, str(tmp_path))
+  results = study.run(config, str(tmp_path))
   # 1,437 digits + 160 appended = 1,597 distillation images: 49 steps of 32 per epoch.
   records = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   student = [r for r in records if r.get("phase") == "student" and "epoch" in r]
@@ -89,7 +92,7 @@ def test_replace_mode_needs_a_ratio_and_append_mode_refuses_one():
 def test_interpolated_student_learning_rate_follows_the_original_rule(init, lam, scale, expected):
   config = tiny_config()
   config.student.init, config.student.init_lambda, config.student.init_scale_lr = init, lam, scale
-  cfg = pipeline.student_optimizer_config(config)
+  cfg = study_student.student_optimizer_config(config)
   assert cfg.learning_rate == pytest.approx(expected, rel=1e-12)
   assert cfg.final_learning_rate <= cfg.learning_rate
   assert config.student.optimizer.learning_rate == 0.05  # the config itself is unchanged
@@ -100,7 +103,7 @@ def _random_device_data(seed, shape, max_value, mean, std, mesh):
   rng = np.random.default_rng(seed)
   images = rng.integers(0, max_value, shape, dtype=np.uint8)
   labels = rng.integers(0, 10, shape[0]).astype(np.int32)
-  data = parallel.replicate(train.DeviceData(
+  data = parallel.replicate(placement.DeviceData(
       train_images=images, train_labels=labels, test_images=images, test_labels=labels,
       mean=np.float32([mean]), std=np.float32([std])), mesh)
   return images, labels, data
@@ -127,7 +130,7 @@ def test_batch_stats_reestimation_is_one_epoch_of_running_averages():
   tx = train.make_optimizer(config.student.optimizer, 10, 10)
   state = train.create_state(model, tx, jax.random.PRNGKey(0), (4, 4, 1))
   key = jax.random.PRNGKey(7)
-  result = pipeline.reestimate_batch_stats(ctx, model, state, key)
+  result = study_student.reestimate_batch_stats(ctx, model, state, key)
 
   running = np.zeros(16)  # flax initializes the running mean at 0
   for step in range(300 // 64):  # one epoch, the partial batch dropped
@@ -147,10 +150,11 @@ def _digits_step(loss_kind, temperature, cached):
   model = build_model(config.teacher.model, 10)
   _, _, data = _random_device_data(4, (96, 8, 8, 1), 17, 0.3, 0.4, mesh)
   tx = train.make_optimizer(config.student.optimizer, 10, 3)
-  step = train.make_distill_step(model, model, tx, batch_size=32,
-                                 augment=augment_lib.make_policy("none"),
-                                 mesh=mesh, temperature=temperature, alpha=0.0, loss_kind=loss_kind,
-                                 cached_teacher_logits=cached)
+  spec = distill.DistillSpec(
+      batch_size=32, augment=augment_lib.make_policy("none"),
+      method=distill.LogitKD(temperature=temperature, alpha=0.0, kind=loss_kind),
+      teachers=distill.CACHED_LOGITS if cached else distill.TEACHERS_IN_STEP)
+  step = train.make_distill_step(model, model, tx, spec, mesh)
   return model, tx, data, step
 
 
@@ -222,7 +226,7 @@ def test_a_run_with_cached_teacher_logits_matches_one_without(tmp_path):
   for cache in (True, False):
     config = tiny_config()
     config.distill.cache_teacher_logits = cache
-    results[cache] = pipeline.run(config, str(tmp_path / str(cache)))
+    results[cache] = study.run(config, str(tmp_path / str(cache)))
   assert results[True]["ensemble"] == results[False]["ensemble"]
   for key, value in results[False]["student"].items():
     assert results[True]["student"][key] == pytest.approx(value, rel=1e-3, abs=1e-4), key
@@ -231,7 +235,7 @@ def test_a_run_with_cached_teacher_logits_matches_one_without(tmp_path):
 def test_evaluation_test_size_keeps_the_first_test_examples(tmp_path):
   config = tiny_config()
   config.evaluation.test_size = 125
-  results = pipeline.run(config, str(tmp_path))
+  results = study.run(config, str(tmp_path))
   for entry in results["teachers"] + [results["ensemble"], results["student"]]:
     assert round(entry["test_accuracy"] * 125, 6) % 1 == 0
   config.evaluation.test_size = -1
@@ -247,8 +251,8 @@ def test_teacher_augmentation_ignores_the_distillation_options():
     config = tiny_config()
     config.data.augment = "rotate"
     config.distill.rotate_degrees = degrees
-    outputs[degrees] = (pipeline.teacher_policy(config)(key, images),
-                        pipeline.distillation_policy(config)(key, images))
+    outputs[degrees] = (phases.teacher_policy(config)(key, images),
+                        phases.distillation_policy(config)(key, images))
   np.testing.assert_array_equal(outputs[10.0][0], outputs[90.0][0])
   assert not np.array_equal(outputs[10.0][1], outputs[90.0][1])
 
@@ -267,6 +271,6 @@ def test_fashion_mnist_config_trains_its_student(tmp_path):
   config.student.steps = 150
   config.evaluation.test_size = 2000
   config.log_every_steps = 50
-  results = pipeline.run(config, str(tmp_path))
+  results = study.run(config, str(tmp_path))
   assert results["student"]["test_accuracy"] > 0.5
   assert results["student"]["test_agreement"] > 0.6

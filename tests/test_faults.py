@@ -19,7 +19,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from conftest import REPO, run_cli, start_run, tiny_config
-from kd_jax import KdJaxError, checkpoint, cli, files, loop, pipeline, runtime
+from kd_jax import KdJaxError, checkpoint, cli, files, loop, runtime, study
 from kd_jax import workdir as workdir_lib
 from kd_jax.errors import DivergedError, Interrupted
 
@@ -111,9 +111,10 @@ def _fit(step_fn, tmp_path, total=20, checkpoint_every=4, start=0, state=None, *
   manager = _Manager(tmp_path / "ckpt")
   phase = loop.Phase(name="test", total=total, steps_per_epoch=5, images_per_step=1, hint="lr")
   state = {"w": jnp.zeros((2,))} if state is None else state
+  settings = loop.Settings(log_every=kwargs.pop("log_every", 10), checkpoint_every=checkpoint_every,
+                           **kwargs)
   return loop.fit(step_fn, state, phase=phase, manager=manager, start=start, log=_Log(),
-                  log_every=kwargs.pop("log_every", 10), checkpoint_every=checkpoint_every,
-                  **kwargs), manager
+                  settings=settings), manager
 
 
 def test_loop_stops_at_the_first_non_finite_step_and_keeps_finite_checkpoints(tmp_path):
@@ -412,7 +413,7 @@ def test_bad_combinations_are_refused_before_the_workdir_is_made(tmp_path, key, 
   section, _, field = key.rpartition(".")
   config[section][field] = value
   with pytest.raises(KdJaxError, match=message):
-    pipeline.run(config, str(tmp_path / "w"))
+    study.run(config, str(tmp_path / "w"))
   assert not os.path.exists(tmp_path / "w")
 
 

@@ -13,10 +13,12 @@ import pytest
 import scipy.linalg
 
 from conftest import tiny_config
-from kd_jax import checkpoint, fid, gan, pipeline, train
+from kd_jax import checkpoint, distill, fid, gan, study, train
 from kd_jax import config as kd_config
 from kd_jax.errors import Interrupted, KdJaxError
 from kd_jax.models import build_model, sngan
+from kd_jax.study import phases
+from kd_jax.data import placement
 
 STEPS = 6
 
@@ -42,7 +44,7 @@ def _generator(workdir):
 @pytest.fixture(scope="module")
 def trained_gan(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("gan"))
-  results = pipeline.run(tiny_gan_config(), workdir)  # study='gan' dispatches to kd_jax.gan.run
+  results = study.run(tiny_gan_config(), workdir)  # study='gan' dispatches to kd_jax.gan.run
   assert results["gan"]["steps"] == STEPS
   return workdir
 
@@ -72,11 +74,11 @@ def test_interrupted_gan_resumes_to_the_same_generator(trained_gan, tmp_path, mo
 
   monkeypatch.setattr(checkpoint, "save_state", save_then_stop)
   with pytest.raises(Interrupted):
-    pipeline.run(tiny_gan_config(), workdir)
+    study.run(tiny_gan_config(), workdir)
   monkeypatch.setattr(checkpoint, "save_state", save_state)
   assert sorted(os.listdir(os.path.join(workdir, "gan"))) == ["3"]
   assert not os.path.exists(os.path.join(workdir, gan.GENERATOR_DIR))
-  pipeline.run(tiny_gan_config(), workdir)
+  study.run(tiny_gan_config(), workdir)
   jax.tree.map(np.testing.assert_array_equal, _generator(trained_gan), _generator(workdir))
 
 
@@ -127,19 +129,19 @@ def test_sampler_gives_pixels_and_no_generator_gradient():
 
 
 def test_original_synthetic_count_and_real_batch():
-  assert train.synthetic_count(0.2, 128) == 25  # the original: int(0.2 * 128) synthetic, 103 real
+  assert distill.synthetic_count(0.2, 128) == 25  # the original: int(0.2 * 128) synthetic, 103 real
   config = kd_config.default_config()
   config.distill.synthetic_fraction, config.distill.synthetic_workdir = 0.2, "somewhere"
-  assert pipeline.real_batch_size(config) == 103
+  assert phases.real_batch_size(config) == 103
   config.data.augment = "none"
-  assert not pipeline.caches_teacher_logits(config)  # fresh synthetic images each step
+  assert not phases.caches_teacher_logits(config)  # fresh synthetic images each step
 
 
 def _digits_data(n=64, seed=0):
   rng = np.random.default_rng(seed)
   images = rng.integers(0, 256, (n, 8, 8, 1), dtype=np.uint8)
   labels = rng.integers(0, 10, n).astype(np.int32)
-  return train.DeviceData(train_images=jnp.asarray(images), train_labels=jnp.asarray(labels),
+  return placement.DeviceData(train_images=jnp.asarray(images), train_labels=jnp.asarray(labels),
                           test_images=jnp.asarray(images[:8]), test_labels=jnp.asarray(labels[:8]),
                           mean=jnp.full((1,), 0.5), std=jnp.full((1,), 0.25))
 
@@ -166,10 +168,11 @@ def test_distill_step_mixes_the_stated_fraction_without_generator_gradients():
   tx = train.make_optimizer(kd_config.optimizer_config(), 10, 5)
   data = _digits_data()
   mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",))
-  step = train.make_distill_step(
-      student, teacher, tx, batch_size=batch, augment=lambda key, x: x.astype(jnp.float32),
-      mesh=mesh, temperature=4.0, alpha=0.0, synthetic_sampler=recording_sampler,
-      synthetic_fraction=fraction, synthetic_temperature=1.0)
+  spec = distill.DistillSpec(
+      batch_size=batch, augment=lambda key, x: x.astype(jnp.float32),
+      method=distill.LogitKD(temperature=4.0, alpha=0.0),
+      extra=distill.SyntheticImages(recording_sampler, distill.synthetic_count(fraction, batch), 1.0))
+  step = train.make_distill_step(student, teacher, tx, spec, mesh)
   fresh = lambda: train.create_state(student, tx, jax.random.PRNGKey(3), (8, 8, 1))  # noqa: E731
   state = fresh()
   # The logged accuracy scores exactly the 16 real images of the step's indices at batch 16.
@@ -200,10 +203,9 @@ def test_mixed_objective_weights_real_and_synthetic_temperatures():
 
   expected = np.concatenate([tempered_ce(student[:7], teacher[:7], 4.0),
                              tempered_ce(student[7:], teacher[7:], 1.0)]).mean()
-  got = train._mixed_objective(jnp.asarray(student, jnp.float32),
-                               teacher_logits=jnp.asarray(teacher, jnp.float32), num_synthetic=3,
-                               temperature=4.0, synthetic_temperature=1.0, kind="forward_kl",
-                               rng=None)
+  got = distill.mixed_objective(distill.LogitKD(temperature=4.0), jnp.asarray(student, jnp.float32),
+                                jnp.asarray(teacher, jnp.float32), jnp.zeros(10, jnp.int32), None,
+                                distill.SyntheticImages(sampler=None, count=3, temperature=1.0))
   np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
@@ -213,7 +215,7 @@ def test_missing_generator_is_one_line_before_the_workdir_is_touched(tmp_path):
   config.distill.synthetic_fraction = 0.25
   workdir = tmp_path / "run"
   with pytest.raises(KdJaxError, match="generator workdir .* has no config.json"):
-    pipeline.run(config, str(workdir))
+    study.run(config, str(workdir))
   assert not workdir.exists()
 
 
@@ -221,7 +223,7 @@ def test_distillation_with_a_trained_generator_runs_and_reports(trained_gan, tmp
   config = tiny_config(teacher_steps=4, student_steps=4, ensemble_size=1)
   config.distill.synthetic_workdir = trained_gan
   config.distill.synthetic_fraction = 0.25  # 8 of the batch of 32
-  results = pipeline.run(config, str(tmp_path / "run"))
+  results = study.run(config, str(tmp_path / "run"))
   assert 0.0 <= results["student"]["test_agreement"] <= 1.0
   with open(tmp_path / "run" / "metrics.jsonl") as f:
     student = [json.loads(line) for line in f if '"student"' in line]

@@ -16,7 +16,7 @@ from PIL import Image
 import configs.paper
 from conftest import run_cli
 from kd_jax import config as kd_config
-from kd_jax import losses, pipeline
+from kd_jax import losses, study
 from kd_jax.errors import KdJaxError
 
 # Experiment files only: configs/paper/small/ is the laptop suite (tests/test_reproduce.py).
@@ -75,7 +75,7 @@ def test_every_variant_builds_and_validates(experiment):
 def test_variant_runs_a_few_steps(experiment, variant, image_folders, tmp_path):
   module = importlib.import_module(f"configs.paper.{experiment}")
   config = _tiny(module.get_config(variant), *image_folders)
-  results = pipeline.run(config, str(tmp_path / "run"))
+  results = study.run(config, str(tmp_path / "run"))
   student = results["student"]
   assert 0.0 <= student["test_agreement"] <= 1.0 and student["test_kl"] >= 0.0
   assert "augmented_agreement" in student
@@ -92,7 +92,7 @@ def test_interpolation_with_lambda_one_starts_at_the_teacher(image_folders, tmp_
   config.student.optimizer.learning_rate = 1e-12
   config.student.optimizer.final_learning_rate = 0.0
   config.student.optimizer.weight_decay = 0.0
-  results = pipeline.run(config, str(tmp_path / "run"))
+  results = study.run(config, str(tmp_path / "run"))
   assert results["student"]["test_agreement"] == 1.0
   assert results["student"]["test_kl"] < 1e-5
 

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from conftest import run_cli, tiny_config
-from kd_jax import KdJaxError, pipeline
+from kd_jax import KdJaxError, study
 from kd_jax import workdir as workdir_lib
 from kd_jax.workdir import CONFIG_FILE, METRICS_FILE, RESULTS_FILE
+from kd_jax.study import phases
 
 CLASSIFICATION_KEYS = {"test_accuracy", "test_nll", "test_ece"}
 FIDELITY_KEYS = {"test_agreement", "test_kl", "train_agreement", "train_kl"}
@@ -19,7 +20,7 @@ FIDELITY_KEYS = {"test_agreement", "test_kl", "train_agreement", "train_kl"}
 def finished_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("run"))
   config = tiny_config()
-  results = pipeline.run(config, workdir)
+  results = study.run(config, workdir)
   return config, workdir, results
 
 
@@ -43,7 +44,7 @@ def test_study_plan_names_the_phases_the_run_trains(finished_run):
   config, workdir, _ = finished_run
   records = [json.loads(line) for line in open(os.path.join(workdir, METRICS_FILE))]
   trained = {r["phase"] for r in records if "loss" in r}
-  plan = pipeline.study_plan(config, 1000, 1000, 1000, 100)  # the config fixes the step counts
+  plan = phases.study_plan(config, 1000, 1000, 1000, 100)  # the config fixes the step counts
   assert trained == {p.name for p in plan.phases if p.kind != "evaluation"}
   assert len(trained) == 2 and {"student", "teachers 1-2/2"} == trained
 
@@ -112,7 +113,7 @@ def test_results_match_an_independent_numpy_evaluation(finished_run):
 
 def test_rerun_of_a_finished_run_reproduces_its_results(finished_run):
   config, workdir, results = finished_run
-  assert pipeline.run(config, workdir) == results
+  assert study.run(config, workdir) == results
 
 
 def test_workdir_of_a_different_config_is_refused_and_untouched(finished_run):
@@ -121,7 +122,7 @@ def test_workdir_of_a_different_config_is_refused_and_untouched(finished_run):
   other = tiny_config()
   other.distill.temperature = 1.0
   with pytest.raises(KdJaxError, match="distill.temperature"):
-    pipeline.run(other, workdir)
+    study.run(other, workdir)
   assert before == {name: os.path.getmtime(os.path.join(workdir, name))
                     for name in os.listdir(workdir)}
 
@@ -143,7 +144,7 @@ def test_a_run_saved_before_a_field_existed_resumes_unless_the_field_is_set():
 def test_foreign_non_empty_workdir_is_refused(tmp_path):
   (tmp_path / "precious.txt").write_text("not ours")
   with pytest.raises(KdJaxError, match="not empty"):
-    pipeline.run(tiny_config(), str(tmp_path))
+    study.run(tiny_config(), str(tmp_path))
   assert os.listdir(tmp_path) == ["precious.txt"]
 
 
@@ -151,7 +152,7 @@ def test_teachers_are_reused_from_another_workdir(finished_run, tmp_path):
   config, workdir, results = finished_run
   reuse = tiny_config()
   reuse.teacher.load_from = workdir
-  reused = pipeline.run(reuse, str(tmp_path / "reuse"))
+  reused = study.run(reuse, str(tmp_path / "reuse"))
   assert not os.path.exists(tmp_path / "reuse" / "teachers")
   assert reused["ensemble"] == results["ensemble"]
   assert reused["student"] == results["student"]  # same seed, same teachers: the same student
@@ -163,7 +164,7 @@ def test_shape_incompatible_teacher_checkpoint_is_refused(finished_run, tmp_path
   other.teacher.load_from = workdir
   other.teacher.model.width = 16  # the saved teachers have width 8
   with pytest.raises(KdJaxError, match="does not fit config.teacher.model"):
-    pipeline.run(other, str(tmp_path / "w"))
+    study.run(other, str(tmp_path / "w"))
   assert not os.path.exists(tmp_path / "w")
 
 
@@ -171,7 +172,7 @@ def test_missing_teacher_checkpoint_is_refused(tmp_path):
   config = tiny_config()
   config.teacher.load_from = str(tmp_path / "nowhere")
   with pytest.raises(KdJaxError, match="does not exist"):
-    pipeline.run(config, str(tmp_path / "w"))
+    study.run(config, str(tmp_path / "w"))
   assert not os.path.exists(tmp_path / "w")
 
 
@@ -186,7 +187,7 @@ def test_invalid_values_are_refused_before_the_workdir_is_made(tmp_path, key, va
   section, _, field = key.rpartition(".")
   (config[section] if section else config)[field] = value
   with pytest.raises(KdJaxError, match=message):
-    pipeline.run(config, str(tmp_path / "w"))
+    study.run(config, str(tmp_path / "w"))
   assert not os.path.exists(tmp_path / "w")
 
 

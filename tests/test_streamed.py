@@ -295,7 +295,7 @@ def test_unsupported_options_are_one_line_errors(tmp_path, layouts):
 
 
 def test_synthetic_distillation_data_is_refused_on_streamed_input():
-  from kd_jax import streamed  # pylint: disable=import-outside-toplevel
+  from kd_jax.study import streamed  # pylint: disable=import-outside-toplevel
   from kd_jax.errors import KdJaxError  # pylint: disable=import-outside-toplevel
   config = tiny_config()
   config.evaluation.augmented_batches = 0  # (tiny_config's; not available on streamed input either)
@@ -354,7 +354,7 @@ def test_two_processes_read_their_rows_and_train_like_one(tmp_path, layouts):
 
 def test_imagenet_config_is_the_papers_recipe_and_streams():
   from configs import imagenet_kd
-  from kd_jax import streamed
+  from kd_jax.study import streamed
   assert imagenet_kd.VARIANTS == ("m1", "m3", "m5") and "python run.py" in imagenet_kd.__doc__
   for m, variant in zip((1, 3, 5), imagenet_kd.VARIANTS):
     config = imagenet_kd.get_config(variant)

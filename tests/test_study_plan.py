@@ -6,8 +6,9 @@ import jax.numpy as jnp
 import pytest
 
 from conftest import tiny_config
-from kd_jax import checkpoint, loop, pipeline
+from kd_jax import checkpoint, loop
 from kd_jax.study_plan import EVALUATION_SPEEDUP, PlannedPhase, StudyPlan
+from kd_jax.study import phases
 
 
 def _plan_config():
@@ -21,7 +22,7 @@ def _plan_config():
 
 def test_plan_of_two_teacher_groups_and_an_independent_student():
   config = _plan_config()
-  plan = pipeline.study_plan(config, teacher_examples=400, distill_examples=500,
+  plan = phases.study_plan(config, teacher_examples=400, distill_examples=500,
                              labelled_examples=480, test_examples=100)
   teacher_images, student_images = 12 * 32, 45 * 32
   assert [(p.name, p.kind, p.steps, p.images) for p in plan.phases] == [
@@ -44,7 +45,7 @@ def test_plan_without_teacher_training_when_teachers_are_loaded():
   config = _plan_config()
   config.teacher.load_from = "/somewhere"
   config.evaluation.independent_student = False
-  plan = pipeline.study_plan(config, 400, 500, 480, 100)
+  plan = phases.study_plan(config, 400, 500, 480, 100)
   assert [p.name for p in plan.phases] == ["student", "evaluation"]
 
 
@@ -86,7 +87,7 @@ def test_progress_lines_show_the_study_eta(tmp_path, capsys):
   manager = checkpoint.make_manager(str(tmp_path / "ckpt"))
   try:
     loop.fit(step, {"w": jnp.zeros((2,))}, phase=phase, manager=manager, start=0, log=_Log(),
-             log_every=3, checkpoint_every=1000, study=plan)
+             settings=loop.Settings(log_every=3, checkpoint_every=1000), study=plan)
   finally:
     manager.close()
   lines = [line for line in capsys.readouterr().out.splitlines() if "| ETA" in line]

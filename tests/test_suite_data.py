@@ -7,31 +7,32 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from kd_jax import KdJaxError, pipeline
+from kd_jax import KdJaxError, study
 from kd_jax import config as kd_config
 from kd_jax.data import sources
+from kd_jax.data import placement
 
 
 def test_teacher_subset_is_seeded_sorted_and_inside_its_split():
-  subset = pipeline.split_indices(1000, "d0", split_seed=3, examples=50)
+  subset = placement.split_indices(1000, "d0", split_seed=3, examples=50)
   assert subset.size == 50 and np.all(np.diff(subset) > 0)
-  assert set(subset) <= set(pipeline.split_indices(1000, "d0", split_seed=3))
-  np.testing.assert_array_equal(subset, pipeline.split_indices(1000, "d0", 3, examples=50))
-  assert not np.array_equal(subset, pipeline.split_indices(1000, "d0", 4, examples=50))
+  assert set(subset) <= set(placement.split_indices(1000, "d0", split_seed=3))
+  np.testing.assert_array_equal(subset, placement.split_indices(1000, "d0", 3, examples=50))
+  assert not np.array_equal(subset, placement.split_indices(1000, "d0", 4, examples=50))
   # The subset is not simply the first examples of the split.
-  assert not np.array_equal(subset, pipeline.split_indices(1000, "d0", 3)[:50])
+  assert not np.array_equal(subset, placement.split_indices(1000, "d0", 3)[:50])
 
 
 def test_zero_examples_keeps_the_split_and_the_halves_do_not_move():
-  np.testing.assert_array_equal(pipeline.split_indices(10, "all", 0, examples=0), np.arange(10))
-  d0 = pipeline.split_indices(100, "d0", 7)
-  d1 = pipeline.split_indices(100, "d1", 7)
+  np.testing.assert_array_equal(placement.split_indices(10, "all", 0, examples=0), np.arange(10))
+  d0 = placement.split_indices(100, "d0", 7)
+  d1 = placement.split_indices(100, "d1", 7)
   assert d0.size == d1.size == 50 and not set(d0) & set(d1)
 
 
 def test_too_many_teacher_examples_is_a_one_line_error():
   with pytest.raises(KdJaxError, match="train_examples=60"):
-    pipeline.split_indices(100, "d1", 0, examples=60)
+    placement.split_indices(100, "d1", 0, examples=60)
   config = kd_config.default_config()
   config.teacher.train_examples = -1
   with pytest.raises(KdJaxError, match="train_examples"):
@@ -44,7 +45,7 @@ def test_pipeline_trains_the_teachers_on_the_subset_only(tmp_path, tiny):
   tiny.teacher.epochs = 3
   tiny.teacher.train_examples = 64
   tiny.log_every_steps = 1
-  pipeline.run(tiny, str(tmp_path))
+  study.run(tiny, str(tmp_path))
   with open(tmp_path / "metrics.jsonl") as f:
     records = [json.loads(line) for line in f]
   teacher_steps = [r["step"] for r in records if r.get("phase", "").startswith("teachers")

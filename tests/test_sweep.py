@@ -219,14 +219,14 @@ def test_shared_members_equal_teachers_trained_alone(tmp_path):
   """Teacher i depends only on the seed and i: member 0 of a trained 2-ensemble, loaded by an m = 1
   run, scores like the teacher an m = 1 run trains itself."""
   from conftest import tiny_config
-  from kd_jax import pipeline
+  from kd_jax import study
   pair = tiny_config(ensemble_size=2)
-  pipeline.run(pair, str(tmp_path / "pair"))
+  study.run(pair, str(tmp_path / "pair"))
   shared = tiny_config(ensemble_size=1)
   shared.teacher.load_from = str(tmp_path / "pair")
   alone = tiny_config(ensemble_size=1)
-  shared_results = pipeline.run(shared, str(tmp_path / "shared"))
-  alone_results = pipeline.run(alone, str(tmp_path / "alone"))
+  shared_results = study.run(shared, str(tmp_path / "shared"))
+  alone_results = study.run(alone, str(tmp_path / "alone"))
   for key in ("test_accuracy", "test_nll", "train_accuracy"):
     assert shared_results["teachers"][0][key] == pytest.approx(
         alone_results["teachers"][0][key], rel=1e-4, abs=1e-6)

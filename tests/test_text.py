@@ -19,13 +19,15 @@ import numpy as np
 import optax
 import pytest
 
-from kd_jax import KdJaxError, losses, parallel, pipeline, report, runtime, train
+from kd_jax import KdJaxError, losses, parallel, report, runtime, study, train
+from kd_jax import distill
 from kd_jax.errors import Interrupted
 from kd_jax import config as kd_config
 from kd_jax import data
 from kd_jax.data import augment, text
 from kd_jax.models import build_model
 from kd_jax.models.lstm import BiLSTM
+from kd_jax.data import placement
 
 # A two-class corpus with a signal a tiny model finds in a few dozen steps: each review mixes filler
 # words with sentiment words of its class.
@@ -316,7 +318,7 @@ def test_fused_step_runs_the_teachers_on_tokens_like_the_cached_logits():
   labels = rng.integers(0, 2, 8).astype(np.int32)
   mesh = parallel.make_mesh()
   tx = optax.sgd(0.5)
-  data_on_device = parallel.replicate(train.DeviceData(
+  data_on_device = parallel.replicate(placement.DeviceData(
       train_images=tokens, train_labels=labels, test_images=tokens, test_labels=labels,
       mean=np.zeros(1, np.float32), std=np.ones(1, np.float32)), mesh)
   init = jax.jit(lambda key: train.create_state(model, tx, key, (6,)))  # compiled once: it is slow
@@ -326,9 +328,10 @@ def test_fused_step_runs_the_teachers_on_tokens_like_the_cached_logits():
       teachers)
   outcomes = []
   for cached, teacher_inputs in ((False, teachers), (True, table)):
-    step = train.make_distill_step(model, model, tx, batch_size=4, augment=augment.make_policy("none"),
-                                   mesh=mesh, temperature=1.0, alpha=0.0,
-                                   cached_teacher_logits=cached)
+    spec = distill.DistillSpec(batch_size=4, augment=augment.make_policy("none"),
+                               method=distill.LogitKD(temperature=1.0),
+                               teachers=distill.CACHED_LOGITS if cached else distill.TEACHERS_IN_STEP)
+    step = train.make_distill_step(model, model, tx, spec, mesh)
     state = init(jax.random.PRNGKey(2))
     for _ in range(2):
       state, metrics = step(state, teacher_inputs, data_on_device)
@@ -425,7 +428,7 @@ def _student_params(workdir):
 
 def test_study_trains_resumes_exactly_and_reports(layouts, tmp_path, monkeypatch, capsys):
   config = _study_config({"path": layouts["folder"].path})
-  uninterrupted = pipeline.run(config, str(tmp_path / "uninterrupted"))
+  uninterrupted = study.run(config, str(tmp_path / "uninterrupted"))
   out = capsys.readouterr().out
   assert "kd_jax: imdb_reviews (48 train / 20 test, 2 classes)" in out
 
@@ -434,10 +437,10 @@ def test_study_trains_resumes_exactly_and_reports(layouts, tmp_path, monkeypatch
   split = str(tmp_path / "split")
   monkeypatch.setattr(runtime, "stop_requested", _StopAfter(31 + 18))
   with pytest.raises(Interrupted):
-    pipeline.run(config, split)
+    study.run(config, split)
   assert "[student] stopped at step 17/30" in capsys.readouterr().out
   monkeypatch.undo()
-  resumed = pipeline.run(config, split)
+  resumed = study.run(config, split)
   assert "[student] resuming at step 17/30" in capsys.readouterr().out
   assert resumed == uninterrupted  # bit-identical metrics
   jax.tree.map(np.testing.assert_array_equal, _student_params(split),

@@ -7,6 +7,8 @@ import numpy as np
 import optax
 
 from kd_jax import parallel, train
+from kd_jax import distill
+from kd_jax.data import placement
 
 
 class DropoutNet(nn.Module):
@@ -42,7 +44,7 @@ def _data():
   rng = np.random.default_rng(1)
   images = rng.integers(0, 256, (16, 2, 2, 1), dtype=np.uint8)
   labels = rng.integers(0, 3, (16,)).astype(np.int32)
-  return train.DeviceData(train_images=images, train_labels=labels, test_images=images,
+  return placement.DeviceData(train_images=images, train_labels=labels, test_images=images,
                           test_labels=labels, mean=np.zeros(1, np.float32),
                           std=np.ones(1, np.float32))
 
@@ -66,9 +68,9 @@ def test_distill_step_trains_a_dropout_student_reproducibly():
   model, tx, state = _state(step=0)
   _, _, teacher_state = _state(step=0, seed=1)
   teachers = jax.tree_util.tree_map(lambda leaf: leaf[None], {'params': teacher_state.params})
-  step = train.make_distill_step(model, model, tx, batch_size=8, augment=lambda key, x: x,
-                                 mesh=parallel.make_mesh(), temperature=4.0, alpha=0.5,
-                                 loss_kind='hard_argmax')
+  spec = distill.DistillSpec(batch_size=8, augment=lambda key, x: x,
+                             method=distill.LogitKD(temperature=4.0, alpha=0.5, kind='hard_argmax'))
+  step = train.make_distill_step(model, model, tx, spec, parallel.make_mesh())
   copy = jax.tree_util.tree_map(jnp.array, state)
   for _ in range(2):
     state, step_metrics = step(state, teachers, data)

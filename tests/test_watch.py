@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from kd_jax import pipeline, train
+from kd_jax import study, train
 from kd_jax import config as kd_config
 
 
@@ -34,7 +34,7 @@ def watched_run(tmp_path_factory):
   config = tiny_config()
   config.profile_steps = 2
   config.evaluation.every_steps = 4
-  results = pipeline.run(config, workdir)
+  results = study.run(config, workdir)
   return config, workdir, results
 
 
