@@ -12,32 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from kd_jax import config as kd_config
+from tiny_config import tiny_config  # noqa: F401 (the tests' shared tiny study)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
-
-
-def tiny_config(teacher_steps=12, student_steps=12, ensemble_size=2):
-  """Seconds-long study on digits: small CNN teachers -> MLP student."""
-  config = kd_config.default_config()
-  config.data.name = "digits"
-  config.data.source = "digits"
-  config.data.augment = "none"
-  config.teacher.model = kd_config.model_config(name="digits_cnn", width=8)
-  config.teacher.ensemble_size = ensemble_size
-  config.teacher.steps = teacher_steps
-  config.teacher.batch_size = 32
-  config.teacher.optimizer = kd_config.optimizer_config(learning_rate=0.05)
-  config.student.model = kd_config.model_config(name="mlp", width=32)
-  config.student.steps = student_steps
-  config.student.batch_size = 32
-  config.student.optimizer = kd_config.optimizer_config(
-      learning_rate=0.05, final_learning_rate=1e-6, nesterov=True)
-  config.eval_batch_size = 120
-  config.log_every_steps = 4
-  config.checkpoint_every_steps = 4
-  return config
 
 
 TEST_COMPILATION_CACHE = os.path.join(tempfile.gettempdir(), "kd_jax_test_xla")
