@@ -267,8 +267,8 @@ def _check_positive(value, key):
     raise KdJaxError(f"config.{key}={value!r} must be > 0.")
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises KdJaxError (one line) for values that would fail later or silently mean nothing."""
+def _check_run(config) -> None:
+  """Run-wide choices and the distillation loss's options."""
   _check_choice(config.study, STUDIES, "study")
   _check_choice(config.precision, PRECISIONS, "precision")
   _check_choice(config.ensemble_method, ENSEMBLE_METHODS, "ensemble_method")
@@ -276,6 +276,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_choice(config.distill.mixup_lambda, policy.MIXUP_LAMBDAS, "distill.mixup_lambda")
   _check_choice(config.distill.rotate_interpolation, policy.ROTATE_INTERPOLATIONS,
                 "distill.rotate_interpolation")
+
+
+def _check_phases(config) -> None:
+  """The teacher and student phases: models, optimizers, batch sizes, schedules."""
   for phase in ("teacher", "student"):
     cfg = config[phase]
     _check_choice(cfg.model.head, VGG_HEADS, f"{phase}.model.head")
@@ -294,6 +298,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise KdJaxError(f"config.profile_steps={config.profile_steps} must be >= 0 (0 = no trace).")
   if not 0.0 <= config.distill.alpha <= 1.0:
     raise KdJaxError(f"config.distill.alpha={config.distill.alpha} must lie in [0, 1].")
+
+
+def _check_student_init(config) -> None:
+  """Data splits and the student's initialization."""
   _check_choice(config.teacher.data_split, DATA_SPLITS, "teacher.data_split")
   _check_choice(config.distill.data_split, DATA_SPLITS, "distill.data_split")
   _check_choice(config.student.init, STUDENT_INITS, "student.init")
@@ -304,6 +312,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
       config.student.model.to_dict() != config.teacher.model.to_dict()):
     raise KdJaxError(f"config.student.init={config.student.init!r} needs self-distillation: set "
                      "config.student.model equal to config.teacher.model.")
+
+
+def _check_extra_distillation_data(config) -> None:
+  """Out-of-distribution and synthetic distillation images."""
   _check_choice(config.distill.ood_mode, OOD_MODES, "distill.ood_mode")
   if not 0.0 <= config.distill.ood_ratio < 1.0:
     raise KdJaxError(f"config.distill.ood_ratio={config.distill.ood_ratio} must lie in [0, 1).")
@@ -334,12 +346,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_positive(config.distill.synthetic_temperature, "distill.synthetic_temperature")
   _check_choice(config.distill.synthetic_batch_norm, SYNTHETIC_BATCH_NORMS,
                 "distill.synthetic_batch_norm")
+
+
+def _check_evaluation(config) -> None:
+  """The evaluation's sizes."""
   if config.evaluation.test_size < 0:
     raise KdJaxError(f"config.evaluation.test_size={config.evaluation.test_size} must be >= 0 "
                      "(0 = the whole test set).")
   for key in ("augmented_batches", "cka_examples", "every_steps"):
     if config.evaluation[key] < 0:
       raise KdJaxError(f"config.evaluation.{key}={config.evaluation[key]} must be >= 0 (0 = skip).")
+
+
+def _check_data(config) -> None:
+  """The data: subsets, image size, text, the streamed pipeline."""
   if config.teacher.train_examples < 0:
     raise KdJaxError(f"config.teacher.train_examples={config.teacher.train_examples} must be >= 0 "
                      "(0 = the teachers' whole data split).")
@@ -364,8 +384,23 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise KdJaxError("config.data.stream.min_crop_scale must lie in (0, 1].")
   if not 0.0 < config.data.stream.eval_crop_ratio <= 1.0:
     raise KdJaxError("config.data.stream.eval_crop_ratio must lie in (0, 1].")
+
+
+def _check_gan(config) -> None:
+  """Teacher groups and the SN-GAN study's fields."""
   if config.teacher.members_per_step < 0:
     raise KdJaxError("config.teacher.members_per_step must be >= 0 (0 = all members at once).")
   for key in ("z_dim", "generator_width", "discriminator_width", "steps", "batch_size",
               "discriminator_steps", "learning_rate", "final_learning_rate"):
     _check_positive(config.gan[key], f"gan.{key}")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises KdJaxError (one line) for values that would fail later or silently mean nothing."""
+  _check_run(config)
+  _check_phases(config)
+  _check_student_init(config)
+  _check_extra_distillation_data(config)
+  _check_evaluation(config)
+  _check_data(config)
+  _check_gan(config)

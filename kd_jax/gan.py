@@ -115,7 +115,9 @@ def create_state(generator, discriminator, cfg, rng, image_shape) -> GanState:
 
 def make_train_step(generator, discriminator, cfg, *, augment, mesh):
   """Compiled step(state, data) -> (state, metrics): one generator update, then
-  cfg.discriminator_steps discriminator updates (see the module docstring)."""
+  cfg.discriminator_steps discriminator updates (see the module docstring). Its parts (the two
+  losses, the updates, the scan over discriminator steps) are closures over the networks and cfg, so
+  the compiled program reads in one place; hence the length."""
   tx, schedule = _adam(cfg), learning_rate_schedule(cfg)
   batch_size, n_dis = cfg.batch_size, cfg.discriminator_steps
 

@@ -212,6 +212,9 @@ def make_distill_step(student, teacher, tx, spec: distill.DistillSpec, mesh):
   With spec.streamed the step is step(state, teacher_variables, images, labels, mean, std): the batch
   arrives from the host (kd_jax/study/streamed.py; uint8 images, int32 labels) instead of being drawn
   from on-device data, and goes through the same update.
+
+  The step's two halves (`step` draws the batch, `update` is the rest) are closures over `spec`, so
+  the whole compiled program reads in one place; hence the length.
   """
   batch_size, num_ood, num_synthetic = spec.batch_size, spec.num_ood, spec.num_synthetic
   ensemble_logits = teacher_logits_fn(teacher, spec.ensemble_method)
