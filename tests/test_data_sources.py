@@ -17,7 +17,7 @@ import PIL.Image
 import pytest
 
 from kd_jax import config as kd_config
-from kd_jax import data
+from kd_jax import data, progress
 from kd_jax.data import sources
 from kd_jax.errors import KdJaxError
 
@@ -395,7 +395,7 @@ def test_image_folder_loads_when_the_cache_cannot_be_written(tmp_path, monkeypat
 
 def test_image_folder_decode_shows_progress_and_the_cache_read(tmp_path, monkeypatch, capsys):
   monkeypatch.setenv("KD_JAX_CACHE", str(tmp_path / "cache"))
-  monkeypatch.setattr(sources, "PROGRESS_SECONDS", 0.0)  # a progress line after every image
+  monkeypatch.setattr(progress, "PROGRESS_SECONDS", 0.0)  # a progress line after every image
   _write_png_folder(tmp_path / "pets", np.random.default_rng(12))
   data.load_dataset(_cfg(source="image_folder", path=str(tmp_path / "pets")))
   out = capsys.readouterr().out

@@ -19,7 +19,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from conftest import REPO, run_cli, start_run, tiny_config
-from kd_jax import KdJaxError, checkpoint, cli, files, loop, runtime, study
+from kd_jax import KdJaxError, checkpoint, cli, files, loop, progress, runtime, study
 from kd_jax import workdir as workdir_lib
 from kd_jax.errors import DivergedError, Interrupted
 
@@ -526,7 +526,7 @@ def test_a_section_takes_a_dict_with_all_its_keys():
 
 
 def test_a_phase_between_log_lines_still_shows_progress(tmp_path, capsys, monkeypatch):
-  monkeypatch.setattr(loop, "PROGRESS_SECONDS", 0.0)
+  monkeypatch.setattr(progress, "PROGRESS_SECONDS", 0.0)
   _fit(_counting_step(), tmp_path, total=6, checkpoint_every=1000, log_every=1000)
   out = capsys.readouterr().out
   assert "[test] step 3/6 |" in out and "ETA" in out
