@@ -8,7 +8,8 @@
       --config.teacher.epochs=1 --config.student.epochs=1 \
       --config.teacher.model.depth=20 --config.student.model.depth=20
 
-Data: tensorflow-datasets `cifar10` in --config.data.data_dir, the original python pickles
+Data: as configs/cifar_kd.py (data.source 'auto': a prepared tfds `cifar10`, else
+cifar-10-python.tar.gz downloaded once into the cache), the original python pickles
 (--config.data.source=cifar_pickle --config.data.path=.../cifar-10-batches-py), or an image folder.
 """
 

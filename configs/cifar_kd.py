@@ -11,8 +11,12 @@ bottleneck blocks of the paper's code. Expect test agreement in the low-to-mid 8
   python run.py --config=configs/cifar_kd.py --workdir=runs/c100_tau1 \
       --config.teacher.load_from=runs/c100 --config.distill.temperature=1
 
-Data: tensorflow-datasets `cifar100` prepared in --config.data.data_dir (array_record), or the original
-python pickles with --config.data.source=cifar_pickle --config.data.path=/path/to/cifar-100-python.
+Data (data.source 'auto', kd_jax/data/download.py): a tensorflow-datasets `cifar100` prepared as
+array_record in --config.data.data_dir (default ~/tensorflow_datasets), else the original python
+pickles from the download cache (~/.cache/kd_jax/datasets, or $KD_JAX_DATASETS), where the first run
+downloads cifar-100-python.tar.gz (161 MB) and checks its published md5. Offline:
+--config.data.download=false, and --config.data.source=cifar_pickle --config.data.path=DIR for a
+cifar-100-python folder already here.
 """
 
 from kd_jax import config as kd_config
@@ -21,7 +25,7 @@ from kd_jax import config as kd_config
 def get_config():
   config = kd_config.default_config()
   config.data.name = "cifar100"
-  config.data.source = "tfds"
+  config.data.source = "auto"  # the copy on disk, else downloaded once
   config.data.augment = "crop_flip"
 
   config.teacher.model = kd_config.model_config(name="preresnet", depth=56)

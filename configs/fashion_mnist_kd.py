@@ -5,6 +5,8 @@ Teachers 20 epochs, student 30 epochs, no augmentation (the paper's MNIST recipe
 alpha 0; SGD with the paper's cosine schedules, the student's learning rate 0.01 instead of 0.05 (see
 below).
 
+  # data.source 'auto': a prepared tfds `fashion_mnist`, else the 4 original IDX files, downloaded
+  # once into ~/.cache/kd_jax/datasets (or $KD_JAX_DATASETS) and checked against their sha256
   python run.py --config=configs/fashion_mnist_kd.py --workdir=runs/fmnist
   # the byte-exact original IDX files in ../shared/data:
   python run.py --config=configs/fashion_mnist_kd.py --workdir=runs/fmnist \
@@ -17,7 +19,7 @@ from kd_jax import config as kd_config
 def get_config():
   config = kd_config.default_config()
   config.data.name = "fashion_mnist"
-  config.data.source = "tfds"
+  config.data.source = "auto"  # the copy on disk, else downloaded once
   config.data.augment = "none"
 
   config.teacher.model = kd_config.model_config(name="lenet5")

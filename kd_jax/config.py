@@ -74,11 +74,19 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
   cfg = ml_collections.ConfigDict(dict(
       # cifar10 | cifar100 | mnist | fashion_mnist | svhn_cropped | digits | imdb_reviews (text)
       name="cifar100",
-      # tfds | cifar_pickle | idx | image_folder | digits; text (token ids, kd_jax/data/text.py):
-      # aclimdb (the aclImdb folder or .tar.gz in data.path) | tfds_text (e.g. imdb_reviews)
+      # tfds | cifar_pickle | idx | svhn_mat | image_folder | digits | auto (data.name wherever it
+      # already is: read from data.path, a prepared tfds data_dir or the download cache, else
+      # downloaded there: cifar10, cifar100, mnist, fashion_mnist, emnist[/split], svhn_cropped;
+      # kd_jax/data/download.py); text (token ids, kd_jax/data/text.py): aclimdb (the aclImdb folder
+      # or .tar.gz in data.path) | tfds_text (e.g. imdb_reviews)
       source="tfds",
       path="",  # local directory (or .tar.gz for image_folder) for the non-tfds sources
       data_dir="",  # tensorflow-datasets data_dir ('' = tfds default)
+      # source=auto: whether a dataset found nowhere on disk may be downloaded (False, or the
+      # environment variable KD_JAX_NO_DOWNLOAD=1, never uses the network), and where downloads are
+      # kept ('' = $KD_JAX_DATASETS, else ~/.cache/kd_jax/datasets).
+      download=True,
+      download_dir="",
       train_size=0,  # keep only the first N training examples (0 = all)
       train_split="train",  # tfds split names (a streamed image folder: its split folders)
       test_split="test",
@@ -363,6 +371,10 @@ def _check_data(config) -> None:
   if config.teacher.train_examples < 0:
     raise KdJaxError(f"config.teacher.train_examples={config.teacher.train_examples} must be >= 0 "
                      "(0 = the teachers' whole data split).")
+  for key, cfg in (("data", config.data), ("distill.ood_data", config.distill.ood_data)):
+    if cfg.source == "auto" and not cfg.name:
+      raise KdJaxError(f"config.{key}.source='auto' finds or downloads the dataset {key}.name "
+                       f"names; set it, e.g. --config.{key}.name=cifar100.")
   if config.data.image_size < 0:
     raise KdJaxError(f"config.data.image_size={config.data.image_size} must be >= 0 (0 = native).")
   if config.data.source in TEXT_SOURCES:

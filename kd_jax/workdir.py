@@ -31,10 +31,12 @@ METRICS_FILE = "metrics.jsonl"
 RESULTS_FILE = "results.json"
 DIVERGED_FILE = "diverged.json"
 LOCK_FILE = ".lock"
-# Keys that change how a run reports or saves progress, not what it computes: they may differ on resume.
+# Keys that change how a run reports or saves progress, or whether and where it downloads data, not
+# what it computes: they may differ on resume.
 OPERATIONAL_KEYS = (
     "log_every_steps", "checkpoint_every_steps", "eval_batch_size", "profile_steps",
-    "evaluation.every_steps")
+    "evaluation.every_steps", "data.download", "data.download_dir", "distill.ood_data.download",
+    "distill.ood_data.download_dir")
 
 
 def config_dict(config: ml_collections.ConfigDict) -> dict:

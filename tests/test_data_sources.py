@@ -247,7 +247,7 @@ def test_idx_rejects_bad_magic_truncation_and_missing_files(tmp_path):
   assert "5 train images but 3 labels" in _load_error(_cfg(name="mnist", source="idx", path=str(folder)))
   labels_file.unlink()
   message = _load_error(_cfg(name="mnist", source="idx", path=str(folder)))
-  assert "train-labels-idx1-ubyte.gz missing" in message and "data.source='idx'" in message
+  assert "train-labels-idx1-ubyte.gz missing" in message and "--config.data.source=idx" in message
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -207,9 +207,11 @@ def test_cli_unknown_config_key(tmp_path):
 
 def test_cli_unavailable_dataset_says_how_to_provide_it(tmp_path):
   result = run_cli(["--config=configs/cifar_kd.py", f"--workdir={tmp_path / 'w'}",
-                    f"--config.data.data_dir={tmp_path / 'tfds'}"])
+                    f"--config.data.data_dir={tmp_path / 'tfds'}", "--config.data.download=false",
+                    f"--config.data.download_dir={tmp_path / 'cache'}"])
   line = _assert_one_line_usage_error(result)
-  assert "cifar100" in line and "data_dir" in line
+  assert "cifar100" in line and "data_dir" in line and "--config.data.download=false" in line
+  assert not os.path.exists(tmp_path / "cache")  # nothing downloaded
   assert not os.path.exists(tmp_path / "w")  # so the corrected command can start there
 
 

@@ -15,7 +15,8 @@ accuracy, not the best fidelity; noise and OOD data hurt.
 
   python run.py --config=configs/paper/augmentation.py:mixup --workdir=runs/augmentation/mixup
   python sweep.py --config=configs/paper/augmentation.py --workdir=runs/augmentation
-SVHN for ood_svhn: tfds `svhn_cropped` in --config.distill.ood_data.data_dir.
+SVHN for ood_svhn (distill.ood_data.source 'auto'): a tfds `svhn_cropped` prepared in
+--config.distill.ood_data.data_dir, else train_32x32.mat / test_32x32.mat downloaded once (246 MB).
 The gan variant needs a trained generator in distill.synthetic_workdir (GAN_WORKDIR below), first:
   python run.py --config=configs/paper/sngan_cifar.py:cifar100 --workdir=runs/sngan_cifar100
 It follows the original's DistillLoader: each batch holds int(0.2 * 128) = 25 generator samples after
@@ -43,7 +44,7 @@ OVERRIDES = {
     # The original's OOD set: 10,000 fixed SVHN images appended to the 50,000 (ood_mode 'append').
     "ood_svhn": {"distill.augment": "crop_flip", "distill.ood_mode": "append",
                  "distill.ood_examples": 10000,
-                 "distill.ood_data": kd_config.data_config(name="svhn_cropped", source="tfds")},
+                 "distill.ood_data": kd_config.data_config(name="svhn_cropped", source="auto")},
     # The original's synth_ratio 0.2 of a generator trained by configs/paper/sngan_cifar.py.
     "gan": {"distill.augment": "crop_flip", "distill.synthetic_workdir": GAN_WORKDIR,
             "distill.synthetic_fraction": 0.2, "distill.synthetic_temperature": 1.0,

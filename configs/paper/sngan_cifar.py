@@ -29,7 +29,7 @@ VARIANTS = tuple(OVERRIDES)
 def get_config(variant=None):
   config = kd_config.default_config()
   config.study = "gan"
-  config.data = kd_config.data_config(name="cifar100", source="tfds")
+  config.data = kd_config.data_config(name="cifar100", source="auto")
   # The generator's defaults in kd_jax/config.py are the original's; stated here as the recipe.
   config.gan.update(dict(z_dim=128, generator_width=256, discriminator_width=128, steps=100000,
                          batch_size=128, discriminator_steps=5, learning_rate=2e-4,

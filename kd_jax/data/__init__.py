@@ -6,12 +6,13 @@ from kd_jax.data.sources import Dataset
 from kd_jax.errors import KdJaxError
 
 
-def load_dataset(cfg):
-  """The dataset `cfg` (a `kd_jax.config.data_config()`) describes, from its image or text source."""
+def load_dataset(cfg, key: str = "data"):
+  """The dataset `cfg` (a `kd_jax.config.data_config()`) describes, from its image or text source;
+  `key` is its place in the config ('data', 'distill.ood_data'), for messages."""
   if cfg.source in text.SOURCES:
     return text.load_text_dataset(cfg)
   if cfg.source in sources.SOURCES:
-    return sources.load_image_dataset(cfg)
+    return sources.load_image_dataset(cfg, key)
   raise KdJaxError(f"unknown data.source={cfg.source!r}: use one of "
                    f"{', '.join(sources.SOURCES + text.SOURCES)}")
 

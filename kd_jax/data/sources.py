@@ -6,14 +6,18 @@ picked by `cfg.source`:
   digits:       scikit-learn's 8x8 digits (always available offline), a fixed seeded 1,437/360 split.
   cifar_pickle: the original CIFAR-10 / CIFAR-100 python pickle folders.
   idx:          MNIST-style IDX files (MNIST, Fashion-MNIST), gzipped or not.
+  svhn_mat:     SVHN's cropped digits, the original train_32x32.mat / test_32x32.mat.
   image_folder: `root/{train,test}/<class>/*.{jpg,jpeg,png}`, or a tar(.gz) archive of that layout
                 (read in place, never extracted); labels index the sorted class names and examples
                 go round-robin over classes, so the first `train_size` are balanced.
   tfds:         a tensorflow-datasets dataset already prepared as array_record (or parquet), read
                 without TensorFlow through `builder.as_data_source`.
+  auto:         data.name wherever it already is (data.path, a prepared tfds copy, the download
+                cache), else downloaded from its official host: kd_jax/data/download.py.
 The text sources (aclimdb, tfds_text) give token ids instead: kd_jax/data/text.py.
 
-Nothing here downloads: a dataset that is not on disk is a `KdJaxError` that says how to provide it.
+Only data.source='auto' downloads (kd_jax/data/download.py, before a loader runs); for the other
+sources a dataset that is not on disk is a `KdJaxError` that says how to provide it.
 Decoded image folders are cached as .npz under `$KD_JAX_CACHE` (default `~/.cache/kd_jax`) because
 decoding 60,000 JPEGs takes seconds while reading the cache takes a fraction of one; source files
 and folders are only ever read.
@@ -37,36 +41,10 @@ import PIL.Image
 
 from kd_jax import files as files_lib
 from kd_jax import progress
+from kd_jax.data import download
 from kd_jax.errors import KdJaxError
 
-SOURCES = ("tfds", "cifar_pickle", "idx", "image_folder", "digits")
-
-# How to get each well-known dataset onto a machine without internet, from its original files.
-_OFFLINE_HOWTO = {
-    "cifar10": (
-        "download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html on a machine "
-        "with internet, extract it here and use data.source='cifar_pickle' data.path=DIR, or "
-        "data.source='image_folder' with a train/test JPEG folder or its .tar.gz"),
-    "cifar100": (
-        "download cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html on a machine "
-        "with internet, extract it here and use data.source='cifar_pickle' data.path=DIR"),
-    "mnist": (
-        "copy the 4 original MNIST IDX .gz files (train-images-idx3-ubyte.gz, ...) into DIR and use "
-        "data.source='idx' data.path=DIR"),
-    "fashion_mnist": (
-        "copy the 4 original Fashion-MNIST IDX .gz files (train-images-idx3-ubyte.gz, ...) into DIR and "
-        "use data.source='idx' data.path=DIR"),
-    "imdb_reviews": (
-        "download aclImdb_v1.tar.gz from https://ai.stanford.edu/~amaas/data/sentiment/ on a machine "
-        "with internet, copy it (or the aclImdb folder extracted from it) here and use "
-        "data.source='aclimdb' data.path=FILE_OR_DIR"),
-}
-
-
-def _tfds_build_howto(name):
-  return (f"run `tfds build {name or 'NAME'} --data_dir DIR --file_format array_record` on a machine with "
-          "internet (and TensorFlow), copy DIR here and pass --config.data.data_dir=DIR")
-
+SOURCES = ("auto", "tfds", "cifar_pickle", "idx", "svhn_mat", "image_folder", "digits")
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
@@ -114,14 +92,17 @@ def _make_dataset(name, train_images, train_labels, test_images, test_labels, nu
       num_classes=int(num_classes))
 
 
-def load_image_dataset(cfg) -> Dataset:
+def load_image_dataset(cfg, key: str = "data") -> Dataset:
   """Loads the image dataset `cfg` describes: a `kd_jax.config.data_config()` (every field and its
-  default are stated there) whose source is one of SOURCES."""
+  default are stated there) whose source is one of SOURCES; `key` is its place in the config ('data',
+  'distill.ood_data'), for messages."""
+  cfg = download.resolve(cfg, key)  # data.source='auto': the source and path where data.name is
   source = cfg.source
   loaders = {
       "tfds": _load_tfds,
       "cifar_pickle": _load_cifar_pickle,
       "idx": _load_idx,
+      "svhn_mat": _load_svhn_mat,
       "image_folder": _load_image_folder,
       "digits": _load_digits,
   }
@@ -188,7 +169,7 @@ def existing_path(cfg, expected):
   """Returns cfg.path as an existing Path, or raises naming what should be there."""
   raw = cfg.path or ""
   name = cfg.name or ""
-  fix = "; " + _OFFLINE_HOWTO.get(name, f"or use data.source='tfds': {_tfds_build_howto(name)}")
+  fix = "; " + download.offline_howto(name, cfg=cfg)
   if not raw:
     raise KdJaxError(f"data.source={cfg.source!r} needs data.path: set --config.data.path to "
                      f"{expected}{fix}")
@@ -270,7 +251,7 @@ def _find_cifar_folder(path, name):
   if found:
     raise KdJaxError(f"data.name={name!r} but data.path={str(path)!r} holds only CIFAR-{found[0][1]} "
                      f"pickles: fix data.name or point data.path at {_CIFAR_EXPECTED}")
-  howto = _OFFLINE_HOWTO["cifar100" if name == "cifar100" else "cifar10"]
+  howto = download.offline_howto("cifar100" if name == "cifar100" else "cifar10")
   raise KdJaxError(f"no CIFAR pickles in data.path={str(path)!r}: expected {_CIFAR_EXPECTED}; {howto}")
 
 
@@ -329,7 +310,7 @@ def _find_idx_file(folder, stem, name):
   for candidate in (f"{stem}.gz", stem, f"{dotted}.gz", dotted):
     if (folder / candidate).is_file():
       return folder / candidate
-  howto = _OFFLINE_HOWTO.get(name, "copy the 4 original IDX files there")
+  howto = download.offline_howto(name, default="copy the 4 original IDX files there")
   raise KdJaxError(f"{stem}.gz missing from data.path={str(folder)!r}: expected {_IDX_EXPECTED}; {howto}")
 
 
@@ -360,6 +341,45 @@ def _read_idx(path, expected_magic):
     raise KdJaxError(f"{path}: IDX header says {dims} = {int(np.prod(dims))} bytes of data but the file "
                      f"has {len(raw) - header_size}; re-copy the original file")
   return np.frombuffer(raw, dtype=np.uint8, offset=header_size).reshape(dims)
+
+
+# ----------------------------------------------------------------------------------------------------
+# svhn_mat
+
+_SVHN_FILES = ("train_32x32.mat", "test_32x32.mat")
+
+
+def _load_svhn_mat(cfg):
+  """SVHN's cropped digits from the original MATLAB files: X (32, 32, 3, N) uint8 and y (N, 1) with
+  labels 1..10, 10 standing for the digit 0 (mapped to 0, so labels are the digits, as in tfds)."""
+  folder = existing_path(cfg, f"a folder with {' and '.join(_SVHN_FILES)}")
+  (train_images, train_labels), (test_images, test_labels) = (
+      _read_svhn_mat(folder / name, cfg.name) for name in _SVHN_FILES)
+  return _make_dataset(_dataset_name(cfg, "svhn_cropped"), train_images, train_labels, test_images,
+                       test_labels, num_classes=10)
+
+
+def _read_svhn_mat(path, name):
+  """One SVHN .mat file as (uint8 NHWC images, int32 labels 0..9)."""
+  import scipy.io  # pylint: disable=g-import-not-at-top (lazy: only this source needs scipy.io)
+  if not path.is_file():
+    howto = download.offline_howto(name or "svhn_cropped")
+    raise KdJaxError(f"{path.name} missing from {path.parent}: expected "
+                     f"{' and '.join(_SVHN_FILES)}; {howto}")
+  try:
+    mat = scipy.io.loadmat(path, variable_names=("X", "y"))
+    images, labels = mat["X"], np.asarray(mat["y"]).reshape(-1)
+  except (OSError, ValueError, KeyError, TypeError, NotImplementedError) as e:
+    raise KdJaxError(f"{path} is not SVHN's original {path.name} ({type(e).__name__}: {e}); "
+                     "re-copy it") from e
+  if images.dtype != np.uint8 or images.ndim != 4 or images.shape[2] != 3 or (
+      images.shape[3] != len(labels)):
+    raise KdJaxError(f"{path}: expected X uint8 (32, 32, 3, N) and N labels, got X {images.dtype} "
+                     f"{images.shape} and {len(labels)} labels; re-copy the original file")
+  if len(labels) and (labels.min() < 1 or labels.max() > 10):
+    raise KdJaxError(f"{path}: labels span {labels.min()}..{labels.max()}, not SVHN's 1..10; "
+                     "re-copy the original file")
+  return np.transpose(images, (3, 0, 1, 2)), (labels % 10).astype(np.int32)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -616,8 +636,7 @@ def prepared_tfds_builder(name, data_dir):
     raise KdJaxError("data.source='tfds' needs tensorflow-datasets: pip install tensorflow-datasets") from e
   if not name:
     raise KdJaxError("data.source='tfds' needs data.name, e.g. --config.data.name=cifar10")
-  offline = _OFFLINE_HOWTO.get(name)
-  howto = _tfds_build_howto(name) + (f", or {offline}" if offline else "")
+  howto = download.tfds_howto(name)
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
@@ -629,8 +648,9 @@ def prepared_tfds_builder(name, data_dir):
   formats = builder.info.available_file_formats()
   if not formats & tfds.core.file_adapters.FileFormat.with_random_access():
     raise KdJaxError(f"tfds dataset {name!r} at {builder.data_dir} is stored as "
-                     f"{', '.join(sorted(f.value for f in formats))}, which needs TensorFlow to read: "
-                     "rebuild it with `--file_format array_record` into another data_dir")
+                     f"{', '.join(sorted(f.value for f in formats))}, which kd_jax does not read "
+                     "(it reads array_record or parquet, without TensorFlow): rebuild it into "
+                     f"another data_dir: {download.tfds_build_howto(name)}")
   return builder
 
 

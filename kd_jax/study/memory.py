@@ -136,7 +136,8 @@ def load_inputs(config):
   """(dataset, OOD dataset or None, synthetic (sampler, generator variables) or None): everything
   read from disk, checked before the workdir is touched."""
   dataset = load_dataset(config.data)
-  ood = load_dataset(config.distill.ood_data) if config.distill.ood_data.source else None
+  ood = (load_dataset(config.distill.ood_data, key="distill.ood_data")
+         if config.distill.ood_data.source else None)
   image_shape = tuple(dataset.train_images.shape[1:])
   if ood is not None and tuple(ood.train_images.shape[1:]) != image_shape:
     raise KdJaxError(f"config.distill.ood_data images have shape {ood.train_images.shape[1:]}, the "
