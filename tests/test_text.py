@@ -19,7 +19,8 @@ import numpy as np
 import optax
 import pytest
 
-from kd_jax import KdJaxError, losses, parallel, pipeline, report, runtime, train
+from kd_jax import KdJaxError, losses, parallel, pipeline, runtime, train
+from kd_jax.experiments import report
 from kd_jax.errors import Interrupted
 from kd_jax import config as kd_config
 from kd_jax import data
