@@ -13,8 +13,9 @@ workdir); 130 stopped by Ctrl-C or SIGTERM after saving a checkpoint (rerun to r
 import argparse
 import sys
 
-from kd_jax import cli, runtime
-from kd_jax.errors import Interrupted, KdJaxError
+from kd_jax import runtime
+from kd_jax.errors import KdJaxError
+from kd_jax.experiments import cli
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,17 +39,12 @@ def _parser() -> argparse.ArgumentParser:
   return parser
 
 
-def resolved_config(config_spec: str, overrides):
-  """The config file's config with the overrides applied (kd_jax.study.run validates it)."""
-  return cli.apply_overrides(cli.load_config_file(config_spec), overrides)
-
-
 def main(argv) -> None:
   args = argparse.Namespace(workdir=None)
-  try:
+  with cli.exit_statuses(lambda: f" from {args.workdir}" if args.workdir else ""):
     overrides, rest = cli.split_overrides(argv[1:])
     args = _parser().parse_args(rest)
-    config = resolved_config(args.config, overrides)
+    config = cli.apply_overrides(cli.load_config_file(args.config), overrides)
     if args.print_config:
       from kd_jax import config as config_lib  # pylint: disable=g-import-not-at-top
       config_lib.validate(config)
@@ -63,13 +59,7 @@ def main(argv) -> None:
     if args.distributed:
       jax.distributed.initialize(coordinator_address=args.coordinator_address,
                                  num_processes=args.num_processes, process_id=args.process_id)
-    study.run(config, args.workdir)
-  except KdJaxError as e:
-    cli.fail(e)
-  except (Interrupted, KeyboardInterrupt):
-    where = f" from {args.workdir}" if args.workdir else ""
-    print(f"interrupted; rerun the same command to resume{where}", file=sys.stderr, flush=True)
-    sys.exit(Interrupted.exit_status)
+    study.run(config, args.workdir)  # validates the config
 
 
 if __name__ == "__main__":

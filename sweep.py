@@ -5,7 +5,7 @@
 
 Runs land in WORKDIR/<variant>/seed<k>, the report in WORKDIR/report. Rerunning the command skips
 finished runs and resumes an interrupted one; a run that diverged is skipped and flagged (exit 3).
-See kd_jax/sweep.py for the details.
+See kd_jax/experiments/sweep.py for the details.
 """
 
 import sys
@@ -17,7 +17,7 @@ def main(argv):
   # Before JAX is imported: the compilation cache (shared with run.py) is set through JAX's
   # environment variables, so --help and planning errors come back without waiting for JAX.
   runtime.setup_process()
-  from kd_jax import sweep  # pylint: disable=g-import-not-at-top
+  from kd_jax.experiments import sweep  # pylint: disable=g-import-not-at-top
   sweep.main(argv[1:])
 
 

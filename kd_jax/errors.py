@@ -1,7 +1,8 @@
 """The exceptions kd_jax raises for outcomes a run reports in one line, and their exit statuses.
 
-`run.py` and `sweep.py` print the message as a single line `error: ...` and exit with the status below;
-anything else is a bug and keeps its traceback.
+Every entry point (run.py, sweep.py, python -m kd_jax.report / reproduce / fid) prints the message as
+a single line `error: ...` and exits with the status below (kd_jax/experiments/cli.py:
+exit_statuses); anything else is a bug and keeps its traceback.
 """
 
 USAGE_EXIT = 2  # bad input the user can fix

@@ -21,7 +21,6 @@ as the distillation sampler of the original, and with running statistics), the h
 import argparse
 import json
 import os
-import sys
 
 import jax
 import ml_collections
@@ -31,6 +30,7 @@ import scipy.linalg
 from kd_jax import workdir as workdir_lib
 from kd_jax.data import augment as augment_lib
 from kd_jax.errors import KdJaxError
+from kd_jax.experiments import cli
 
 FEATURE_KINDS = ("logits", "stage")
 
@@ -141,13 +141,10 @@ def main(argv=None) -> None:
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
   from kd_jax import gan  # pylint: disable=g-import-not-at-top
-  try:
+  with cli.exit_statuses():
     model, variables, dataset, mean, std = _load_classifier(args.classifier, args.member)
     image_shape = dataset.train_images.shape[1:]
     sampler, generator_variables = gan.load_generator(args.generator, image_shape)
-  except KdJaxError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
   key = jax.random.PRNGKey(args.seed)
   n = args.examples
 

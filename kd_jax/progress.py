@@ -1,3 +1,8 @@
-"""How often long work reports progress."""
+"""How often long work shows that it is still going.
 
-PROGRESS_SECONDS = 10.0  # at most this many seconds between two progress lines
+Work that runs for a while without reaching a logged step or a result (decoding a dataset, a pass
+over a split, a long phase between log lines) prints a progress line at most PROGRESS_SECONDS apart,
+so that a user watching the output never waits longer than this without news.
+"""
+
+PROGRESS_SECONDS = 10.0

@@ -1,6 +1,7 @@
 """One run's results.json: its flat form (metrics.jsonl, the report) and the table a run prints.
 
-Kept apart from kd_jax/report.py, which reads and compares many runs, so that a run imports only this.
+Kept apart from kd_jax/experiments/report.py, which reads and compares many runs, so that a run
+imports only this.
 """
 
 import math

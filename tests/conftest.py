@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from kd_jax.experiments import verdicts
 from tiny_config import tiny_config  # noqa: F401 (the tests' shared tiny study)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,3 +98,18 @@ def loss_curves_devices_results(workdir):
 @pytest.fixture
 def tiny():
   return tiny_config()
+
+
+def write_suite_run(root, experiment, variant, seed, student=None, ensemble=None, teachers=None,
+                    finished=True):
+  """A run of a suite workdir (verdicts.run_dir) with these results (unfinished: config.json)."""
+  workdir = verdicts.run_dir(str(root), experiment, variant, seed)
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump({"seed": seed}, f)
+  if finished:
+    results = {"teachers": teachers or [{"test_accuracy": 0.8}], "ensemble": ensemble or
+               {"test_accuracy": 0.8}, "student": student or {}}
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      # json writes NaN as the token NaN, as Python's json does for results of a diverged run.
+      json.dump(results, f)

@@ -19,9 +19,10 @@ import orbax.checkpoint as ocp
 import pytest
 
 from conftest import REPO, run_cli, start_run, tiny_config
-from kd_jax import KdJaxError, checkpoint, cli, files, loop, progress, runtime, study
+from kd_jax import KdJaxError, checkpoint, files, loop, progress, runtime, study
 from kd_jax import workdir as workdir_lib
 from kd_jax.errors import DivergedError, Interrupted
+from kd_jax.experiments import cli
 
 CONFIG = "--config=tests/tiny_config.py"
 
@@ -149,7 +150,7 @@ def get_config(variant):
 
 
 def test_sweep_goes_on_past_a_diverged_run_and_flags_it(tmp_path, capsys):
-  from kd_jax import sweep
+  from kd_jax.experiments import sweep
   experiment = tmp_path / "diverging.py"
   experiment.write_text(DIVERGING_EXPERIMENT)
   root = tmp_path / "sweep"
@@ -325,7 +326,7 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
 
 
 def test_damaged_config_json_is_one_line_for_run_and_sweep(finished, tmp_path, capsys):
-  from kd_jax import sweep
+  from kd_jax.experiments import sweep
   workdir = _copy_run(finished, tmp_path)
   (workdir / "config.json").write_text("")  # what an in-place write on a full disk left
   assert "config.json" in _assert_one_line_error(run_cli([CONFIG, f"--workdir={workdir}"]))
@@ -506,14 +507,18 @@ def test_report_out_pointing_at_a_file_is_one_line(finished, tmp_path):
 # One config path
 
 @pytest.mark.parametrize("text, expected", [("t", True), ("false", False), ("1", True)])
-def test_run_and_sweep_parse_booleans_alike(text, expected):
-  from kd_jax import config as kd_config, sweep
+def test_run_and_sweep_parse_booleans_alike(tmp_path, text, expected):
+  from kd_jax import config as kd_config
+  from kd_jax.experiments import sweep
   by_run = cli.apply_overrides(kd_config.default_config(),
                                [("evaluation.independent_student", text)])
-  by_sweep = kd_config.default_config()
-  sweep.apply_overrides(by_sweep, [("evaluation.independent_student", text)])
+  experiment = tmp_path / "diverging.py"
+  experiment.write_text(DIVERGING_EXPERIMENT)
+  (by_sweep, _) = sweep.plan_experiments(
+      [sweep.Experiment.load(str(experiment), str(tmp_path / "sweep"))], [0],
+      [("evaluation.independent_student", text)])
   assert by_run.evaluation.independent_student is expected
-  assert by_sweep.evaluation.independent_student is expected
+  assert by_sweep.config.evaluation.independent_student is expected
 
 
 def test_a_section_takes_a_dict_with_all_its_keys():

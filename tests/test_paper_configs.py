@@ -19,7 +19,7 @@ from kd_jax import config as kd_config
 from kd_jax import losses, study
 from kd_jax.errors import KdJaxError
 
-# Experiment files only: configs/paper/small/ is the laptop suite (tests/test_reproduce.py).
+# Experiment files only: configs/paper/small/ is the laptop suite (tests/test_experiments_suite.py).
 EXPERIMENTS = sorted(m.name for m in pkgutil.iter_modules(configs.paper.__path__) if not m.ispkg)
 # Variants run end to end (the others only build and validate): one per distinct code path. The single
 # augmentation ops are covered by test_augment.py; "all" chains crop, flip, rotation and color jitter.

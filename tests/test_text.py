@@ -19,8 +19,9 @@ import numpy as np
 import optax
 import pytest
 
-from kd_jax import KdJaxError, losses, parallel, report, runtime, study, train
+from kd_jax import KdJaxError, losses, parallel, runtime, study, train
 from kd_jax import distill
+from kd_jax.experiments import report
 from kd_jax.errors import Interrupted
 from kd_jax import config as kd_config
 from kd_jax import data

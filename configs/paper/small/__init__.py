@@ -5,6 +5,6 @@ sized so that all of them for three seeds finish within three hours on a 2-core 
 
 Every file has VARIANTS and get_config(variant) like configs/paper/*.py, and its docstring names the
 claim, the paper's figure and numbers, and the paper-scale command. Files starting with '_' are
-shared bases, not experiments. kd_jax/reproduce.py maps each claim to these runs and computes its
-verdict.
+shared bases, not experiments; claims.py is not an experiment either: it maps each claim to these
+runs, and the suite runner (kd_jax/experiments/suite.py) computes each claim's verdict from it.
 """

@@ -1,4 +1,4 @@
-"""The command line's config handling, shared by run.py and sweep.py so both behave the same.
+"""What every entry point shares: config files, `--config.*` overrides, and how outcomes exit.
 
 - `load_config_file("configs/x.py[:arg]")` imports a config file and calls its get_config([arg]); every
   way that can fail (missing file, syntax error, no get_config, an exception inside) is one KdJaxError.
@@ -7,18 +7,25 @@
   (config_flags), i.e. the semantics documented for `--config.*` flags: a value takes the type of the
   field it replaces (booleans: true/false/t/f/1/0), tuples and a section's dict are Python literals.
   Unknown keys and unparsable values are one-line errors.
+- `exit_statuses()` wraps an entry point's work (run.py, sweep.py, python -m kd_jax.report,
+  kd_jax.reproduce, kd_jax.fid): a KdJaxError becomes the one line `error: ...` on stderr and its
+  exit status (errors.USAGE_EXIT, errors.DIVERGED_EXIT for a DivergedError), Ctrl-C or SIGTERM
+  (errors.Interrupted, KeyboardInterrupt) the line `interrupted; rerun the same command to
+  resume...` and errors.INTERRUPTED_EXIT. Anything else is a bug and keeps its traceback.
 """
 
+import contextlib
 import importlib.util
 import os
 import sys
 import traceback
+from typing import Callable, Union
 
 import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from kd_jax.errors import KdJaxError
+from kd_jax.errors import INTERRUPTED_EXIT, Interrupted, KdJaxError
 
 PREFIX = "--config."
 
@@ -140,7 +147,19 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collecti
   return config
 
 
-def fail(error: BaseException) -> None:
-  """Prints `error` as the one line `error: ...` on stderr and exits with its status."""
-  print(f"error: {error}", file=sys.stderr, flush=True)
-  sys.exit(getattr(error, "exit_status", 2))
+@contextlib.contextmanager
+def exit_statuses(resume_detail: Union[str, Callable[[], str]] = ""):
+  """Exits with the status of a KdJaxError or an interruption raised inside (module docstring).
+
+  `resume_detail` ends the interruption's line, e.g. " from runs/x" or " (finished runs are
+  skipped)"; a callable is asked when the interruption happens, after the command line is parsed.
+  """
+  try:
+    yield
+  except KdJaxError as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(e.exit_status)
+  except (Interrupted, KeyboardInterrupt):
+    detail = resume_detail() if callable(resume_detail) else resume_detail
+    print(f"interrupted; rerun the same command to resume{detail}", file=sys.stderr, flush=True)
+    sys.exit(INTERRUPTED_EXIT)

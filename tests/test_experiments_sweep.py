@@ -1,4 +1,5 @@
-"""The sweep on a tiny two-variant experiment: runs, shared teachers, skipping on rerun, the report."""
+"""The sweep (kd_jax/experiments/sweep.py) on a tiny two-variant experiment: runs, shared teachers,
+skipping on rerun, the report."""
 
 import csv
 import json
@@ -10,8 +11,8 @@ import tempfile
 import pytest
 
 from conftest import REPO
-from kd_jax import KdJaxError, sweep
-from kd_jax import config as kd_config
+from kd_jax import KdJaxError
+from kd_jax.experiments import sweep
 
 SEEDS = "0,1"
 # conftest's tiny digits study, with the distillation temperature as the variant.
@@ -57,6 +58,7 @@ def _results(workdir, name):
     return json.load(f)
 
 
+@pytest.mark.e2e
 def test_every_run_finishes_and_is_labelled(swept):
   workdir, stdout = swept
   for variant in ("t1", "t4"):
@@ -68,6 +70,7 @@ def test_every_run_finishes_and_is_labelled(swept):
   assert "[4/4]" in stdout
 
 
+@pytest.mark.e2e
 def test_second_variant_reuses_the_first_variants_teachers(swept):
   workdir, stdout = swept
   for seed in (0, 1):
@@ -81,6 +84,7 @@ def test_second_variant_reuses_the_first_variants_teachers(swept):
     assert f"{user}: teachers from {provider}" in stdout
 
 
+@pytest.mark.e2e
 def test_report_holds_both_variants_over_the_seeds(swept):
   workdir, stdout = swept
   out = workdir / "report"
@@ -93,6 +97,7 @@ def test_report_holds_both_variants_over_the_seeds(swept):
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.e2e
 def test_rerun_skips_every_finished_run(swept, experiment, capsys):
   workdir, _ = swept
   before = {p: os.path.getmtime(p) for p in workdir.glob("*/seed*/results.json")}
@@ -102,6 +107,7 @@ def test_rerun_skips_every_finished_run(swept, experiment, capsys):
   assert before == {p: os.path.getmtime(p) for p in workdir.glob("*/seed*/results.json")}
 
 
+@pytest.mark.e2e
 def test_other_overrides_on_finished_runs_are_refused_before_running(swept, experiment):
   workdir, _ = swept
   with pytest.raises(KdJaxError, match="distill.alpha"):
@@ -128,15 +134,6 @@ def test_a_started_run_keeps_training_its_own_teachers(experiment, tmp_path):
       ("t4/seed0", None), ("t1/seed0", "t4/seed0")]
 
 
-def test_overrides_take_the_type_of_their_field():
-  config = kd_config.default_config()
-  sweep.apply_overrides(config, [("student.steps", "7"), ("distill.temperature", "2"),
-                                 ("student.optimizer.nesterov", "false"), ("data.name", "digits")])
-  assert (config.student.steps, config.distill.temperature) == (7, 2.0)
-  assert isinstance(config.distill.temperature, float)
-  assert config.student.optimizer.nesterov is False and config.data.name == "digits"
-
-
 @pytest.mark.parametrize("args, message", [
     (["--variants=t2"], "unknown variant 't2'; choose from t1, t4"),
     (["--config.student.dept=3"], "unknown config key 'student.dept'"),
@@ -144,6 +141,7 @@ def test_overrides_take_the_type_of_their_field():
     (["--config.teacher.model=x"], "is a section"),
     (["--config.seed=3"], "use --seeds"),
     (["--seeds=a"], "--seeds"),
+    (["--config.teacher.ensemble_size=0"], "config.teacher.ensemble_size=0 must be > 0"),
 ])
 def test_cli_errors_are_one_line(experiment, tmp_path, capsys, args, message):
   with pytest.raises(SystemExit) as exit_info:
@@ -215,6 +213,7 @@ def test_a_started_smaller_ensemble_keeps_its_own_teachers(sizes_experiment, tmp
   assert runs["m2/seed0"].provider is runs["m3/seed0"]
 
 
+@pytest.mark.e2e
 def test_shared_members_equal_teachers_trained_alone(tmp_path):
   """Teacher i depends only on the seed and i: member 0 of a trained 2-ensemble, loaded by an m = 1
   run, scores like the teacher an m = 1 run trains itself."""

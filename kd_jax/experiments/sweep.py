@@ -6,20 +6,23 @@ the report over all of them.
   python sweep.py --config=... --workdir=... --variants=tau1_m1,tau4_m1 --config.student.epochs=30
 
 An experiment file defines VARIANTS (a tuple of names) and get_config(variant). Every run gets the
-variant's config, the --config.KEY=VALUE overrides (parsed as run.py parses them, kd_jax/cli.py;
-unknown keys are an error) and its seed, and runs in this process through kd_jax.pipeline.run.
+variant's config, the --config.KEY=VALUE overrides (parsed as run.py parses them,
+kd_jax/experiments/cli.py; unknown keys are an error) and its seed. Every run's config is validated
+when the sweep plans it, before anything runs; the runs then execute one after another in this
+process (the study code, and with it JAX, is imported only then: planning and --dry-run need
+neither).
 
 Layout of --workdir:
-  <variant>/seed<k>/   a pipeline workdir (config.json, metrics.jsonl, checkpoints, results.json), plus
+  <variant>/seed<k>/   a run's workdir (config.json, metrics.jsonl, checkpoints, results.json), plus
                        variant.json ({"experiment", "variant", "variant_index", "seed", ...}), which
                        names the run in reports. It is written once the run has finished, because the
-                       pipeline only starts in an empty folder (or one holding its config.json), and
+                       study only starts in an empty folder (or one holding its config.json), and
                        again whenever a finished run is skipped.
   report/              results.md, results.csv, runs.csv and plots over every finished run in --workdir
 
 Resuming: a run with results.json is skipped; an unfinished one resumes where it stopped (the
-pipeline's own resume). A run folder that holds a different config stops the sweep before anything
-runs, as the pipeline would.
+study's own resume). A run folder that holds a different config stops the sweep before anything
+runs, as run.py would.
 
 Teacher sharing: runs that would train the same teachers (equal seed, `data` and `teacher` sections
 apart from teacher.ensemble_size, precision and ensemble_method) train them once. Teacher i depends
@@ -27,8 +30,8 @@ only on the seed and its index i, so an ensemble of m members is the first m mem
 one: the run with the largest ensemble of such a group (among those, one that has already started
 training its own) trains them; the others set teacher.load_from to its workdir, load members
 0..m-1 and run after it. Sharing changes no result. A run that has already started keeps the
-teacher.load_from it started with. kd_jax/reproduce.py plans the experiments of a whole suite
-together, so teachers are shared across experiments too.
+teacher.load_from it started with. The reproduction suite (kd_jax/experiments/suite.py) plans the
+experiments of a whole suite together, so teachers are shared across experiments too.
 """
 
 import argparse
@@ -41,14 +44,15 @@ import time
 
 import ml_collections
 
-from kd_jax import cli
 from kd_jax import config as config_lib
 from kd_jax import files
-from kd_jax import report
 from kd_jax import workdir as workdir_lib
-from kd_jax.errors import INTERRUPTED_EXIT, DivergedError, Interrupted, KdJaxError
+from kd_jax.errors import DivergedError, KdJaxError
+from kd_jax.experiments import cli, report
+from kd_jax.experiments.runs import VARIANT_FILE
 
 REPORT_DIR = "report"
+RESUME_DETAIL = " (finished runs are skipped)"  # ends the line of an interrupted sweep
 # Config sections and keys that determine the trained teachers (ensemble size apart: a smaller
 # ensemble is the first members of a larger one).
 TEACHER_KEYS = ("seed", "data", "teacher", "precision", "ensemble_method")
@@ -99,16 +103,12 @@ def parse_seeds(text: str) -> list:
 
 
 def split_overrides(argv) -> tuple:
-  """Separates --config.KEY=VALUE arguments (as (KEY, VALUE) pairs) from the others (kd_jax/cli.py)."""
+  """Separates --config.KEY=VALUE arguments (as (KEY, VALUE) pairs) from the others, as run.py does
+  (kd_jax/experiments/cli.py); the seed is the sweep's own."""
   overrides, rest = cli.split_overrides(argv)
   if any(key == "seed" for key, _ in overrides):
     raise KdJaxError("--config.seed: the sweep sets the seed of each run; use --seeds.")
   return overrides, rest
-
-
-def apply_overrides(config: ml_collections.ConfigDict, overrides) -> None:
-  """The --config.KEY=VALUE overrides, parsed as run.py parses them (kd_jax/cli.py)."""
-  cli.apply_overrides(config, overrides)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -154,7 +154,6 @@ class Experiment:
 
 def _teacher_identity(config) -> str:
   """What the teachers of a run depend on, apart from how many of them it uses."""
-  from kd_jax import workdir as workdir_lib  # imports JAX: only once a plan is made
   values = workdir_lib.config_dict(config)
   values["teacher"].pop("load_from", None)
   values["teacher"].pop("ensemble_size", None)
@@ -164,15 +163,14 @@ def _teacher_identity(config) -> str:
 def _adopt_saved_state(run: PlannedRun) -> None:
   """Marks a run started or done, keeping the teacher.load_from it started with; refuses a run folder
   that holds another config, before the sweep runs anything."""
-  from kd_jax import workdir as workdir_lib
-  config_path = os.path.join(run.workdir, report.CONFIG_FILE)
+  config_path = os.path.join(run.workdir, workdir_lib.CONFIG_FILE)
   if not os.path.isfile(config_path):
     if os.path.isdir(run.workdir) and os.listdir(run.workdir):
       raise KdJaxError(f"{run.workdir} is not empty and holds no kd_jax run; move it away.")
     return
   saved = workdir_lib.read_json(config_path, "the run's config")
   run.started = True
-  run.done = os.path.isfile(os.path.join(run.workdir, report.RESULTS_FILE))
+  run.done = os.path.isfile(os.path.join(run.workdir, workdir_lib.RESULTS_FILE))
   run.diverged = None if run.done else workdir_lib.read_diverged(run.workdir)
   if not run.config.teacher.load_from:
     # Teachers the sweep shares: the run keeps the source it started with (a user's own
@@ -227,9 +225,9 @@ def plan_experiments(experiments, seeds, overrides) -> list:
         # A copy: an experiment file may hand out one shared config object.
         config = copy.deepcopy(cli.call_get_config(
             experiment.module, experiment.module.__file__, variant, what="experiment file"))
-        apply_overrides(config, overrides)
+        cli.apply_overrides(config, overrides)
         config.seed = seed
-        config_lib.validate(config)
+        config_lib.validate(config)  # once: the run executes this validated config
         if config.get("study", "kd") != "kd":
           raise KdJaxError(f"{experiment.config_file}:{variant} is a config.study={config.study!r} "
                            "run, which has no student to sweep or report; run it with run.py.")
@@ -243,14 +241,6 @@ def plan_experiments(experiments, seeds, overrides) -> list:
         runs.append(run)
   _share_teachers(runs)
   return _order(runs)
-
-
-def plan(module, variants, seeds, overrides, root: str) -> list:
-  """The runs of one experiment module in `root` (see plan_experiments)."""
-  name = getattr(module, "__name__", "experiment").replace("kd_jax_experiment_", "")
-  experiment = Experiment(name=name, config_file=getattr(module, "__file__", ""), module=module,
-                          variants=list(variants), root=root)
-  return plan_experiments([experiment], seeds, overrides)
 
 
 def describe(run: PlannedRun) -> str:
@@ -273,7 +263,17 @@ def write_variant_file(run: PlannedRun, overrides) -> None:
            "seed": run.seed, "config_file": run.config_file,
            "overrides": [f"--config.{k}={v}" for k, v in overrides],
            "teachers_from": run.config.teacher.load_from or None}
-  files.write_json(os.path.join(run.workdir, report.VARIANT_FILE), label)
+  files.write_json(os.path.join(run.workdir, VARIANT_FILE), label)
+
+
+def _execute_run(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Runs one planned study (its config validated when planned) in `workdir`.
+
+  The one place the sweep reaches the study code, imported here: JAX and the models load only once
+  a sweep runs something, never for planning or a dry run.
+  """
+  from kd_jax import study  # pylint: disable=g-import-not-at-top
+  study.execute(config, workdir)
 
 
 def execute(runs, overrides=(), dry_run: bool = False, on_finished=None) -> None:
@@ -284,13 +284,12 @@ def execute(runs, overrides=(), dry_run: bool = False, on_finished=None) -> None
     for i, run in enumerate(runs, 1):
       print(f"  [{i}/{total}] {run.name}: {describe(run)}")
     return
-  from kd_jax import pipeline  # imports JAX and the models: not needed for a dry run
   for i, run in enumerate(runs, 1):
     print(f"\n=== [{i}/{total}] {run.name}: {describe(run)}", flush=True)
     if not run.done and not run.diverged:
       start = time.time()
       try:
-        pipeline.run(run.config, run.workdir)
+        _execute_run(run.config, run.workdir)
         run.done = True
       except DivergedError as e:
         # A diverged run is an outcome of its config (e.g. a learning rate too high): the sweep
@@ -331,7 +330,7 @@ def run_sweep(config_file: str, root: str, seeds, variants_text: str = "", overr
 
 
 def main(argv) -> None:
-  """`python sweep.py ...`: argv without the program name; problems the user can fix exit 2."""
+  """`python sweep.py ...`: argv without the program name; exit statuses as in cli.exit_statuses."""
   parser = argparse.ArgumentParser(
       prog="sweep.py", description="Runs every variant of an experiment file for several seeds.",
       epilog="Any --config.KEY=VALUE argument overrides that key in every run.")
@@ -340,14 +339,8 @@ def main(argv) -> None:
   parser.add_argument("--seeds", default="0,1,2", help="seeds, comma-separated (default 0,1,2)")
   parser.add_argument("--variants", default="", help="a subset of VARIANTS, comma-separated")
   parser.add_argument("--dry-run", action="store_true", help="list the planned runs and stop")
-  try:
+  with cli.exit_statuses(RESUME_DETAIL):
     overrides, rest = split_overrides(argv)
     args = parser.parse_args(rest)
     run_sweep(args.config, args.workdir, parse_seeds(args.seeds), args.variants, overrides,
               args.dry_run)
-  except KdJaxError as e:
-    cli.fail(e)
-  except (Interrupted, KeyboardInterrupt):
-    print("interrupted; rerun the same command to resume (finished runs are skipped)",
-          file=sys.stderr, flush=True)
-    sys.exit(INTERRUPTED_EXIT)

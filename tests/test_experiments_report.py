@@ -1,4 +1,5 @@
-"""The multi-run report on synthetic workdirs: grouping into variants, statistics, files and plots."""
+"""The multi-run report (kd_jax/experiments/report.py, runs.py, stats.py, plots.py) on synthetic
+workdirs: grouping into variants, statistics, files and plots."""
 
 import csv
 import json
@@ -10,8 +11,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from kd_jax import KdJaxError, report
+from kd_jax import KdJaxError
 from kd_jax import config as kd_config
+from kd_jax.experiments import plots, report, runs, stats
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -31,7 +33,7 @@ def fake_results(rng, m, extra=None):
 
 def write_run(workdir, *, seed=0, temperature=4.0, m=3, results=None, variant=None, steps=(4, 8),
               **config_changes):
-  """A finished workdir as pipeline.run leaves it (config.json, metrics.jsonl, results.json)."""
+  """A finished workdir as kd_jax.study.run leaves it (config.json, metrics.jsonl, results.json)."""
   config = kd_config.default_config()
   config.seed, config.distill.temperature, config.teacher.ensemble_size = seed, temperature, m
   for key, value in config_changes.items():
@@ -149,7 +151,7 @@ def test_training_records_keep_the_last_record_of_a_repeated_step(tmp_path):
     f.write(json.dumps({"phase": "student", "step": 12, "loss": 0.5, "agreement": 0.9}) + "\n")
     f.write(json.dumps({"phase": "student", "step": 13, "compile_s": 1.0}) + "\n")
     f.write('{"phase": "stud')  # cut short by a kill
-  records = report.training_records(workdir)
+  records = runs.training_records(workdir)
   assert [r["step"] for r in records] == [4, 8, 12]
   assert records[-1]["loss"] == 0.5
 
@@ -189,9 +191,9 @@ def test_same_variant_name_with_other_configs_is_told_apart(tmp_path):
       "base (distill.temperature=1)", "base (distill.temperature=4)"]
 
 
-def test_ignored_keys_cover_the_pipelines_operational_keys():
+def test_ignored_keys_cover_the_workdirs_operational_keys():
   from kd_jax import workdir
-  assert set(workdir.OPERATIONAL_KEYS) <= set(report.IGNORED_KEYS)
+  assert set(workdir.OPERATIONAL_KEYS) <= set(runs.IGNORED_KEYS)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -202,7 +204,7 @@ class _CapturingPyplot:
 
   def __init__(self):
     self.figures = []
-    self._plt = report._pyplot()
+    self._plt = plots.pyplot()
 
   def __getattr__(self, name):
     return getattr(self._plt, name)
@@ -213,9 +215,9 @@ class _CapturingPyplot:
 
 def test_training_curves_of_runs_that_logged_one_point_are_visible(tmp_path):
   write_run(tmp_path / "a", steps=(4,))
-  variants = report.group_runs([report.load_run(str(tmp_path / "a"))])
+  variants = runs.group_runs([runs.load_run(str(tmp_path / "a"))])
   plt = _CapturingPyplot()
-  assert report.plot_training_curves(plt, variants, str(tmp_path / "curves.png"))
+  assert plots.plot_training_curves(plt, variants, str(tmp_path / "curves.png"))
   loss_axes, agreement_axes = plt.figures[0].axes[:2]
   for ax in (loss_axes, agreement_axes):
     (line,) = ax.get_lines()
@@ -234,10 +236,10 @@ def test_init_interpolation_sweep_gets_a_train_agreement_vs_lambda_plot(tmp_path
   assert (tmp_path / "out" / "agreement_vs_init_lambda.png").read_bytes()[:8] == PNG_SIGNATURE
   assert not (tmp_path / "out" / "agreement_vs_student_epochs.png").exists()
   assert "agreement_vs_init_lambda.png" in (tmp_path / "out" / "results.md").read_text()
-  variants = report.group_runs([report.load_run(str(p)) for p in sorted(tmp_path.glob("lam*"))])
+  variants = runs.group_runs([runs.load_run(str(p)) for p in sorted(tmp_path.glob("lam*"))])
   plt = _CapturingPyplot()
-  assert report.plot_against_key(plt, variants, "student.init_lambda", str(tmp_path / "x.png"),
-                                 xlabel="lambda", title="t")
+  assert plots.plot_against_key(plt, variants, "student.init_lambda", str(tmp_path / "x.png"),
+                                xlabel="lambda", title="t")
   train_line = plt.figures[0].axes[0].get_lines()[0]
   assert list(train_line.get_xdata()) == [0.0, 0.5, 1.0]
   expected = [100 * np.mean([json.load(open(tmp_path / f"lam{lam}_s{s}" / "results.json"))
@@ -285,3 +287,43 @@ def test_one_seed_twice_is_n_1_not_n_2_with_std_0(tmp_path):
                       plots=False)
   (row,) = read_csv(tmp_path / "out" / "results.csv")
   assert row["n"] == "1"
+
+
+# ---------------------------------------------------------------------------------------------------
+# One definition of a variant's spread, one ensemble-size plot
+
+def test_a_single_seed_has_no_std_in_tables_and_files(tmp_path):
+  write_run(tmp_path / "a", seed=0)
+  table = report.write_report([str(tmp_path / "a")], str(tmp_path / "out"), plots=False)
+  (row,) = read_csv(tmp_path / "out" / "results.csv")
+  accuracy = json.load(open(tmp_path / "a" / "results.json"))["student"]["test_accuracy"]
+  assert float(row["student_test_accuracy_mean"]) == pytest.approx(accuracy, rel=1e-5)
+  assert row["student_test_accuracy_std"] == "nan"
+  assert f"| {100 * accuracy:.2f} |" in table and "±" not in table
+
+
+def test_mean_std_over_seeds():
+  assert stats.mean_std([0.5, 0.7]) == (pytest.approx(0.6),
+                                        pytest.approx(np.std([0.5, 0.7], ddof=1)))
+  mean, std = stats.mean_std([0.5])
+  assert mean == 0.5 and np.isnan(std)
+  assert all(np.isnan(x) for x in stats.mean_std([]))
+  assert stats.mean_std_text([0.5, 0.7], 100, 2) == "60.00 ± 14.14"
+  assert stats.mean_std_text([0.5], 100, 2) == "50.00" and stats.mean_std_text([], 100, 2) == ""
+  assert stats.error_bar([0.5]) == (50.0, 0.0)  # no spread: no error bar
+
+
+def test_ensemble_size_plot_shows_the_mean_over_seeds_per_m(grid):
+  variants = runs.group_runs([runs.load_run(w) for w in runs.find_workdirs([str(grid / "runs")])])
+  plt = _CapturingPyplot()
+  assert plots.plot_ensemble_size(plt, variants, str(grid / "m.png"))
+  left, right = plt.figures[0].axes[:2]
+  by_label = {bars.get_label(): bars.lines[0] for bars in left.containers + right.containers}
+  assert sorted(by_label) == sorted(f"distill.temperature={t}: {name}" for t in (1, 4) for name in
+                                    ("test agreement", "student", "teacher ensemble"))
+  line = by_label["distill.temperature=4: test agreement"]
+  assert list(line.get_xdata()) == [1, 3]
+  expected = [100 * np.mean([json.load(open(grid / "runs" / f"t4_m{m}_s{s}" / "results.json"))
+                             ["student"]["test_agreement"] for s in range(3)]) for m in (1, 3)]
+  np.testing.assert_allclose(line.get_ydata(), expected, rtol=1e-6)
+  plt._plt.close("all")

@@ -1,0 +1,199 @@
+"""The reproduction suite (kd_jax/experiments/suite.py): the whole claims report of
+configs/paper/small/claims.py over a fake suite workdir (no training), the suite folder, and the
+command on a tiny two-experiment suite."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import REPO, write_suite_run
+from kd_jax import KdJaxError
+from kd_jax.experiments import suite as suite_lib
+from kd_jax.experiments import verdicts
+
+SEEDS = (0, 1, 2)
+SMALL = REPO / "configs" / "paper" / "small"
+
+
+def small_claims(root, seeds=SEEDS):
+  """The claims of configs/paper/small over the runs in `root`."""
+  return {c.key: c for c in suite_lib.load_claims(str(SMALL))(verdicts.Suite(str(root), seeds))}
+
+
+# ---------------------------------------------------------------------------------------------------
+# The whole claims report on a synthetic suite that reproduces the paper
+
+AGREE, TRAIN = "test_agreement", "train_agreement"
+
+
+def _student(acc, agree, train, **extra):
+  return {"test_accuracy": acc, AGREE: agree, TRAIN: train, **extra}
+
+
+def _paper_like_suite(root):
+  """Every run of configs/paper/small with numbers in the paper's directions (noise per seed)."""
+  rng = np.random.default_rng(0)
+  for seed in SEEDS:
+    jitter = lambda: float(rng.normal(0, 0.002))  # noqa: E731
+    for tau in (1, 4):
+      for m, agree, ens, acc in ((1, 0.88, 0.86, 0.865), (3, 0.91, 0.88, 0.87),
+                                 (5, 0.92, 0.89, 0.871)):
+        write_suite_run(
+            root, "ensemble_size", f"tau{tau}_m{m}", seed,
+            student=_student(acc + jitter(), agree + jitter(), agree + 0.01 + jitter()),
+            ensemble={"test_accuracy": ens + jitter()})
+    for variant, acc, agree in (("baseline", 0.87, 0.91), ("mixup", 0.885, 0.912),
+                                ("noise", 0.86, 0.88), ("ood_cifar10", 0.865, 0.89),
+                                ("recycle_d0", 0.85, 0.89), ("recycle_d0_d1", 0.855, 0.9)):
+      write_suite_run(root, "distillation_data", variant, seed,
+                      student=_student(acc + jitter(), agree + jitter(), 0.93 + jitter()))
+    for lam, train in (("0", 0.92), ("0.25", 0.925), ("0.375", 0.93), ("0.5", 0.94),
+                       ("0.75", 0.995)):
+      write_suite_run(root, "init_interpolation", f"lam{lam}", seed,
+                      student=_student(0.87, train - 0.01, min(train + jitter() / 4, 1.0)))
+    for variant in ("random", "teacher_initial"):
+      write_suite_run(
+          root, "teacher_initial", variant, seed,
+          student=_student(0.87, 0.9 + jitter(), 0.92, cka_stage1=0.9, cka_stage2=0.8))
+    for optimizer, base in (("sgd", 0.9), ("adam", 0.88)):
+      for k, gain in ((1, 0.0), (3, 0.01), (10, 0.02)):
+        write_suite_run(root, "training_length", f"{optimizer}_{k}x", seed,
+                        student=_student(0.87, 0.9, base + gain + jitter()))
+    write_suite_run(root, "few_labels", "labels200", seed,
+                    student=_student(0.72, 0.995 + jitter() / 4, 0.995))
+
+
+@pytest.fixture
+def paper_like(tmp_path):
+  _paper_like_suite(tmp_path / "suite")
+  return tmp_path / "suite"
+
+
+def test_paper_like_results_hold_for_every_claim(paper_like):
+  claims = suite_lib.write_claims_report(str(paper_like), SEEDS,
+                                         suite_lib.load_claims(str(SMALL)))
+  assert [c.key for c in claims] == [f"C{i}" for i in range(1, 9)]
+  assert {c.key: c.verdict for c in claims} == {f"C{i}": "holds" for i in range(1, 9)}
+  out = paper_like / "report"
+  for i in range(1, 9):
+    assert (out / f"c{i}.png").read_bytes().startswith(b"\x89PNG")
+  text = (out / "results.md").read_text()
+  assert "2 SE" in text and text.count("**holds**") >= 8
+  assert "nan" not in text.lower()
+
+
+def test_results_against_the_paper_contradict(paper_like):
+  # Agreement falls with m (tau 4): C2 contradicts.
+  for seed in SEEDS:
+    write_suite_run(paper_like, "ensemble_size", "tau4_m5", seed,
+                    student=_student(0.87, 0.80 + 0.001 * seed, 0.81),
+                    ensemble={"test_accuracy": 0.89})
+  claims = small_claims(paper_like)
+  assert claims["C2"].verdict == verdicts.CONTRADICTS
+  assert claims["C1"].verdict == verdicts.HOLDS
+
+
+def test_noisy_results_are_inconclusive(paper_like):
+  # C6: the difference teacher_initial - random scatters around the 1 pp threshold.
+  for seed, agree in zip(SEEDS, (0.88, 0.95, 0.91)):
+    write_suite_run(paper_like, "teacher_initial", "teacher_initial", seed,
+                    student=_student(0.87, agree, 0.92, cka_stage1=0.9, cka_stage2=0.8))
+  claims = small_claims(paper_like)
+  assert claims["C6"].verdict == verdicts.INCONCLUSIVE
+
+
+def test_a_diverged_or_unfinished_run_makes_its_claim_incomplete_and_is_named(paper_like):
+  write_suite_run(paper_like, "few_labels", "labels200", 1,
+                  student=_student(0.1, float("nan"), 0.1))
+  os.remove(verdicts.run_dir(str(paper_like), "init_interpolation", "lam0.5", 2) +
+            "/results.json")
+  claims = {c.key: c for c in suite_lib.write_claims_report(
+      str(paper_like), SEEDS, suite_lib.load_claims(str(SMALL)), plots=False)}
+  assert claims["C8"].verdict == verdicts.INCOMPLETE
+  assert claims["C5"].verdict == verdicts.INCOMPLETE
+  assert claims["C1"].verdict == verdicts.HOLDS
+  text = (paper_like / "report" / "results.md").read_text()
+  assert "diverged" in text and "init_interpolation/lam0.5/seed2: unfinished" in text
+  assert "few_labels/labels200/seed1: diverged" in text
+  assert "nan" not in text.lower()
+
+
+def test_suite_folder_lists_experiments_and_the_cli_dry_run(tmp_path, capsys):
+  files = suite_lib.experiment_files(str(SMALL))
+  names = [os.path.basename(f) for f in files]
+  assert "_base.py" not in names and "ensemble_size.py" in names and len(names) == 6
+  assert "claims.py" not in names  # the suite's claims, not an experiment
+  with pytest.raises(KdJaxError, match="not a folder"):
+    suite_lib.experiment_files(str(tmp_path / "nothing"))
+  suite_lib.main([f"--suite={REPO / 'configs' / 'paper' / 'small'}",
+                  f"--workdir={tmp_path / 'runs'}", "--seeds=0,1", "--dry-run"])
+  out = capsys.readouterr().out
+  assert "[1/52]" in out and "trains its teachers" in out
+  # One five-member ensemble per seed serves every experiment with the base teacher config.
+  assert out.count("ensemble_size/tau1_m5/seed0: trains its teachers") == 1
+  assert "ensemble_size/tau1_m1/seed0: teachers from ensemble_size/tau1_m5/seed0" in out
+
+
+def test_a_suite_without_claims_gets_its_reports_and_no_verdicts(tmp_path, capsys):
+  suite = tmp_path / "suite"
+  suite.mkdir()
+  (suite / "e.py").write_text("VARIANTS = ('v',)\n\n\ndef get_config(variant=None):\n"
+                              "  return None\n")
+  write_suite_run(tmp_path / "runs", "e", "v", 0, student={"test_agreement": 0.9})
+  assert suite_lib.load_claims(str(suite)) is None
+  assert suite_lib.run_suite(str(suite), str(tmp_path / "runs"), [0], report_only=True) is None
+  assert f"{suite} has no claims.py: no verdicts" in capsys.readouterr().err
+  assert not (tmp_path / "runs" / "report").exists()
+  (suite / "claims.py").write_text("CLAIMS = ()\n")
+  with pytest.raises(KdJaxError, match="has no get_claims"):
+    suite_lib.load_claims(str(suite))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The command on a tiny two-experiment suite
+
+TINY_EXPERIMENT = """
+import sys
+sys.path.insert(0, {tests!r})
+from conftest import tiny_config
+
+VARIANTS = ({variant!r},)
+
+
+def get_config(variant=None):
+  config = tiny_config(ensemble_size={m})
+  config.distill.temperature = {tau}
+  return config
+"""
+
+
+@pytest.mark.e2e
+def test_run_suite_shares_teachers_across_experiments_and_skips_finished_runs(tmp_path, capsys):
+  suite = tmp_path / "suite"
+  suite.mkdir()
+  shutil.copy(SMALL / "claims.py", suite / "claims.py")
+  (suite / "_shared.py").write_text("raise RuntimeError('a shared base is not an experiment')\n")
+  for name, variant, m, tau in (("big", "m2", 2, 4.0), ("small", "m1", 1, 1.0)):
+    (suite / f"{name}.py").write_text(TINY_EXPERIMENT.format(
+        tests=str(REPO / "tests"), variant=variant, m=m, tau=tau))
+  root = tmp_path / "runs"
+  suite_lib.run_suite(str(suite), str(root), [0])
+  out = capsys.readouterr().out
+  assert "2 runs (2 to run)" in out
+  assert "small/m1/seed0: teachers from big/m2/seed0" in out
+  assert (root / "big" / "m2" / "seed0" / "teachers").is_dir()
+  assert not (root / "small" / "m1" / "seed0" / "teachers").exists()
+  for name in ("big", "small"):
+    assert (root / name / "report" / "results.md").is_file()
+  times = suite_lib.read_times(str(root))
+  assert set(times) == {"big/m2/seed0", "small/m1/seed0"}
+  # The claims of configs/paper/small have no runs here: every claim is incomplete, none a number.
+  text = (root / "report" / "results.md").read_text()
+  assert text.count("**incomplete**") >= 8 and "not run" in text and "nan" not in text.lower()
+
+  before = os.path.getmtime(root / "big" / "m2" / "seed0" / "results.json")
+  suite_lib.run_suite(str(suite), str(root), [0])
+  assert "2 runs (0 to run)" in capsys.readouterr().out
+  assert os.path.getmtime(root / "big" / "m2" / "seed0" / "results.json") == before
