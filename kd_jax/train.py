@@ -150,7 +150,7 @@ def make_supervised_step(model, tx, *, batch_size: int, augment: Callable, mesh,
 
   step(stacked_state, data) draws each member's batch from the on-device `data`. With streamed=True
   the step is step(stacked_state, images, labels, mean, std) instead: each member's batch arrives from
-  the host (kd_jax/streamed.py), stacked as (k, B, H, W, C) uint8 and (k, B) labels, and goes through
+  the host (kd_jax/study/streamed.py), stacked as (k, B, H, W, C) uint8 and (k, B) labels, and goes through
   the same update (on-device augmentation, normalization, forward, backward).
   """
 

@@ -9,7 +9,7 @@ ImageNet does not fit, so a streamed run reads its images from disk as it trains
       -> decode + random-resized crop + flip per example, seeded by (seed, position in the stream)
       -> global batch s = stream positions [s * B, (s + 1) * B); process p of P reads only its rows
          [p * B / P, (p + 1) * B / P) of it                     -> `train_batches`
-      -> grain's thread pool decodes batches ahead of the step  (kd_jax/streamed.py feeds the device)
+      -> grain's thread pool decodes batches ahead of the step  (kd_jax/study/streamed.py feeds the device)
 
 Element s of `train_batches` is this process's part of step s's batch, a pure function of (seed, s):
 the iterator's position is one number (grain's {'next_index': s}), checkpointed with the train state,
