@@ -152,7 +152,8 @@ def convert(state_dict: dict, arch: str, num_classes: int, source: str) -> dict:
   for key, path in wanted.items():
     value = to_flax_layout(given[key])
     if not np.isfinite(value).all():
-      raise KdJaxError(f"--torch file {source}: {key} holds non-finite values (a diverged training?)")
+      raise KdJaxError(f"--torch file {source}: {key} holds non-finite values (a diverged "
+                       "training?)")
     variables[path] = np.ascontiguousarray(value)
   return traverse_util.unflatten_dict(variables)
 

@@ -1,4 +1,4 @@
-"""Tests for `python -m kd_jax.import_teacher`: PyTorch teachers of the CIFAR-100 benchmark in kd_jax.
+"""Tests for `python -m kd_jax.import_teacher`: PyTorch teachers of the CIFAR-100 benchmark.
 
 The PyTorch models below are transcribed here from the published definitions (RepDistiller
 `models/`, mdistiller `mdistiller/models/cifar/`): the same module attribute names, hence the same

@@ -1,4 +1,5 @@
-"""Pieces shared by the models of the CIFAR-100 distillation benchmark (CRD, RepDistiller, mdistiller).
+"""Pieces shared by the models of the CIFAR-100 distillation benchmark (CRD, RepDistiller,
+mdistiller).
 
 The benchmark's models (cifar_resnet.py, wrn.py, cifar_vgg.py, mobilenetv2.py, shufflenet.py) follow
 the PyTorch definitions of RepDistiller's `models/` and mdistiller's `mdistiller/models/cifar/`

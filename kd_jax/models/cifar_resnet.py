@@ -50,7 +50,8 @@ class BasicBlock(nn.Module):
     y = self.norm(name='bn2')(conv(self.planes, 3, 'conv2', self.dtype, padding=1)(y))
     shortcut = x
     if self.stride != 1 or x.shape[-1] != self.planes:
-      shortcut = projection_shortcut(x, self.planes, self.stride, self.norm, 'downsample', self.dtype)
+      shortcut = projection_shortcut(x, self.planes, self.stride, self.norm, 'downsample',
+                                     self.dtype)
     preact = y + shortcut
     return nn.relu(preact), preact
 
@@ -95,7 +96,8 @@ class Bottleneck(nn.Module):
     y = self.norm(name='bn3')(conv(out_channels, 1, 'conv3', self.dtype)(y))
     shortcut = x
     if self.stride != 1 or x.shape[-1] != out_channels:
-      shortcut = projection_shortcut(x, out_channels, self.stride, self.norm, 'shortcut', self.dtype)
+      shortcut = projection_shortcut(x, out_channels, self.stride, self.norm, 'shortcut',
+                                     self.dtype)
     preact = y + shortcut
     return nn.relu(preact), preact
 

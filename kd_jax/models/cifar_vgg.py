@@ -1,4 +1,5 @@
-"""The BatchNorm VGGs of the distillation benchmark (vgg.py of RepDistiller / mdistiller): vgg8, vgg13.
+"""The BatchNorm VGGs of the distillation benchmark (vgg.py of RepDistiller / mdistiller): vgg8 and
+vgg13.
 
 Five blocks (`block0..4`, each an nn.Sequential) of conv3x3 (with bias)-BN-ReLU layers, the last
 ReLU of every block left to the forward pass; 2x2 max pools between blocks 0-1, 1-2 and 2-3, and

@@ -1,8 +1,8 @@
 """The model names of the CIFAR-100 distillation benchmark (CRD, RepDistiller, mdistiller), spelt as
 mdistiller's `cifar_model_dict` spells them, and the kd_jax model each stands for.
 
-Parameter counts at 100 classes (weights, biases, BatchNorm scales and shifts; no running statistics),
-PyTorch's `sum(p.numel() for p in model.parameters())` for the reference definitions:
+Parameter counts at 100 classes (weights, biases, BatchNorm scales and shifts; no running
+statistics), PyTorch's `sum(p.numel() for p in model.parameters())` for the reference definitions:
 
   resnet20     278,324    resnet8x4     1,233,540    wrn_16_2   703,284    vgg8   3,965,028
   resnet32     472,756    resnet32x4    7,433,860    wrn_40_1   569,780    vgg13  9,462,180

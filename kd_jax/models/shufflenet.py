@@ -39,7 +39,7 @@ from kd_jax.models.preresnet import make_norm
 STEM_CHANNELS = 24
 V1_STAGES = ((240, 4), (480, 8), (960, 4))  # (output channels, blocks)
 V1_GROUPS = 3
-V2_STAGES = ((116, 3), (232, 7), (464, 3))  # (output channels, basic blocks after the down-sampling)
+V2_STAGES = ((116, 3), (232, 7), (464, 3))  # (output channels, basic blocks after down-sampling)
 V2_HEAD_CHANNELS = 1024
 V2_GROUPS = 2
 
@@ -122,7 +122,7 @@ class ShuffleV2DownBlock(nn.Module):
 
 
 class ShuffleV2BasicBlock(nn.Module):
-  """Keeps the first half of the channels, transforms the second; returns (output, preactivation)."""
+  """Keeps the first half of the channels, transforms the second; returns (output, preact)."""
   norm: Callable[..., nn.Module]
   dtype: Any = jnp.float32
 
