@@ -9,7 +9,11 @@ for representation-similarity (CKA) analysis.
 
 Config fields (a `kd_jax.config.model_config()`, which states every default once):
   name:  'preresnet' | 'lenet5' | 'vgg16' | 'digits_cnn' | 'mlp' | 'resnet50' (ImageNet, v1.5) |
-         'bilstm' (text)
+         'bilstm' (text) | the CIFAR-100 distillation benchmark's models (CRD / mdistiller names,
+         kd_jax/models/cifar_zoo.py): 'resnet20', 'resnet32', 'resnet56', 'resnet110', 'resnet8x4',
+         'resnet32x4', 'wrn_16_2', 'wrn_40_1', 'wrn_40_2', 'vgg8', 'vgg13', 'MobileNetV2',
+         'ShuffleV1', 'ShuffleV2', 'ResNet50' (CIFAR; 'resnet50' is the ImageNet one); these have
+         fixed widths and read no other field
   depth: preresnet depth, 6n+2 for basic blocks or 9n+2 for bottlenecks
   block: 'auto' | 'basic' | 'bottleneck' (preresnet; 'auto' = basic below depth 44, else bottleneck,
          the switch of the original code, so PreResNet-56 is a bottleneck net)
@@ -31,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kd_jax.errors import KdJaxError
+from kd_jax.models.cifar_zoo import CIFAR_MODEL_NAMES, cifar_model
 from kd_jax.models.lenet import LENET_POOLINGS, LeNet5
 from kd_jax.models.lstm import BiLSTM
 from kd_jax.models.preresnet import PreResNet, blocks_per_stage
@@ -38,7 +43,8 @@ from kd_jax.models.resnet import ResNet
 from kd_jax.models.small import MLP, DigitsCNN
 from kd_jax.models.vgg import VGG, VGG16_LAYOUT, VGG_HEADS
 
-MODEL_NAMES = ('bilstm', 'digits_cnn', 'lenet5', 'mlp', 'preresnet', 'resnet50', 'vgg16')
+MODEL_NAMES = ('bilstm', 'digits_cnn', 'lenet5', 'mlp', 'preresnet', 'resnet50', 'vgg16',
+               *CIFAR_MODEL_NAMES)
 TEXT_MODEL_NAMES = ('bilstm',)  # models of token ids
 DEFAULT_WIDTH = {'preresnet': 16, 'vgg16': 64, 'digits_cnn': 32, 'mlp': 256, 'bilstm': 70,
                  'resnet50': 64}
@@ -111,6 +117,10 @@ def build_model(cfg, num_classes: int, dtype=jnp.float32, num_tokens: int = 0) -
     return BiLSTM(num_classes=num_classes, num_tokens=int(num_tokens), embedding_size=embedding_size,
                   cell_size=_get_width(cfg, name), layers=layers, dtype=dtype)
 
+  if name in CIFAR_MODEL_NAMES:
+    if cfg.width not in (None, 0):
+      raise KdJaxError(f'{name} has a fixed width; set model.width=0 (its default)')
+    return cifar_model(name, num_classes, dtype)
   if name == 'preresnet':
     depth = cfg.depth
     if isinstance(depth, bool) or not isinstance(depth, int):

@@ -1,0 +1,49 @@
+"""The model names of the CIFAR-100 distillation benchmark (CRD, RepDistiller, mdistiller), spelt as
+mdistiller's `cifar_model_dict` spells them, and the kd_jax model each stands for.
+
+Parameter counts at 100 classes (weights, biases, BatchNorm scales and shifts; no running
+statistics), PyTorch's `sum(p.numel() for p in model.parameters())` for the reference definitions:
+
+  resnet20     278,324    resnet8x4     1,233,540    wrn_16_2   703,284    vgg8   3,965,028
+  resnet32     472,756    resnet32x4    7,433,860    wrn_40_1   569,780    vgg13  9,462,180
+  resnet56     861,620    ResNet50     23,705,252    wrn_40_2 2,255,156
+  resnet110  1,736,564    MobileNetV2     812,836    ShuffleV1  949,258    ShuffleV2  1,355,528
+
+Every one takes 32x32 RGB images; call it with `features=True` for (logits, StageFeatures)
+(kd_jax/models/cifar_layers.py; each model's docstring says what its stage features are).
+"""
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+
+from kd_jax.models.cifar_resnet import RESNET_FILTERS, RESNET_X4_FILTERS, CifarResNet, CifarResNet50
+from kd_jax.models.cifar_vgg import VGG8_BLOCKS, VGG13_BLOCKS, CifarVGG
+from kd_jax.models.mobilenetv2 import MobileNetV2
+from kd_jax.models.shufflenet import ShuffleNetV1, ShuffleNetV2
+from kd_jax.models.wrn import WideResNet
+
+CIFAR_MODELS = {
+    'resnet20': functools.partial(CifarResNet, depth=20, filters=RESNET_FILTERS),
+    'resnet32': functools.partial(CifarResNet, depth=32, filters=RESNET_FILTERS),
+    'resnet56': functools.partial(CifarResNet, depth=56, filters=RESNET_FILTERS),
+    'resnet110': functools.partial(CifarResNet, depth=110, filters=RESNET_FILTERS),
+    'resnet8x4': functools.partial(CifarResNet, depth=8, filters=RESNET_X4_FILTERS),
+    'resnet32x4': functools.partial(CifarResNet, depth=32, filters=RESNET_X4_FILTERS),
+    'wrn_16_2': functools.partial(WideResNet, depth=16, widen_factor=2),
+    'wrn_40_1': functools.partial(WideResNet, depth=40, widen_factor=1),
+    'wrn_40_2': functools.partial(WideResNet, depth=40, widen_factor=2),
+    'vgg8': functools.partial(CifarVGG, blocks=VGG8_BLOCKS),
+    'vgg13': functools.partial(CifarVGG, blocks=VGG13_BLOCKS),
+    'MobileNetV2': functools.partial(MobileNetV2, expansion=6, width_multiplier=0.5),
+    'ShuffleV1': ShuffleNetV1,
+    'ShuffleV2': ShuffleNetV2,
+    'ResNet50': CifarResNet50,
+}
+CIFAR_MODEL_NAMES = tuple(CIFAR_MODELS)
+
+
+def cifar_model(name: str, num_classes: int, dtype: Any) -> nn.Module:
+  """The benchmark model `name` (one of CIFAR_MODEL_NAMES) with `num_classes` outputs."""
+  return CIFAR_MODELS[name](num_classes=num_classes, dtype=dtype)
