@@ -41,10 +41,11 @@ import numpy as np
 from flax import traverse_util
 
 from kd_jax import checkpoint, files
-from kd_jax.cli import fail
+from kd_jax.experiments import cli
 from kd_jax.errors import KdJaxError
 from kd_jax.models.cifar_layers import state_dict_key
 from kd_jax.models.cifar_zoo import CIFAR_MODEL_NAMES, cifar_model
+from kd_jax.study.teachers import member_dir
 
 IMPORT_FILE = "imported_teachers.json"
 TEACHERS_DIR = "teachers"
@@ -53,11 +54,6 @@ DEFAULT_NUM_CLASSES = 100
 STATE_DICT_WRAPPERS = ("model", "net", "state_dict")  # where RepDistiller / mdistiller keep it
 DATA_PARALLEL_PREFIX = "module."
 IGNORED_SUFFIX = "num_batches_tracked"
-
-
-def member_dir(teachers_dir: str, index: int) -> str:
-  """The folder of ensemble member `index`, the layout config.teacher.load_from reads."""
-  return os.path.join(teachers_dir, f"member_{index}")
 
 
 def _import_torch():
@@ -210,10 +206,8 @@ def main(argv=None) -> None:
   parser.add_argument("--num_classes", type=int, default=DEFAULT_NUM_CLASSES)
   parser.add_argument("--out", required=True, help="the teacher workdir to create")
   args = parser.parse_args(argv)
-  try:
+  with cli.exit_statuses():
     record = import_teachers(args.torch, args.arch, args.num_classes, args.out)
-  except KdJaxError as e:
-    fail(e)
   overrides = " ".join(f"--config.{key}={value}" for key, value in record["config"].items())
   print(f"imported {record['ensemble_size']} {args.arch} teacher(s) ({args.num_classes} classes) "
         f"into {record['config']['teacher.load_from']}; distill from them with\n"

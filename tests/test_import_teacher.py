@@ -5,7 +5,7 @@ The PyTorch models below are transcribed here from the published definitions (Re
 state_dict keys, and the same forward pass, returning mdistiller's feats and preact_feats. Each test
 gives one random weights and random BatchNorm statistics, saves its state_dict with torch.save,
 converts it with the command as a user runs it, loads the result the way config.teacher.load_from
-does (kd_jax.pipeline.load_teachers) and compares eval-mode logits and stage features on the same
+does (kd_jax.study.teachers.load_teachers) and compares eval-mode logits and stage features on the same
 random images.
 """
 
@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from kd_jax import config as kd_config
-from kd_jax import parallel, pipeline
+from kd_jax import parallel
+from kd_jax.study import teachers as study_teachers
 from kd_jax.import_teacher import IMPORT_FILE, main, read_state_dict
 from kd_jax.models import build_model
 
@@ -455,7 +456,7 @@ def assert_close(actual, expected, what):
 def loaded_teachers(arch, out, members):
   """The teachers as config.teacher.load_from loads them, and the kd_jax model."""
   model = build_model(kd_config.model_config(name=arch), 100)
-  stacked = pipeline.load_teachers(model, str(out), members, (32, 32, 3), parallel.make_mesh())
+  stacked = study_teachers.load_teachers(model, str(out), members, (32, 32, 3), parallel.make_mesh())
   return model, [jax.tree.map(lambda x, i=i: np.asarray(x[i]), stacked) for i in range(members)]
 
 
