@@ -2,10 +2,11 @@
 
   python -m benchmarks.parts --depth 20 --batch 128 --classes 100 --repeats 8 [--torch]
 
-The fused step is m eval-mode teacher forwards + one train-mode student forward/backward + the update,
-so these two numbers (and the input part that benchmarks.kd_step's epoch case times) explain a step.
-Prints one JSON line per measurement (median and min milliseconds over --repeats calls). With --torch,
-also times the same network in PyTorch eager (NCHW and channels-last), if torch is installed.
+The fused step is m eval-mode teacher forwards + one train-mode student forward/backward + the
+update, so these two numbers (and the input part that benchmarks.kd_step's epoch case times) explain
+a step. Prints one JSON line per measurement (median and min milliseconds over --repeats calls).
+With --torch, also times the same network in PyTorch eager (NCHW and channels-last), if torch is
+installed.
 
   python -m benchmarks.parts --conv-layers [--torch]
 
@@ -18,10 +19,10 @@ this backend's convolution kernels can be.
 
 times alternatives for the small convolutions of LeNet-5 (5x5, 1->6 at 28x28 'same', 6->16 at 14x14
 'valid') and PreResNet's 16-channel stage (3x3, 16->16 at 32x32) on this backend: XLA's convolution
-in NHWC/HWIO (flax's layout), in NCHW/OIHW and in NHWC/OIHW dimension numbers (inputs already in that
-layout), and im2col (k*k shifted slices, one matmul); forward, and forward plus gradients (kernel
-and input; kernel only for a first layer, whose input needs none). For the m = 3 teachers' first
-convolution, which all read the same input, m convolutions against one with m times the output
+in NHWC/HWIO (flax's layout), in NCHW/OIHW and in NHWC/OIHW dimension numbers (inputs already in
+that layout), and im2col (k*k shifted slices, one matmul); forward, and forward plus gradients
+(kernel and input; kernel only for a first layer, whose input needs none). For the m = 3 teachers'
+first convolution, which all read the same input, m convolutions against one with m times the output
 channels. And LeNet-5's 2x2 pooling (flax max_pool / avg_pool, i.e. reduce_window, against a reshape
 and a max / mean over the window axes, which gives the same values).
 
@@ -35,46 +36,37 @@ against the whole-permutation draw it replaced (`jax.random.permutation` of the 
 import argparse
 import functools
 import json
-import os
-import statistics
-import time
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from benchmarks import kd_step, torch_reference
-from kd_jax import config as config_lib
+from benchmarks import cases as cases_lib
+from benchmarks import harness, torch_reference
 from kd_jax import runtime, train
-from kd_jax.models import build_model
+from kd_jax.models import lenet
 
 
-def _time(fn, repeats: int) -> dict:
-  fn()  # compile / first-call work
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return {"median_ms": round(statistics.median(times) * 1e3, 2), "min_ms": round(min(times) * 1e3, 2)}
+def _time_jax(fn, *args, repeats: int) -> dict:
+  """harness.time_calls of fn(*args), each call waited for."""
+  return harness.time_calls(lambda: jax.block_until_ready(fn(*args)), repeats)
 
 
 def _jax_environment() -> dict:
-  return {"framework": "jax", "backend": jax.default_backend(), "device": kd_step.device_name(),
-          "xla_flags": os.environ.get("XLA_FLAGS", "")}
+  return {"framework": "jax", **harness.jax_environment()}
 
 
 def _torch_environment(channels_last: bool) -> dict:
   torch = torch_reference.torch
   return {"framework": "torch", "device": f"torch {torch.__version__}",
-          "threads": torch.get_num_threads(), "layout": "channels_last" if channels_last else "NCHW"}
+          "threads": torch.get_num_threads(),
+          "layout": "channels_last" if channels_last else "NCHW"}
 
 
 def jax_parts(depth: int, batch: int, classes: int, precision: str, repeats: int) -> list:
-  """Eval forward and train forward+backward (gradient of a scalar of the logits) of one PreResNet."""
-  model = build_model(config_lib.model_config(name="preresnet", depth=depth), classes,
-                      kd_step.PRECISIONS[precision])
-  x = jax.random.normal(jax.random.PRNGKey(0), (batch, *kd_step.IMAGE_SHAPE))
+  """Eval forward and train forward+backward (gradient of a scalar of the logits) of a PreResNet."""
+  model = cases_lib.model(cases_lib.Case(depth=depth, classes=classes, precision=precision))
+  x = jax.random.normal(jax.random.PRNGKey(0), (batch, *cases_lib.IMAGE_SHAPE))
   variables = jax.jit(lambda key: model.init(key, x[:1], train=False))(jax.random.PRNGKey(1))
 
   eval_forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
@@ -88,9 +80,9 @@ def jax_parts(depth: int, batch: int, classes: int, precision: str, repeats: int
   common = {**_jax_environment(), "depth": depth, "batch": batch, "precision": precision}
   return [
       {**common, "part": "eval_forward",
-       **_time(lambda: jax.block_until_ready(eval_forward(variables, x)), repeats)},
+       **_time_jax(eval_forward, variables, x, repeats=repeats)},
       {**common, "part": "train_forward_backward",
-       **_time(lambda: jax.block_until_ready(forward_backward(variables["params"], x)), repeats)},
+       **_time_jax(forward_backward, variables["params"], x, repeats=repeats)},
   ]
 
 
@@ -99,7 +91,8 @@ def torch_parts(depth: int, batch: int, classes: int, repeats: int, channels_las
   net = torch_reference.PreResNet(depth, classes)
   x = torch.randn(batch, 3, 32, 32)
   if channels_last:
-    net, x = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    net = net.to(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)
 
   def eval_forward():
     with torch.no_grad():
@@ -109,11 +102,13 @@ def torch_parts(depth: int, batch: int, classes: int, repeats: int, channels_las
     net.zero_grad(set_to_none=True)
     torch.log_softmax(net(x), dim=-1)[:, 0].mean().backward()
 
-  common = {**_torch_environment(channels_last), "depth": depth, "batch": batch, "precision": "fp32"}
+  common = {**_torch_environment(channels_last), "depth": depth, "batch": batch,
+            "precision": "fp32"}
   net.eval()
-  records = [{**common, "part": "eval_forward", **_time(eval_forward, repeats)}]
+  records = [{**common, "part": "eval_forward", **harness.time_calls(eval_forward, repeats)}]
   net.train()
-  records.append({**common, "part": "train_forward_backward", **_time(forward_backward, repeats)})
+  records.append({**common, "part": "train_forward_backward",
+                  **harness.time_calls(forward_backward, repeats)})
   return records
 
 
@@ -130,12 +125,13 @@ def jax_conv_layers(batch: int, repeats: int) -> list:
     forward = jax.jit(conv.apply)
     # The gradient of a scalar that reads every output makes XLA run the forward, the input
     # gradient and the kernel gradient: the three convolutions of a training step.
-    forward_backward = jax.jit(jax.grad(lambda p, x: jnp.sum(conv.apply(p, x) ** 2), argnums=(0, 1)))
+    forward_backward = jax.jit(jax.grad(lambda p, x: jnp.sum(conv.apply(p, x) ** 2),
+                                        argnums=(0, 1)))
     common = {**_jax_environment(), "channels": channels, "size": size, "batch": batch}
     records.append({**common, "part": "conv3x3_forward",
-                    **_time(lambda: jax.block_until_ready(forward(params, x)), repeats)})
+                    **_time_jax(forward, params, x, repeats=repeats)})
     records.append({**common, "part": "conv3x3_forward_backward",
-                    **_time(lambda: jax.block_until_ready(forward_backward(params, x)), repeats)})
+                    **_time_jax(forward_backward, params, x, repeats=repeats)})
   return records
 
 
@@ -161,12 +157,14 @@ def torch_conv_layers(batch: int, repeats: int, channels_last: bool) -> list:
 
     common = {**_torch_environment(channels_last), "channels": channels, "size": size,
               "batch": batch}
-    records.append({**common, "part": "conv3x3_forward", **_time(forward, repeats)})
-    records.append({**common, "part": "conv3x3_forward_backward", **_time(forward_backward, repeats)})
+    records.append({**common, "part": "conv3x3_forward", **harness.time_calls(forward, repeats)})
+    records.append({**common, "part": "conv3x3_forward_backward",
+                    **harness.time_calls(forward_backward, repeats)})
   return records
 
 
-# Small convolutions: (name, in channels, out channels, kernel, size, padding, input needs a gradient)
+# Small convolutions: (name, in channels, out channels, kernel, size, padding, whether the input
+# needs a gradient)
 SMALL_CONVS = (("lenet_conv1", 1, 6, 5, 28, "SAME", False),
                ("lenet_conv2", 6, 16, 5, 14, "VALID", True),
                ("preresnet_stage1_conv", 16, 16, 3, 32, "SAME", True))
@@ -175,13 +173,13 @@ FIRST_CONVS = (("lenet_conv1", 1, 6, 5, 28, "SAME"), ("preresnet_stem", 3, 16, 3
 # LeNet-5's pooled activations: (name, size, channels)
 POOLED = (("lenet_pool1", 28, 6), ("lenet_pool2", 10, 16))
 
-_LAYOUTS = {"NHWC/HWIO": ("NHWC", "HWIO", "NHWC"), "NCHW/OIHW": ("NCHW", "OIHW", "NCHW"),
-            "NHWC/OIHW": ("NHWC", "OIHW", "NHWC")}
+LAYOUTS = {"NHWC/HWIO": ("NHWC", "HWIO", "NHWC"), "NCHW/OIHW": ("NCHW", "OIHW", "NCHW"),
+           "NHWC/OIHW": ("NHWC", "OIHW", "NHWC")}
 
 
 def conv_in_layout(x, w, padding, layout):
-  """XLA's convolution with x and w given in `layout` (a _LAYOUTS key)."""
-  return jax.lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=_LAYOUTS[layout])
+  """XLA's convolution with x and w given in `layout` (a LAYOUTS key)."""
+  return jax.lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=LAYOUTS[layout])
 
 
 def conv_im2col(x, w, padding):
@@ -196,59 +194,80 @@ def conv_im2col(x, w, padding):
   return patches @ w.reshape(-1, w.shape[-1])
 
 
-def _to_layout(x, w, layout):
-  lhs, rhs, _ = _LAYOUTS[layout]
+def to_layout(x, w, layout):
+  """NHWC x and HWIO w transposed to `layout` (a LAYOUTS key)."""
+  lhs, rhs, _ = LAYOUTS[layout]
   return (jnp.transpose(x, ["NHWC".index(d) for d in lhs]),
           jnp.transpose(w, ["HWIO".index(d) for d in rhs]))
 
 
-def small_convs(batch: int, repeats: int, m: int = 3) -> list:
-  """Records of the --small-convs mode (see the module docstring)."""
+def _forward_records(common: dict, forward, forward_backward, *args, repeats: int) -> list:
+  """Two records: jit(forward)(*args) and jit(forward_backward)(*args) timed."""
+  return [{**common, "part": "forward", **_time_jax(jax.jit(forward), *args, repeats=repeats)},
+          {**common, "part": "forward_backward",
+           **_time_jax(jax.jit(forward_backward), *args, repeats=repeats)}]
+
+
+def _layout_records(batch: int, repeats: int) -> list:
+  """Each small convolution in each layout and as im2col, forward and forward + gradients."""
   records = []
   for name, cin, cout, kernel, size, padding, input_grad in SMALL_CONVS:
     x = jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, cin))
     w = jax.random.normal(jax.random.PRNGKey(1), (kernel, kernel, cin, cout)) * 0.1
     variants = {layout: (functools.partial(conv_in_layout, padding=padding, layout=layout),
-                         *_to_layout(x, w, layout)) for layout in _LAYOUTS}
+                         *to_layout(x, w, layout)) for layout in LAYOUTS}
     variants["im2col"] = (functools.partial(conv_im2col, padding=padding), x, w)
     for variant, (conv, vx, vw) in variants.items():
-      forward = jax.jit(conv)
       argnums = (0, 1) if input_grad else 1
-      forward_backward = jax.jit(jax.grad(lambda vx, vw: jnp.sum(conv(vx, vw) ** 2), argnums))
+      forward_backward = jax.grad(lambda vx, vw: jnp.sum(conv(vx, vw) ** 2), argnums)
       common = {**_jax_environment(), "conv": name, "variant": variant, "batch": batch}
-      records.append({**common, "part": "forward",
-                      **_time(lambda: jax.block_until_ready(forward(vx, vw)), repeats)})
-      records.append({**common, "part": "forward_backward",
-                      **_time(lambda: jax.block_until_ready(forward_backward(vx, vw)), repeats)})
+      records += _forward_records(common, conv, forward_backward, vx, vw, repeats=repeats)
+  return records
+
+
+def _first_conv_records(batch: int, repeats: int, m: int) -> list:
+  """The m teachers' first convolutions of one input: m of them against one m times as wide."""
+  records = []
   for name, cin, cout, kernel, size, padding in FIRST_CONVS:
     x = jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, cin))
     ws = jax.random.normal(jax.random.PRNGKey(1), (m, kernel, kernel, cin, cout)) * 0.1
-    conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), padding,
-                                                     dimension_numbers=_LAYOUTS["NHWC/HWIO"])
+    conv = functools.partial(conv_in_layout, padding=padding, layout="NHWC/HWIO")
     separate = jax.jit(lambda x, ws: [conv(x, w) for w in ws])
     # One convolution with m * cout outputs, split back into the m members' activations.
     fused = jax.jit(lambda x, ws: jnp.split(conv(x, jnp.concatenate(list(ws), axis=-1)), m, -1))
     common = {**_jax_environment(), "conv": name, "m": m, "batch": batch, "part": "forward"}
     records.append({**common, "variant": f"{m} convolutions",
-                    **_time(lambda: jax.block_until_ready(separate(x, ws)), repeats)})
+                    **_time_jax(separate, x, ws, repeats=repeats)})
     records.append({**common, "variant": f"one with {m}x{cout} outputs",
-                    **_time(lambda: jax.block_until_ready(fused(x, ws)), repeats)})
+                    **_time_jax(fused, x, ws, repeats=repeats)})
+  return records
+
+
+def _pooling_records(batch: int, repeats: int) -> list:
+  """LeNet-5's 2x2 poolings: flax's reduce_window against a reshape and a max (lenet.max_pool)
+  or a mean, forward and forward + gradient."""
+  records = []
+
+  def pool_2x2(pool):
+    return functools.partial(pool, window_shape=(2, 2), strides=(2, 2))
+
   for name, size, channels in POOLED:
     x = jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, channels))
     window = lambda x: x.reshape(x.shape[0], size // 2, 2, size // 2, 2, channels)
-    variants = {"max_pool": lambda x: nn.max_pool(x, (2, 2), strides=(2, 2)),
-                "reshape_max": lambda x: jnp.max(window(x), axis=(2, 4)),
-                "avg_pool": lambda x: nn.avg_pool(x, (2, 2), strides=(2, 2)),
+    variants = {"max_pool": pool_2x2(nn.max_pool), "reshape_max": pool_2x2(lenet.max_pool),
+                "avg_pool": pool_2x2(nn.avg_pool),
                 "reshape_mean": lambda x: jnp.mean(window(x), axis=(2, 4))}
     for variant, pool in variants.items():
-      forward = jax.jit(pool)
-      forward_backward = jax.jit(jax.grad(lambda x: jnp.sum(pool(x) ** 2)))
+      forward_backward = jax.grad(lambda x: jnp.sum(pool(x) ** 2))
       common = {**_jax_environment(), "pool": name, "variant": variant, "batch": batch}
-      records.append({**common, "part": "forward",
-                      **_time(lambda: jax.block_until_ready(forward(x)), repeats)})
-      records.append({**common, "part": "forward_backward",
-                      **_time(lambda: jax.block_until_ready(forward_backward(x)), repeats)})
+      records += _forward_records(common, pool, forward_backward, x, repeats=repeats)
   return records
+
+
+def small_convs(batch: int, repeats: int, m: int = 3) -> list:
+  """Records of the --small-convs mode (see the module docstring)."""
+  return (_layout_records(batch, repeats) + _first_conv_records(batch, repeats, m)
+          + _pooling_records(batch, repeats))
 
 
 # (name, train-set size, image shape) of the batch-draw cases
@@ -256,11 +275,11 @@ SAMPLING_SETS = (("fashion_mnist", 60_000, (28, 28, 1)), ("cifar", 50_000, (32, 
 
 
 def permutation_sample_batch(rng, step, images, labels, batch_size: int):
-  """The batch draw before issue 11: the epoch's whole permutation, rebuilt every step (O(N log N))."""
+  """The batch draw that train.sample_batch replaced: the epoch's whole permutation, rebuilt every
+  step (O(N log N)). Keyed by (rng, epoch) alone: which key it is does not change the time."""
   steps_per_epoch = images.shape[0] // batch_size
   epoch, position = step // steps_per_epoch, step % steps_per_epoch
-  stream = train._ORDER_STREAM  # pylint: disable=protected-access
-  key = jax.random.fold_in(jax.random.fold_in(rng, stream), epoch)
+  key = jax.random.fold_in(rng, epoch)
   order = jax.random.permutation(key, images.shape[0])
   indices = jax.lax.dynamic_slice_in_dim(order, position * batch_size, batch_size)
   return images[indices], labels[indices]
@@ -276,11 +295,11 @@ def sampling(batch: int, repeats: int, sets=SAMPLING_SETS) -> list:
     for method, draw in (("permutation", permutation_sample_batch),
                          ("sample_batch", train.sample_batch)):
       fn = jax.jit(draw, static_argnums=4)
-      step = iter(range(10**9))
+      steps = iter(range(repeats + 1))
+      draw_next = lambda: fn(rng, next(steps), images, labels, batch)  # noqa: E731
       records.append({**_jax_environment(), "part": "batch_draw", "set": name, "train_size": size,
                       "batch": batch, "method": method,
-                      **_time(lambda: jax.block_until_ready(
-                          fn(rng, next(step), images, labels, batch)), repeats)})
+                      **_time_jax(draw_next, repeats=repeats)})
   return records
 
 
@@ -289,16 +308,17 @@ def main(argv=None):
   parser.add_argument("--depth", type=int, default=20)
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--classes", type=int, default=100)
-  parser.add_argument("--precision", choices=tuple(kd_step.PRECISIONS), default="fp32")
+  parser.add_argument("--precision", choices=tuple(cases_lib.PRECISIONS), default="fp32")
   parser.add_argument("--repeats", type=int, default=8)
   parser.add_argument("--torch", action="store_true", help="also time PyTorch eager, if installed")
   parser.add_argument("--conv-layers", action="store_true",
                       help="time single 3x3 convolutions of each stage instead of whole networks")
   parser.add_argument("--small-convs", action="store_true",
-                      help="time layouts, im2col and fused first convolutions for small convolutions, "
-                           "and LeNet-5's pooling")
+                      help="time layouts, im2col and fused first convolutions for small "
+                           "convolutions, and LeNet-5's pooling")
   parser.add_argument("--sampling", action="store_true",
-                      help="time the train step's batch draw (old whole permutation vs sample_batch)")
+                      help="time the train step's batch draw (old whole permutation vs "
+                           "sample_batch)")
   args = parser.parse_args(argv)
   runtime.add_cpu_xla_flags()  # as run.py's setup does, before the first JAX computation
   if args.sampling or args.small_convs:

@@ -1,15 +1,15 @@
 """Streamed input: images/s that the host decodes and augments, against images/s the step consumes.
 
-    python -m benchmarks.stream                       # ImageNet-like JPEGs, 224 crops, ResNet-50 step
+    python -m benchmarks.stream                       # ImageNet-like JPEGs, 224 crops, ResNet-50
     python -m benchmarks.stream --model preresnet --crop 32 --image-size 40 --batch 128
 
-Writes --images synthetic JPEGs of about --image-size pixels a side (ImageNet's average is near 400 x
-350) into a temporary image folder, reads them through the streamed path of a training run
-(kd_jax.data.stream.train_batches on grain with --threads reader threads: decode, random-resized crop,
-flip, batching) and times it; then times the fused distillation step (m = 1 teacher, same model) on
-batches of the same shape on this machine's default JAX device. When the first number is below the
-second, the input is the bottleneck: add reader threads (data.stream.threads), cores, or hosts.
-Prints one JSON line.
+Writes --images synthetic JPEGs of about --image-size pixels a side (ImageNet's average is near 400
+x 350) into a temporary image folder, reads them through the streamed path of a training run
+(kd_jax.data.stream.train_batches on grain with --threads reader threads: decode, random-resized
+crop, flip, batching) and times it; then times the fused distillation step (m = 1 teacher, same
+model) on batches of the same shape on this machine's default JAX device. When the first number is
+below the second, the input is the bottleneck: add reader threads (data.stream.threads), cores, or
+hosts. Prints one JSON line.
 """
 
 import argparse
@@ -19,14 +19,12 @@ import os
 import tempfile
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import PIL.Image
 
+from benchmarks import cases, harness
 from kd_jax import config as kd_config
 from kd_jax import parallel, train
-from kd_jax.data import augment as augment_lib
 from kd_jax.data import stream
 from kd_jax.models import build_model
 
@@ -49,7 +47,7 @@ def write_jpegs(root, count, size, classes=10, seed=0):
 
 
 def input_rate(root, crop, batch, threads, batches):
-  """Images/s of decode + random-resized crop + flip + batching through grain, after one warm batch."""
+  """Images/s of decode + random-resized crop + flip + batching through grain, after a warm-up."""
   import grain  # pylint: disable=g-import-not-at-top
   cfg = kd_config.default_config().data
   cfg.update(dict(source="image_folder", name="", path=root))
@@ -66,26 +64,26 @@ def input_rate(root, crop, batch, threads, batches):
 
 
 def step_rate(model_name, crop, batch, steps):
-  """Images/s of the fused distillation step (1 teacher, same model) on uint8 batches of that shape."""
+  """Images/s of the fused distillation step (1 teacher, same model) on uint8 batches of that shape,
+  in its streamed form (the batch given to the step, as the streamed runs feed it)."""
   mesh = parallel.make_mesh()
-  model = build_model(kd_config.model_config(name=model_name), 1000)
+  config = kd_config.default_config()
+  config.student.model = kd_config.model_config(name=model_name)
+  config.student.batch_size = batch
+  config.data.augment = "none"
+  config.distill.temperature = 1.0
+  model = build_model(config.student.model, 1000)
   tx = train.make_optimizer(kd_config.optimizer_config(weight_decay=0.0), 1000, 100)
-  state = train.create_state(model, tx, jax.random.PRNGKey(0), (crop, crop, 3))
-  teacher = jax.tree.map(lambda x: x[None], train.model_variables(
-      train.create_state(model, tx, jax.random.PRNGKey(1), (crop, crop, 3))))
-  step = train.make_distill_step(model, model, tx, batch_size=batch,
-                                 augment=augment_lib.make_policy("none"), mesh=mesh, temperature=1.0,
-                                 alpha=0.0, streamed=True)
-  images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (batch, crop, crop, 3), np.uint8))
-  labels = jnp.zeros((batch,), jnp.int32)
-  mean, std = jnp.full((3,), 0.5), jnp.full((3,), 0.25)
-  state, metrics = step(state, teacher, images, labels, mean, std)  # compile
-  jax.block_until_ready(metrics)
-  start = time.perf_counter()
-  for _ in range(steps):
-    state, metrics = step(state, teacher, images, labels, mean, std)
-  jax.block_until_ready(metrics)
-  return steps * batch / (time.perf_counter() - start)
+  shape = (crop, crop, 3)
+  state = cases.initial_state(model, tx, mesh, shape)
+  teacher = train.model_variables(cases.stacked_states(model, tx, 1, mesh, shape))
+  step = cases.distill_step(config, model, model, tx, mesh, streamed=True)
+  images = np.random.default_rng(0).integers(0, 256, (batch, *shape), np.uint8)
+  labels = np.zeros((batch,), np.int32)
+  mean, std = np.full((3,), 0.5, np.float32), np.full((3,), 0.25, np.float32)
+  batch_args = parallel.replicate((images, labels, mean, std), mesh)
+  times, _, _ = harness.time_steps(step, [state, teacher, *batch_args], steps, warmup=1)
+  return steps * batch / sum(times)
 
 
 def main():
@@ -106,7 +104,7 @@ def main():
   print(json.dumps({
       "case": "stream", "model": args.model, "crop": args.crop, "image_size": args.image_size,
       "batch": args.batch, "threads": args.threads, "cores": os.cpu_count(),
-      "device": jax.devices()[0].device_kind, "input_images_per_s": round(decoded, 1),
+      "device": harness.device_name(), "input_images_per_s": round(decoded, 1),
       "step_images_per_s": None if consumed is None else round(consumed, 1),
       "input_bound": None if consumed is None else bool(decoded < consumed)}), flush=True)
 

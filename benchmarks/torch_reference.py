@@ -2,32 +2,36 @@
 
   python -m benchmarks.torch_reference --depth 20 --m 3 --batch 128 --classes 100 --steps 20
   python -m benchmarks.torch_reference --model lenet5 --m 3 --batch 128 --classes 10
-  python -m benchmarks.torch_reference --model lenet5 --kind teacher --members 3 --batch 256 --classes 10
+  python -m benchmarks.torch_reference --model lenet5 --kind teacher --members 3 --batch 256 \
+      --classes 10
 
 One step does what `kd_jax.train.make_distill_step` does: draw a batch from an in-memory uint8 train
-set, random crop (pad 4) + horizontal flip, normalize, run the m PreResNet teachers in eval mode under
-no_grad, average their softmax (log-mean-exp), run the student in train mode, tau^2-scaled forward-KL
-loss at temperature tau, backward, SGD (momentum 0.9, Nesterov, weight decay 1e-4). The network is
-written here from the same architecture description as kd_jax/models/preresnet.py (pre-activation
-blocks, 1x1 projection of the raw input when the shape changes).
+set, random crop (pad 4) + horizontal flip, normalize, run the m PreResNet teachers in eval mode
+under no_grad, average their softmax (log-mean-exp), run the student in train mode, tau^2-scaled
+forward-KL loss at temperature tau, backward, SGD (momentum 0.9, Nesterov, weight decay 1e-4). The
+network is written here from the same architecture description as kd_jax/models/preresnet.py
+(pre-activation blocks, 1x1 projection of the raw input when the shape changes).
 
-LeNet-5 (`--model lenet5`, 28x28x1 images) is written from kd_jax/models/lenet.py: conv 6@5x5 'same',
-ReLU, 2x2 pooling, conv 16@5x5 'valid', ReLU, 2x2 pooling, dense 120, 84, classes, with the same
-pooling kind (max or average) as kd_jax's model (`pooling=`; benchmarks.kd_step passes kd_jax's).
-Its data are used as the Fashion-MNIST config uses them: no augmentation, only normalization. The
-teacher step (`--kind teacher`) trains `members` networks one after the other, each on its own batch
-(cross-entropy, SGD momentum 0.9, weight decay 5e-4), so that a step processes members x batch images
-as kd_jax's stacked teacher step does.
+LeNet-5 (`--model lenet5`, 28x28x1 images) is written from kd_jax/models/lenet.py: conv 6@5x5
+'same', ReLU, 2x2 pooling, conv 16@5x5 'valid', ReLU, 2x2 pooling, dense 120, 84, classes, with the
+same pooling kind (max or average) as kd_jax's model (`pooling=`; benchmarks/side_by_side.py passes
+kd_jax's). Its data are used as the Fashion-MNIST config uses them: no augmentation, only
+normalization. The teacher step (`--kind teacher`) trains `members` networks one after the other,
+each on its own batch (cross-entropy, SGD momentum 0.9, weight decay 5e-4), so that a step processes
+members x batch images as kd_jax's stacked teacher step does.
 
-Optional: torch is not a dependency of kd_jax. `available()` says whether it can be imported, and the
-harness (benchmarks/kd_step.py --torch) skips this reference cleanly when it cannot.
+Optional: torch is not a dependency of kd_jax. `available()` says whether it can be imported, and
+the harness (benchmarks/kd_step.py --torch, --side-by-side) skips this reference cleanly when it
+cannot.
 """
 
 import argparse
 import json
 import math
 import statistics
-import time
+
+from benchmarks import cases as cases_lib
+from benchmarks import harness
 
 try:
   import torch
@@ -42,7 +46,6 @@ except ImportError:  # The harness checks available() before calling anything be
 _MEAN = (0.507, 0.487, 0.441)
 _STD = (0.267, 0.256, 0.276)
 _GRAY_MEAN, _GRAY_STD = (0.286,), (0.353,)
-MODELS = ("preresnet", "lenet5")
 KINDS = ("distill", "teacher")
 POOLINGS = ("max", "avg")
 
@@ -114,7 +117,7 @@ if torch is not None:
       return self.fc(x.mean(dim=(2, 3)))
 
   class LeNet5(nn.Module):
-    """kd_jax.models.LeNet5 in PyTorch: the same layers and parameter count, `pooling` max or avg."""
+    """kd_jax.models.LeNet5 in PyTorch: the same layers and parameters, `pooling` max or avg."""
 
     def __init__(self, num_classes, pooling="max"):
       super().__init__()
@@ -139,10 +142,6 @@ def _network(model, depth, classes, pooling):
   if model == "lenet5":
     return LeNet5(classes, pooling)
   return PreResNet(depth, classes)
-
-
-def _image_shape(model):
-  return (28, 28, 1) if model == "lenet5" else (32, 32, 3)
 
 
 def _normalize(images, unused_generator=None):
@@ -188,7 +187,7 @@ def _kd_loss(student_logits, teacher_logits, temperature):
 
 
 def _train_images(model, train_size, generator):
-  return torch.randint(0, 256, (train_size, *_image_shape(model)), dtype=torch.uint8,
+  return torch.randint(0, 256, (train_size, *cases_lib.MODEL_IMAGE_SHAPE[model]), dtype=torch.uint8,
                        generator=generator)
 
 
@@ -225,7 +224,7 @@ def make_step(depth=20, m=3, batch=128, classes=100, temperature=4.0, train_size
 
 def make_teacher_step(depth=20, members=3, batch=256, classes=100, train_size=50_000,
                       channels_last=False, seed=0, model="preresnet", pooling="max"):
-  """Returns step(): one cross-entropy SGD step of each of `members` networks, each on its own batch."""
+  """Returns step(): one cross-entropy SGD step of each of `members` networks, each on its batch."""
   torch.manual_seed(seed)
   generator = torch.Generator().manual_seed(seed)
   images = _train_images(model, train_size, generator)
@@ -252,24 +251,15 @@ def make_teacher_step(depth=20, members=3, batch=256, classes=100, train_size=50
 def build(kind="distill", model="preresnet", depth=20, m=3, members=1, batch=128, classes=100,
           channels_last=False, pooling="max", train_size=None):
   """(step function, images per step) for one case; train_size defaults to the model's data set."""
-  if kind not in KINDS or model not in MODELS:
-    raise ValueError(f"kind {kind!r} / model {model!r}: kinds are {KINDS}, models {MODELS}")
-  train_size = train_size or (60_000 if model == "lenet5" else 50_000)
+  if kind not in KINDS or model not in cases_lib.MODELS:
+    raise ValueError(f"kind {kind!r} / model {model!r}: kinds are {KINDS}, "
+                     f"models {cases_lib.MODELS}")
+  train_size = train_size or cases_lib.MODEL_TRAIN_SIZE[model]
   common = dict(depth=depth, batch=batch, classes=classes, train_size=train_size,
                 channels_last=channels_last, model=model, pooling=pooling)
   if kind == "teacher":
     return make_teacher_step(members=members, **common), members * batch
   return make_step(m=m, **common), batch
-
-
-def time_step(step, steps: int) -> list:
-  """Seconds of each of `steps` calls (eager CPU work is synchronous: no waiting needed)."""
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - start)
-  return times
 
 
 def benchmark(depth=20, m=3, batch=128, classes=100, steps=20, warmup=3, threads=0,
@@ -280,22 +270,23 @@ def benchmark(depth=20, m=3, batch=128, classes=100, steps=20, warmup=3, threads
     torch.set_num_threads(threads)
   step, images_per_step = build(kind, model, depth, m, members, batch, classes, channels_last,
                                 pooling)
-  time_step(step, warmup)
-  times = time_step(step, steps)
+  harness.call_seconds(step, warmup)  # (eager CPU work is synchronous: no waiting needed)
+  times = harness.call_seconds(step, steps)
   step_s = statistics.median(times)
   return {"backend": "torch-cpu", "device": f"torch {torch.__version__}", "kind": kind,
           "model": model, "depth": depth if model == "preresnet" else None,
           "pooling": pooling if model == "lenet5" else None,
           "m": m if kind == "distill" else None, "members": members if kind == "teacher" else None,
           "batch": batch, "classes": classes, "precision": "fp32",
-          "layout": "channels_last" if channels_last else "NCHW", "threads": torch.get_num_threads(),
-          "steps": steps, "step_ms": round(step_s * 1e3, 2), "min_step_ms": round(min(times) * 1e3, 2),
+          "layout": "channels_last" if channels_last else "NCHW",
+          "threads": torch.get_num_threads(), "steps": steps, "step_ms": round(step_s * 1e3, 2),
+          "min_step_ms": round(min(times) * 1e3, 2),
           "images_per_second": round(images_per_step / step_s, 1)}
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--model", choices=MODELS, default="preresnet")
+  parser.add_argument("--model", choices=cases_lib.MODELS, default="preresnet")
   parser.add_argument("--kind", choices=KINDS, default="distill")
   parser.add_argument("--pooling", choices=POOLINGS, default="max", help="lenet5's pooling")
   parser.add_argument("--depth", type=int, default=20)

@@ -41,19 +41,71 @@ def test_overlapping_or_ragged_windows_fall_back_to_flax():
                                   np.asarray(nn.max_pool(x, window, strides=strides)))
 
 
-def test_lenet5_outputs_and_gradients_unchanged(monkeypatch):
-  """The whole network against the same network pooled by nn.max_pool: same logits and gradients."""
-  model = LeNet5(num_classes=10, pooling="max")
+def _logits_and_grads(apply, params, x):
+  loss = lambda p: jnp.sum(jax.nn.log_softmax(apply(p, x))[:, 0])
+  return apply(params, x), jax.grad(loss)(params)
+
+
+def _assert_same(got, want, exact_logits=True):
+  (got_logits, got_grads), (want_logits, want_grads) = got, want
+  if exact_logits:
+    np.testing.assert_array_equal(np.asarray(got_logits), np.asarray(want_logits))
+  else:
+    np.testing.assert_allclose(np.asarray(got_logits), np.asarray(want_logits), rtol=1e-5,
+                               atol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got_grads,
+               want_grads)
+
+
+def _reference_lenet5(params, x, pool):
+  """LeNet-5 written out with lax/jnp operations and the given 2x2 pooling function."""
+  def conv(x, p, padding):
+    y = jax.lax.conv_general_dilated(x, p["kernel"], (1, 1), padding,
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y + p["bias"]
+
+  dense = lambda x, p: x @ p["kernel"] + p["bias"]
+  x = pool(jax.nn.relu(conv(x, params["Conv_0"], "SAME")), (2, 2), strides=(2, 2))
+  x = pool(jax.nn.relu(conv(x, params["Conv_1"], "VALID")), (2, 2), strides=(2, 2))
+  x = jax.nn.relu(dense(x.reshape(x.shape[0], -1), params["Dense_0"]))
+  x = jax.nn.relu(dense(x, params["Dense_1"]))
+  return dense(x, params["Dense_2"])
+
+
+@pytest.mark.parametrize("impl,pool", [("reshape", lenet.max_pool), ("reduce_window", nn.max_pool)])
+def test_max_pool_impl_selects_its_pooling(impl, pool):
+  """LeNet5(max_pool_impl=...) is the network pooled by that function (checked against the network
+  written out by hand); the default is 'reshape'."""
+  model = LeNet5(num_classes=10, pooling="max", max_pool_impl=impl)
   x = jax.random.normal(jax.random.PRNGKey(4), (8, 28, 28, 1))
-  variables = model.init(jax.random.PRNGKey(5), x)
+  params = model.init(jax.random.PRNGKey(5), x)["params"]
+  ours = _logits_and_grads(lambda p, x: model.apply({"params": p}, x), params, x)
+  reference = _logits_and_grads(lambda p, x: _reference_lenet5(p, x, pool), params, x)
+  _assert_same(ours, reference, exact_logits=False)
+  assert LeNet5(num_classes=10).max_pool_impl == "reshape"
 
-  def logits_and_grads():
-    loss = lambda p: jnp.sum(jax.nn.log_softmax(model.apply({"params": p}, x))[:, 0])
-    return model.apply(variables, x), jax.grad(loss)(variables["params"])
 
-  ours = logits_and_grads()
-  monkeypatch.setitem(lenet._POOL, "max", nn.max_pool)
-  reference = logits_and_grads()
-  np.testing.assert_array_equal(np.asarray(ours[0]), np.asarray(reference[0]))
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), ours[1],
-               reference[1])
+def test_lenet5_outputs_and_gradients_unchanged():
+  """The whole network against the same network pooled by nn.max_pool: same logits and gradients."""
+  x = jax.random.normal(jax.random.PRNGKey(4), (8, 28, 28, 1))
+  outputs = []
+  for impl in lenet.MAX_POOL_IMPLS:
+    model = LeNet5(num_classes=10, pooling="max", max_pool_impl=impl)
+    params = model.init(jax.random.PRNGKey(5), x)["params"]
+    outputs.append(_logits_and_grads(lambda p, x: model.apply({"params": p}, x), params, x))
+  _assert_same(*outputs)
+
+
+def test_average_pooling_ignores_the_max_pool_impl():
+  x = jax.random.normal(jax.random.PRNGKey(6), (2, 28, 28, 1))
+  logits = []
+  for impl in lenet.MAX_POOL_IMPLS:
+    model = LeNet5(num_classes=10, max_pool_impl=impl)
+    logits.append(np.asarray(model.apply(model.init(jax.random.PRNGKey(7), x), x)))
+  np.testing.assert_array_equal(*logits)
+
+
+def test_unknown_max_pool_impl_is_refused():
+  model = LeNet5(num_classes=10, pooling="max", max_pool_impl="fast")
+  with pytest.raises(ValueError, match="max_pool_impl 'fast'"):
+    model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))

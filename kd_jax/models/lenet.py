@@ -3,7 +3,10 @@
 conv 6@5x5 'SAME' -> ReLU -> pool 2 -> conv 16@5x5 'VALID' -> ReLU -> pool 2 -> Dense 120 -> ReLU ->
 Dense 84 -> ReLU -> Dense num_classes; 61,706 parameters for 10 classes. ReLU replaces the 1998 tanh.
 The 2x2 pooling (stride 2) is `pooling`: 'avg' (the paper's original code, gnosis/models/lenet.py, and
-closest to the 1998 subsampling) or 'max' (ours, as in many modern re-implementations).
+closest to the 1998 subsampling) or 'max' (ours, as in many modern re-implementations). How max
+pooling is computed is `max_pool_impl`: 'reshape' (`max_pool` below, the default) or 'reduce_window'
+(flax's nn.max_pool, what 'reshape' replaced; kept so that benchmarks can time the two against each
+other). Both give the same values; their gradients differ only at exact ties (see `max_pool`).
 """
 
 from typing import Any
@@ -33,7 +36,9 @@ def max_pool(x, window_shape, strides):
 
 # Pooling choices; the first is the original code's.
 LENET_POOLINGS = ('avg', 'max')
-_POOL = {'avg': nn.avg_pool, 'max': max_pool}
+# How pooling='max' is computed (the module docstring); the first is the default.
+MAX_POOL_IMPLS = ('reshape', 'reduce_window')
+_MAX_POOL = {'reshape': max_pool, 'reduce_window': nn.max_pool}
 
 
 class LeNet5(nn.Module):
@@ -45,13 +50,17 @@ class LeNet5(nn.Module):
   num_classes: int
   pooling: str = 'avg'
   dtype: Any = jnp.float32
+  max_pool_impl: str = 'reshape'  # one of MAX_POOL_IMPLS; read only with pooling='max'
 
   @nn.compact
   def __call__(self, x, train: bool = False, first_conv_output=None):
     del train  # No dropout or batch statistics.
-    if self.pooling not in _POOL:
+    if self.pooling not in LENET_POOLINGS:
       raise ValueError(f'LeNet5 pooling {self.pooling!r} is not one of {LENET_POOLINGS}')
-    pool = _POOL[self.pooling]
+    if self.max_pool_impl not in _MAX_POOL:
+      raise ValueError(f'LeNet5 max_pool_impl {self.max_pool_impl!r} is not one of '
+                       f'{MAX_POOL_IMPLS}')
+    pool = nn.avg_pool if self.pooling == 'avg' else _MAX_POOL[self.max_pool_impl]
     first_conv = nn.Conv(6, (5, 5), padding='SAME', kernel_init=conv_init, dtype=self.dtype)
     x = first_conv(x) if first_conv_output is None else first_conv_output
     x = pool(nn.relu(x), (2, 2), strides=(2, 2))

@@ -1,0 +1,290 @@
+"""The benchmarks' step cases: which of kd_jax's compiled steps to time, built as a run builds them.
+
+  case = Case(kind="distill", depth=20, m=3, batch=128, classes=100, precision="fp32")
+  built = build(case, mesh, case_data(case, mesh))    # built.step(*built.args) -> (state, metrics)
+
+A case stands for a run whose config is the model's paper config (configs/cifar_kd.py for PreResNet,
+configs/fashion_mnist_kd.py for LeNet-5) with the case's model, ensemble size, batch, precision and
+ensemble method (`case_config`). From that config come the optimizers, the augmentation policies,
+whether the teachers' logits are cached, and their table, through the library's own functions, so
+a benchmark times the steps a run of that config compiles. The data are random uint8 images of the
+model's data set's shape and size, placed and standardized as a run's are.
+
+Kinds of case:
+  distill  `train.make_distill_step`: m stacked teachers (eval) + student forward/backward + update;
+           with `cached_logits`, its form that reads the ensemble's logits from a table computed
+           once on the train set (what a run does for unaugmented distillation data).
+  teacher  `train.make_supervised_step` with `members` stacked teachers trained in one step.
+  epoch    the distill step driven through one epoch (benchmarks/measure.py).
+
+benchmarks/ reaches kd_jax's run-level code (kd_jax.pipeline) and its step builders through this
+module only, save the study plan (benchmarks/estimate.py).
+"""
+
+import dataclasses
+import itertools
+import time
+from typing import Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs import cifar_kd, fashion_mnist_kd
+from kd_jax import evaluation, parallel, pipeline, train
+from kd_jax.models import build_model
+
+KINDS = ("distill", "teacher", "epoch")
+PRECISIONS = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
+MODELS = ("preresnet", "lenet5")
+CIFAR_TRAIN_SIZE = 50_000  # the paper's train sets (CIFAR-10/100)
+MNIST_TRAIN_SIZE = 60_000  # (Fashion-)MNIST's train set
+# Synthetic test images (the evaluator's batch, for cached logits, is at most this many).
+TEST_SIZE = 1_000
+IMAGE_SHAPE = (32, 32, 3)
+# Per model: its data set's image shape and train-set size, and the paper config of its runs.
+MODEL_IMAGE_SHAPE = {"preresnet": IMAGE_SHAPE, "lenet5": (28, 28, 1)}
+MODEL_TRAIN_SIZE = {"preresnet": CIFAR_TRAIN_SIZE, "lenet5": MNIST_TRAIN_SIZE}
+MODEL_CONFIGS = {"preresnet": cifar_kd, "lenet5": fashion_mnist_kd}
+# --max-pool: how LeNet-5 computes max pooling, as kd_jax.models.lenet.LeNet5's max_pool_impl.
+MAX_POOL_IMPLS = {"kd_jax": "reshape", "flax": "reduce_window"}
+DATA_SEED = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  """One step to time (see the module docstring); `steps` timed after `warmup` untimed ones."""
+  kind: str = "distill"
+  model: str = "preresnet"  # one of MODELS
+  lenet_pooling: str = ""  # lenet5: 'avg' | 'max'; '' = the model config's default
+  max_pool: str = "kd_jax"  # lenet5 with max pooling: a MAX_POOL_IMPLS key
+  depth: int = 20
+  m: int = 3  # teachers in the ensemble (distill, epoch)
+  members: int = 1  # teachers trained together in one step (teacher)
+  batch: int = 128
+  classes: int = 100
+  precision: str = "fp32"
+  method: str = "auto"  # ensemble.map_members method
+  steps: int = 20
+  warmup: int = 3
+  train_size: int = CIFAR_TRAIN_SIZE
+  epoch_steps: int = 0  # epoch: steps to run (0 = the whole epoch, train_size // batch)
+  # distill: the step reads the ensemble's logits from a table computed once on the train set
+  # instead of running the teachers (needs a config that caches them: `caches_teacher_logits`)
+  cached_logits: bool = False
+
+
+def case_config(case: Case):
+  """The config of a run whose steps are `case`'s (see the module docstring)."""
+  if case.model not in MODELS:
+    raise ValueError(f"model {case.model!r} is not one of {MODELS}")
+  config = MODEL_CONFIGS[case.model].get_config()
+  for phase in (config.teacher, config.student):
+    if case.model == "preresnet":
+      phase.model.depth = case.depth
+    if case.model == "lenet5" and case.lenet_pooling:
+      phase.model.pooling = case.lenet_pooling
+    phase.batch_size = case.batch
+  config.teacher.ensemble_size = case.members if case.kind == "teacher" else case.m
+  config.teacher.members_per_step = 0
+  config.precision = case.precision
+  config.ensemble_method = case.method
+  return config
+
+
+def compute_dtype(config):
+  return PRECISIONS[config.precision]
+
+
+def model(case: Case):
+  """The case's network (teachers and student are the same), from its config's model config."""
+  net = build_model(case_config(case).student.model, case.classes, PRECISIONS[case.precision])
+  if case.model == "lenet5":
+    if case.max_pool not in MAX_POOL_IMPLS:
+      raise ValueError(f"max_pool {case.max_pool!r} is not one of {tuple(MAX_POOL_IMPLS)}")
+    net = net.clone(max_pool_impl=MAX_POOL_IMPLS[case.max_pool])
+  return net
+
+
+def pooling(case: Case):
+  """LeNet-5's pooling ('max' or 'avg': case.lenet_pooling or the config's); None otherwise."""
+  return case_config(case).student.model.pooling if case.model == "lenet5" else None
+
+
+def caches_teacher_logits(case: Case) -> bool:
+  """Whether a run of the case's config computes the teachers' logits once (unaugmented data)."""
+  return pipeline.caches_teacher_logits(case_config(case))
+
+
+def image_shape(case: Case) -> tuple:
+  return MODEL_IMAGE_SHAPE[case.model]
+
+
+def images_per_step(case: Case) -> int:
+  return case.batch * (case.members if case.kind == "teacher" else 1)
+
+
+def describe(case: Case) -> dict:
+  """The fields that name a case in a record."""
+  pool = pooling(case)
+  return {"kind": case.kind, "model": case.model,
+          "depth": case.depth if case.model == "preresnet" else None, "pooling": pool,
+          "max_pool": case.max_pool if pool == "max" else None,
+          "m": case.m if case.kind != "teacher" else None,
+          "members": case.members if case.kind == "teacher" else None, "batch": case.batch,
+          "classes": case.classes}
+
+
+# ------------------------------------------------------------------------------------------------
+# Data, states and steps.
+
+
+def synthetic_data(num_train: int, num_classes: int, mesh, shape=IMAGE_SHAPE) -> train.DeviceData:
+  """An in-memory dataset of random uint8 images (CIFAR-shaped by default), placed as a run places
+  data, with TEST_SIZE test images."""
+  rng = np.random.default_rng(DATA_SEED)
+  images = rng.integers(0, 256, (num_train + TEST_SIZE, *shape), dtype=np.uint8)
+  labels = rng.integers(0, num_classes, num_train + TEST_SIZE).astype(np.int32)
+  mean, std = pipeline.standardization(*pipeline.channel_statistics(images[:num_train]))
+  return parallel.replicate(train.DeviceData(
+      train_images=images[:num_train], train_labels=labels[:num_train],
+      test_images=images[num_train:], test_labels=labels[num_train:], mean=mean, std=std), mesh)
+
+
+def case_data(case: Case, mesh) -> train.DeviceData:
+  return synthetic_data(case.train_size, case.classes, mesh, image_shape(case))
+
+
+def optimizer(config, phase: str, train_size: int):
+  """The optimizer of `phase` ('teacher' | 'student') in a run of `config` on train_size images."""
+  total, steps_per_epoch = pipeline.schedule_length(config[phase], train_size, phase)
+  return train.make_optimizer(config[phase].optimizer, total, steps_per_epoch)
+
+
+def initial_state(net, tx, mesh, shape, seed: int = 0) -> train.TrainState:
+  """One freshly initialized train state, replicated on the mesh."""
+  init = jax.jit(lambda key: train.create_state(net, tx, key, shape),
+                 out_shardings=parallel.replicated_sharding(mesh))
+  return init(jax.random.PRNGKey(seed))
+
+
+def stacked_states(net, tx, count: int, mesh, shape):
+  """`count` independently initialized train states stacked on a leading axis (one compile)."""
+  keys = jax.random.split(jax.random.PRNGKey(1), count)
+  init = jax.jit(jax.vmap(lambda key: train.create_state(net, tx, key, shape)),
+                 out_shardings=parallel.replicated_sharding(mesh))
+  return init(keys)
+
+
+def distill_step(config, student, teacher, tx, mesh, *, cached: bool = False,
+                 streamed: bool = False):
+  """`train.make_distill_step` with the distillation settings of a run of `config`."""
+  return train.make_distill_step(
+      student, teacher, tx, batch_size=config.student.batch_size,
+      augment=pipeline.distillation_policy(config), mesh=mesh,
+      temperature=config.distill.temperature, alpha=config.distill.alpha,
+      loss_kind=config.distill.loss, cached_teacher_logits=cached,
+      compute_dtype=compute_dtype(config), method=config.ensemble_method, streamed=streamed)
+
+
+def teacher_logits_table(config, net, teacher_variables, data, mesh):
+  """The ensemble's (N, C) logits on the train set, as a run of `config` caches them before the
+  student's phase: `pipeline.distillation_targets` with the evaluator a run builds."""
+  smallest_split = min(data.test_images.shape[0], data.train_images.shape[0])
+  evaluator = evaluation.Evaluator(
+      net, net, mesh=mesh, compute_dtype=compute_dtype(config), method=config.ensemble_method,
+      batch_size=evaluation.eval_batch_size(config.eval_batch_size, smallest_split, mesh))
+  context = pipeline.Context(
+      config=config, workdir="", mesh=mesh, teacher_data=data, distill_data=data, ood_images=None,
+      image_shape=tuple(data.train_images.shape[1:]), compute_dtype=compute_dtype(config),
+      log=None, plan=None)
+  _, table = pipeline.distillation_targets(context, evaluator, teacher_variables)
+  if table is None:
+    raise ValueError("a run of this config runs its teachers in every step (its distillation data "
+                     "are augmented): it has no cached-logits step to time")
+  return table
+
+
+class Built(NamedTuple):
+  """A case's compiled step and its arguments (args[0], the train state, is threaded through)."""
+  step: Callable
+  args: list
+  cache_s: Optional[float] = None  # cached logits: seconds to compute the table (with compiling)
+
+
+def build_distill(case: Case, mesh, data) -> Built:
+  """The library's fused distillation step and [student state, teacher inputs, data]: the stacked
+  teachers' variables, or with case.cached_logits their table of logits."""
+  config, net = case_config(case), model(case)
+  tx = optimizer(config, "student", case.train_size)
+  step = distill_step(config, net, net, tx, mesh, cached=case.cached_logits)
+  state = initial_state(net, tx, mesh, image_shape(case))
+  teachers = train.model_variables(stacked_states(net, tx, case.m, mesh, image_shape(case)))
+  if not case.cached_logits:
+    return Built(step, [state, teachers, data])
+  start = time.perf_counter()  # once per run in the pipeline; timed with its compilation
+  table = jax.block_until_ready(teacher_logits_table(config, net, teachers, data, mesh))
+  return Built(step, [state, table, data], time.perf_counter() - start)
+
+
+def build_teacher(case: Case, mesh, data) -> Built:
+  """The library's supervised step for `members` teachers trained together, and [states, data]."""
+  config, net = case_config(case), model(case)
+  tx = optimizer(config, "teacher", case.train_size)
+  step = train.make_supervised_step(
+      net, tx, batch_size=config.teacher.batch_size, augment=pipeline.teacher_policy(config),
+      mesh=mesh, compute_dtype=compute_dtype(config), method=config.ensemble_method)
+  return Built(step, [stacked_states(net, tx, case.members, mesh, image_shape(case)), data])
+
+
+def build(case: Case, mesh, data) -> Built:
+  """build_teacher for teacher cases, else build_distill (an epoch case runs the distill step)."""
+  return (build_teacher if case.kind == "teacher" else build_distill)(case, mesh, data)
+
+
+def distillation_policy(case: Case):
+  """The augmentation of the case's distillation images (the input part of its distill step)."""
+  return pipeline.distillation_policy(case_config(case))
+
+
+# ------------------------------------------------------------------------------------------------
+# Sets of cases.
+
+
+def quick_cases() -> list:
+  """A CPU-sized look at each kind of case (under two minutes on 2 cores)."""
+  common = dict(depth=20, batch=128, classes=100, warmup=1)
+  return [
+      Case(kind="distill", m=3, steps=5, **common),
+      Case(kind="teacher", members=1, steps=5, **common),
+      Case(kind="teacher", members=3, steps=3, **common),
+      Case(kind="epoch", m=3, epoch_steps=20, **common),
+  ]
+
+
+def full_cases(steps: int, large_batch: int) -> list:
+  """The issue's table: PreResNet-20/56, m 1/3/5, batch 128 and large, fp32/bf16; teacher; epoch."""
+  cases = []
+  for depth, m, batch, precision in itertools.product((20, 56), (1, 3, 5), (128, large_batch),
+                                                      ("fp32", "bf16")):
+    cases.append(Case(kind="distill", depth=depth, m=m, batch=batch, precision=precision,
+                      steps=steps))
+  for depth, members, precision in itertools.product((20, 56), (1, 5), ("fp32", "bf16")):
+    cases.append(Case(kind="teacher", depth=depth, members=members, batch=256, precision=precision,
+                      steps=steps))
+  cases.append(Case(kind="epoch", depth=56, m=5, batch=128, precision="bf16"))
+  return cases
+
+
+def case_data_cache(mesh):
+  """data(case): the case's synthetic data, kept while consecutive cases share shape and size."""
+  cache = {}
+
+  def data(case: Case):
+    key = (case.train_size, case.classes, image_shape(case))
+    if key not in cache:
+      cache.clear()
+      cache[key] = case_data(case, mesh)
+    return cache[key]
+
+  return data
