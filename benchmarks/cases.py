@@ -17,7 +17,7 @@ Kinds of case:
   teacher  `train.make_supervised_step` with `members` stacked teachers trained in one step.
   epoch    the distill step driven through one epoch (benchmarks/measure.py).
 
-benchmarks/ reaches kd_jax's run-level code (kd_jax.pipeline) and its step builders through this
+benchmarks/ reaches kd_jax's run-level code (kd_jax.study) and its step builders through this
 module only, save the study plan (benchmarks/estimate.py).
 """
 
@@ -31,7 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import cifar_kd, fashion_mnist_kd
-from kd_jax import evaluation, parallel, pipeline, train
+from kd_jax import evaluation, parallel, train
+from kd_jax.data import placement
+from kd_jax.study import memory, phases
+from kd_jax.study import student as study_student
 from kd_jax.models import build_model
 
 KINDS = ("distill", "teacher", "epoch")
@@ -113,7 +116,7 @@ def pooling(case: Case):
 
 def caches_teacher_logits(case: Case) -> bool:
   """Whether a run of the case's config computes the teachers' logits once (unaugmented data)."""
-  return pipeline.caches_teacher_logits(case_config(case))
+  return phases.caches_teacher_logits(case_config(case))
 
 
 def image_shape(case: Case) -> tuple:
@@ -139,25 +142,25 @@ def describe(case: Case) -> dict:
 # Data, states and steps.
 
 
-def synthetic_data(num_train: int, num_classes: int, mesh, shape=IMAGE_SHAPE) -> train.DeviceData:
+def synthetic_data(num_train: int, num_classes: int, mesh, shape=IMAGE_SHAPE) -> placement.DeviceData:
   """An in-memory dataset of random uint8 images (CIFAR-shaped by default), placed as a run places
   data, with TEST_SIZE test images."""
   rng = np.random.default_rng(DATA_SEED)
   images = rng.integers(0, 256, (num_train + TEST_SIZE, *shape), dtype=np.uint8)
   labels = rng.integers(0, num_classes, num_train + TEST_SIZE).astype(np.int32)
-  mean, std = pipeline.standardization(*pipeline.channel_statistics(images[:num_train]))
-  return parallel.replicate(train.DeviceData(
+  mean, std = placement.standardization(*placement.channel_statistics(images[:num_train]))
+  return parallel.replicate(placement.DeviceData(
       train_images=images[:num_train], train_labels=labels[:num_train],
       test_images=images[num_train:], test_labels=labels[num_train:], mean=mean, std=std), mesh)
 
 
-def case_data(case: Case, mesh) -> train.DeviceData:
+def case_data(case: Case, mesh) -> placement.DeviceData:
   return synthetic_data(case.train_size, case.classes, mesh, image_shape(case))
 
 
 def optimizer(config, phase: str, train_size: int):
   """The optimizer of `phase` ('teacher' | 'student') in a run of `config` on train_size images."""
-  total, steps_per_epoch = pipeline.schedule_length(config[phase], train_size, phase)
+  total, steps_per_epoch = phases.schedule_length(config[phase], train_size, phase)
   return train.make_optimizer(config[phase].optimizer, total, steps_per_epoch)
 
 
@@ -179,26 +182,23 @@ def stacked_states(net, tx, count: int, mesh, shape):
 def distill_step(config, student, teacher, tx, mesh, *, cached: bool = False,
                  streamed: bool = False):
   """`train.make_distill_step` with the distillation settings of a run of `config`."""
-  return train.make_distill_step(
-      student, teacher, tx, batch_size=config.student.batch_size,
-      augment=pipeline.distillation_policy(config), mesh=mesh,
-      temperature=config.distill.temperature, alpha=config.distill.alpha,
-      loss_kind=config.distill.loss, cached_teacher_logits=cached,
-      compute_dtype=compute_dtype(config), method=config.ensemble_method, streamed=streamed)
+  context = phases.Context(config=config, workdir="", mesh=mesh, log=None,
+                           compute_dtype=compute_dtype(config))
+  spec = study_student.distill_spec(context, cached=cached, streamed=streamed)
+  return train.make_distill_step(student, teacher, tx, spec, mesh)
 
 
 def teacher_logits_table(config, net, teacher_variables, data, mesh):
   """The ensemble's (N, C) logits on the train set, as a run of `config` caches them before the
-  student's phase: `pipeline.distillation_targets` with the evaluator a run builds."""
+  student's phase: `kd_jax.study.memory.distillation_targets` with the evaluator a run builds."""
   smallest_split = min(data.test_images.shape[0], data.train_images.shape[0])
   evaluator = evaluation.Evaluator(
       net, net, mesh=mesh, compute_dtype=compute_dtype(config), method=config.ensemble_method,
       batch_size=evaluation.eval_batch_size(config.eval_batch_size, smallest_split, mesh))
-  context = pipeline.Context(
-      config=config, workdir="", mesh=mesh, teacher_data=data, distill_data=data, ood_images=None,
-      image_shape=tuple(data.train_images.shape[1:]), compute_dtype=compute_dtype(config),
-      log=None, plan=None)
-  _, table = pipeline.distillation_targets(context, evaluator, teacher_variables)
+  context = phases.Context(
+      config=config, workdir="", mesh=mesh, log=None, teacher_data=data, distill_data=data,
+      image_shape=tuple(data.train_images.shape[1:]), compute_dtype=compute_dtype(config))
+  _, table = memory.distillation_targets(context, evaluator, teacher_variables)
   if table is None:
     raise ValueError("a run of this config runs its teachers in every step (its distillation data "
                      "are augmented): it has no cached-logits step to time")
@@ -232,7 +232,7 @@ def build_teacher(case: Case, mesh, data) -> Built:
   config, net = case_config(case), model(case)
   tx = optimizer(config, "teacher", case.train_size)
   step = train.make_supervised_step(
-      net, tx, batch_size=config.teacher.batch_size, augment=pipeline.teacher_policy(config),
+      net, tx, batch_size=config.teacher.batch_size, augment=phases.teacher_policy(config),
       mesh=mesh, compute_dtype=compute_dtype(config), method=config.ensemble_method)
   return Built(step, [stacked_states(net, tx, case.members, mesh, image_shape(case)), data])
 
@@ -244,7 +244,7 @@ def build(case: Case, mesh, data) -> Built:
 
 def distillation_policy(case: Case):
   """The augmentation of the case's distillation images (the input part of its distill step)."""
-  return pipeline.distillation_policy(case_config(case))
+  return phases.distillation_policy(case_config(case))
 
 
 # ------------------------------------------------------------------------------------------------

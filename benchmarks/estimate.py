@@ -5,7 +5,7 @@
   estimate = estimate_study(study, records)         # {"total_minutes": ..., ...}
 
 The study's phases (teacher groups, student) and their steps are the library's own plan of a run of
-`study_config(study)` (`pipeline.study_plan`, what a run prints at its start), so the estimate
+`study_config(study)` (`phases.study_plan`, what a run prints at its start), so the estimate
 counts exactly the steps such a run would take.
 """
 
@@ -16,7 +16,7 @@ import jax
 from benchmarks import cases as cases_lib
 from benchmarks import harness
 from kd_jax import config as config_lib
-from kd_jax import pipeline
+from kd_jax.study import phases
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,12 +52,12 @@ def study_config(study: Study):
 def study_plan(study: Study):
   """The library's plan of the study's run (teacher groups, student, evaluation)."""
   size = study.train_size
-  return pipeline.study_plan(study_config(study), size, size, size, study.test_size)
+  return phases.study_plan(study_config(study), size, size, size, study.test_size)
 
 
 def study_cases(study: Study, steps: int, warmup: int) -> dict:
   """The measurements the estimate needs: one per distinct teacher group size, the distill step."""
-  sizes = {len(group) for group in pipeline.teacher_groups(study_config(study))}
+  sizes = {len(group) for group in phases.teacher_groups(study_config(study))}
   common = dict(depth=study.depth, classes=study.classes, precision=study.precision, steps=steps,
                 warmup=warmup, train_size=study.train_size)
   cases = {f"teacher_{k}": cases_lib.Case(kind="teacher", members=k, batch=study.teacher_batch,

@@ -54,8 +54,8 @@ import sys
 
 from benchmarks import cases as cases_lib
 from benchmarks import estimate, harness, measure, profiles
-from kd_jax import cli, ensemble, parallel, runtime
-from kd_jax.errors import KdJaxError
+from kd_jax import ensemble, parallel, runtime
+from kd_jax.experiments import cli
 
 
 def parse_args(argv=None):
@@ -205,10 +205,8 @@ def main(argv=None):
   multiple of the devices) is one line on stderr and exit status 2."""
   runtime.add_cpu_xla_flags()  # as run.py's setup does, before the first JAX computation
   args = parse_args(argv)
-  try:
+  with cli.exit_statuses():
     run(args)
-  except KdJaxError as e:
-    cli.fail(e)
 
 
 def run(args):

@@ -3,7 +3,7 @@
   record = run_case(Case(kind="distill", depth=20, m=3, batch=128))
 
 Timing: each step is compiled ahead of time (`jit(...).lower(...).compile()`, which also fills the
-jit cache, so the steps then run through the ordinary jit call path as the pipeline's do), then
+jit cache, so the steps then run through the ordinary jit call path as a run's do), then
 `case.warmup` untimed steps, then `case.steps` timed steps, each ended by `block_until_ready`;
 `step_ms` is their median. Compilations are counted over the whole measured phase (compile + warm-up
 + timed steps); `compiles` should be 1: more means some step retraced. On CPU the record also says
