@@ -190,13 +190,15 @@ def measure(config, teacher, teacher_variables, student, student_variables, exam
   """The run's "compression" section (compression_section), or None when `enabled` says no.
 
   `results` is the run's evaluated results (for what the student kept); the ensemble is measured as
-  config.ensemble_method runs it, at config.eval_batch_size.
+  config.ensemble_method runs it. The evaluation batch is config.eval_batch_size shared by the
+  devices of the run, so one device's share of it is measured (all of it on a single device).
   """
   if not enabled(config):
     return None
   start = time.perf_counter()
+  batch_size = max(1, config.eval_batch_size // jax.device_count())
   footprints = study_footprints(teacher, teacher_variables, student, student_variables,
-                                tuple(example_shape), batch_size=config.eval_batch_size,
+                                tuple(example_shape), batch_size=batch_size,
                                 method=config.ensemble_method)
   section = compression_section(footprints, results)
   print(f"[compression] sizes, FLOPs and latencies measured in {time.perf_counter() - start:.1f}s",

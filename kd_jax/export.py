@@ -44,7 +44,8 @@ from kd_jax.models import build_model, param_count
 DEFAULT_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 # Inputs of the check that an exported program computes what the model does.
 _CHECK_EXAMPLES = 4
-_CHECK_TOLERANCE = 1e-4  # relative to the largest logit, at least 1
+# Relative to the largest logit (at least 1), by config.precision: bfloat16 keeps 8 bits.
+_CHECK_TOLERANCE = {"fp32": 1e-4, "bf16": 3e-2}
 
 # Class names of datasets that do not carry them, by data.name.
 _DIGITS = tuple(str(i) for i in range(10))
@@ -178,7 +179,7 @@ def export_forward(forward, record: dict, platforms) -> tuple:
       raise symbolic_error from None
 
 
-def check_exported(exported, forward, record: dict, batch_size) -> None:
+def check_exported(exported, forward, record: dict, batch_size, tolerance: float) -> None:
   """Raises KdJaxError unless `exported` gives `forward`'s outputs on a few seeded inputs (on this
   backend, when it is one of the program's platforms)."""
   if jax.default_backend() not in exported.platforms:
@@ -188,7 +189,7 @@ def check_exported(exported, forward, record: dict, batch_size) -> None:
   found = np.asarray(exported.call(x))
   scale = max(1.0, float(np.abs(expected).max()))
   difference = float(np.abs(found - expected).max())
-  if not difference <= _CHECK_TOLERANCE * scale:
+  if not difference <= tolerance * scale:
     raise KdJaxError(f"the exported program's outputs differ from the model's by {difference:.3g} "
                      f"(largest logit {scale:.3g}); the export is not usable.")
 
@@ -285,7 +286,7 @@ def export_workdir(workdir: str, out: str, *, teachers: bool = False,
   for role, build in builders:
     forward, params, step = build(config, workdir, inputs)
     exported, batch_size = export_forward(forward, record, platforms)
-    check_exported(exported, forward, record, batch_size)
+    check_exported(exported, forward, record, batch_size, _CHECK_TOLERANCE[config.precision])
     _write_bytes(os.path.join(out, artifact.program_file(role)), bytes(exported.serialize()))
     models[role] = {"file": artifact.program_file(role),
                     "output": "logits" if role == "student" else "log mean softmax of the members",
@@ -320,6 +321,9 @@ def export_workdir(workdir: str, out: str, *, teachers: bool = False,
                  "workdir": workdir, "student_step": student_step,
                  "config": config_summary(config), "results": results},
   }
+  for role in set(artifact.ROLES) - set(models):  # an earlier export's other program
+    if os.path.exists(os.path.join(out, artifact.program_file(role))):
+      os.remove(os.path.join(out, artifact.program_file(role)))
   if inputs.is_text:
     artifact.write_vocabulary(out, inputs.vocabulary)
   artifact.write_metadata(out, metadata)
