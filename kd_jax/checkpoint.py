@@ -216,6 +216,38 @@ def _shapes(tree):
           for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
+def _checked_variables(path: str, template, restored, role: str):
+  """`restored` as `template`'s dtypes after checking its shapes against `template` and that every
+  value is finite; `role` ('teacher' or 'student') names the config section in the messages."""
+  expected, found = _shapes(template), _shapes(restored)
+  if expected != found:
+    differing = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
+    key = differing[0]
+    raise KdJaxError(
+        f"{role} checkpoint {path} does not fit config.{role}.model: {key} has shape "
+        f"{found.get(key, 'missing')} in the checkpoint, {expected.get(key, 'missing')} in the "
+        f"model ({len(differing)} mismatches); set config.{role}.model to the architecture it was "
+        "trained with.")
+  values = jax.tree.map(lambda t, r: np.asarray(r, dtype=np.asarray(t).dtype), template, restored)
+  if not all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(values)):
+    plural = "s" if role == "teacher" else ""
+    raise KdJaxError(f"{role} checkpoint {path} holds non-finite weights (a diverged training); "
+                     f"retrain the {role}{plural} with a lower learning rate.")
+  return values
+
+
+def _restore_raw(path: str, what: str):
+  """The tree saved at `path`, restored without a template; UnreadableCheckpoint if that fails."""
+  checkpointer = ocp.StandardCheckpointer()
+  try:
+    with _quiet_failure():
+      return checkpointer.restore(path)
+  except Exception as e:  # pylint: disable=broad-except (a damaged checkpoint fails in many ways)
+    raise UnreadableCheckpoint(f"{what} {path} is unreadable ({_reason(e)}).", path=path) from e
+  finally:
+    checkpointer.close()
+
+
 def load_variables(path: str, template):
   """Restores model variables saved by `save_variables`, checked against `template`'s shapes.
 
@@ -225,28 +257,33 @@ def load_variables(path: str, template):
   if not os.path.isdir(path):
     raise KdJaxError(f"teacher checkpoint {path} does not exist; point config.teacher.load_from "
                      "at the workdir of a finished teacher run.")
-  checkpointer = ocp.StandardCheckpointer()
-  try:
-    with _quiet_failure():
-      restored = checkpointer.restore(path)
-  except Exception as e:  # pylint: disable=broad-except (a damaged checkpoint fails in many ways)
-    raise UnreadableCheckpoint(f"teacher checkpoint {path} is unreadable ({_reason(e)}).",
-                               path=path) from e
-  finally:
-    checkpointer.close()
-  expected, found = _shapes(template), _shapes(restored)
-  if expected != found:
-    differing = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
-    key = differing[0]
-    raise KdJaxError(
-        f"teacher checkpoint {path} does not fit config.teacher.model: {key} has shape "
-        f"{found.get(key, 'missing')} in the checkpoint, {expected.get(key, 'missing')} in the model "
-        f"({len(differing)} mismatches); set config.teacher.model to the architecture it was trained with.")
-  values = jax.tree.map(lambda t, r: np.asarray(r, dtype=np.asarray(t).dtype), template, restored)
-  if not all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(values)):
-    raise KdJaxError(f"teacher checkpoint {path} holds non-finite weights (a diverged training); "
-                     "retrain the teachers with a lower learning rate.")
-  return values
+  return _checked_variables(path, template, _restore_raw(path, "teacher checkpoint"), "teacher")
+
+
+def load_final_variables(directory: str, template, role: str = "student") -> tuple:
+  """(variables, step): the params (and batch_stats, if `template` has them) of the newest
+  checkpoint of a phase's CheckpointManager `directory` (the state of the phase's last step once it finished),
+  checked against `template` (model variables); its optimizer state is read but dropped.
+
+  A streamed run's checkpoints hold the state as their 'state' item, the others as 'default'.
+  Raises UnreadableCheckpoint for a damaged newest checkpoint (an older one is not the trained
+  model), KdJaxError for a missing or misfitting one.
+  """
+  directory = os.path.abspath(directory)
+  steps = sorted((int(name) for name in (os.listdir(directory) if os.path.isdir(directory) else ())
+                  if name.isdigit()), reverse=True)
+  if not steps:
+    raise KdJaxError(f"{directory} holds no {role} checkpoint; train the run to the end first "
+                     "(rerun its run.py command).")
+  step_dir = os.path.join(directory, str(steps[0]))
+  item = next((os.path.join(step_dir, name) for name in (_STATE_ITEM, "default")
+               if os.path.isdir(os.path.join(step_dir, name))), step_dir)
+  state = _restore_raw(item, f"{role} checkpoint")
+  if not isinstance(state, dict) or "params" not in state:
+    raise UnreadableCheckpoint(f"{role} checkpoint {item} holds no model parameters.",
+                               path=step_dir)
+  restored = {key: state[key] for key in template if state.get(key)}
+  return _checked_variables(item, template, restored, role), steps[0]
 
 
 def move_aside(path: str) -> str:

@@ -232,6 +232,11 @@ def default_config() -> ml_collections.ConfigDict:
       # the end) in the progress output and metrics.jsonl ("evaluation": true), for curves over
       # training; 0 = only the final evaluation.
       every_steps=0,
+      # After the evaluation: parameters, inference bytes, FLOPs per image, peak memory and the
+      # latency at batch 1 and at eval_batch_size of every teacher, the ensemble and the student, and
+      # the student's figures as a fraction of the ensemble's (results.json "compression",
+      # kd_jax/compression.py; a few seconds). Off, or with test_size > 0, they are left out.
+      compression=True,
   ))
 
   # study='gan': the SN-GAN (kd_jax/gan.py, kd_jax/models/sngan.py); defaults are the original's
