@@ -32,7 +32,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from kd_jax import artifact, checkpoint, cli, ensemble, files, losses, parallel, pipeline, train
+from kd_jax import artifact, checkpoint, ensemble, files, losses, parallel, train
+from kd_jax.data import placement
+from kd_jax.experiments import cli
+from kd_jax.study import teachers as study_teachers
 from kd_jax import workdir as workdir_lib
 from kd_jax.data import augment as augment_lib
 from kd_jax.data import load_dataset
@@ -74,7 +77,7 @@ class RunInputs:
   @property
   def mean_std(self) -> tuple:
     """The float32 (mean, std) the run's augment.normalize standardized with."""
-    return pipeline.standardization(np.asarray(self.record["mean"]), np.asarray(self.record["std"]))
+    return placement.standardization(np.asarray(self.record["mean"]), np.asarray(self.record["std"]))
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
@@ -87,7 +90,7 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 
 def run_inputs(config, workdir: str) -> RunInputs:
   """The run's RunInputs: its normalization.json, or computed from config.data's dataset as the run
-  (pipeline.channel_statistics over every training image) did."""
+  (placement.channel_statistics over every training image) did."""
   record = artifact.read_normalization(workdir)
   is_text = config.data.source in text_lib.SOURCES
   if record is not None and not is_text:
@@ -98,7 +101,7 @@ def run_inputs(config, workdir: str) -> RunInputs:
                      f"that writes {artifact.NORMALIZATION_FILE}.")
   dataset = load_dataset(config.data)
   if record is None:
-    mean, std = pipeline.channel_statistics(dataset.train_images)
+    mean, std = placement.channel_statistics(dataset.train_images)
     record = artifact.normalization_record(
         mean, std, dataset.train_images.shape[1:], str(dataset.train_images.dtype),
         dataset.num_classes, getattr(dataset, "num_tokens", 0))
@@ -141,7 +144,7 @@ def ensemble_forward(config, workdir: str, inputs: RunInputs) -> tuple:
   record = inputs.record
   model = build_model(config.teacher.model, record["num_classes"], dtype, record["num_tokens"])
   teachers = config.teacher.load_from or workdir
-  stacked = jax.device_get(pipeline.load_teachers(
+  stacked = jax.device_get(study_teachers.load_teachers(
       model, teachers, config.teacher.ensemble_size, tuple(record["input_shape"]),
       parallel.make_mesh(jax.local_devices()[:1])))
   mean, std = inputs.mean_std
@@ -342,12 +345,10 @@ def main(argv=None) -> None:
   parser.add_argument("--allow_unfinished", action="store_true",
                       help="export the newest student checkpoint of a run without results.json")
   args = parser.parse_args(argv)
-  try:
+  with cli.exit_statuses():
     metadata = export_workdir(args.workdir, args.out, teachers=args.teachers,
                               platforms=tuple(p for p in args.platforms.split(",") if p),
                               allow_unfinished=args.allow_unfinished)
-  except KdJaxError as e:
-    cli.fail(e)
   shape = "x".join(str(d) for d in metadata["input"]["shape"])
   print(f"exported {', '.join(metadata['models'])} of {metadata['source']['workdir']} to "
         f"{os.path.abspath(args.out)} (input {metadata['input']['dtype']} N x {shape}, "

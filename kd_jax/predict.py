@@ -24,14 +24,14 @@ import time
 import numpy as np
 import PIL.Image
 
-from kd_jax import artifact, cli, files
+from kd_jax import artifact, files, progress
+from kd_jax.experiments import cli
 from kd_jax.errors import KdJaxError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 TEXT_SUFFIXES = (".txt",)
 OUT_SUFFIXES = (".csv", ".json")
 DEFAULT_BATCH_SIZE = 256
-PROGRESS_SECONDS = 10.0  # between progress lines when stderr is not a terminal
 _BAR_SECONDS = 0.2  # between redraws of the progress bar on a terminal
 _BAR_WIDTH = 30
 
@@ -206,7 +206,7 @@ def top_classes(probabilities: np.ndarray, k: int) -> np.ndarray:
 
 
 class Progress:
-  """A progress bar on a terminal (stderr), else a line every PROGRESS_SECONDS; off for one batch."""
+  """A progress bar on a terminal (stderr), else a line every progress.PROGRESS_SECONDS; off for one batch."""
 
   def __init__(self, total: int, enabled: bool):
     self.total, self.enabled = total, enabled
@@ -215,7 +215,7 @@ class Progress:
 
   def update(self, done: int) -> None:
     now = time.time()
-    if not self.enabled or (now - self.last < (_BAR_SECONDS if self.terminal else PROGRESS_SECONDS)
+    if not self.enabled or (now - self.last < (_BAR_SECONDS if self.terminal else progress.PROGRESS_SECONDS)
                             and done < self.total):
       return
     self.last = now
@@ -283,7 +283,7 @@ def main(argv=None) -> None:
   parser.add_argument("--batch_size", type=int, default=DEFAULT_BATCH_SIZE)
   parser.add_argument("--out", help="write the predictions to this .csv or .json file")
   args = parser.parse_args(argv)
-  try:
+  with cli.exit_statuses():
     if args.top_k < 1 or args.batch_size < 1:
       raise KdJaxError("--top_k and --batch_size must be >= 1.")
     if args.out and not args.out.lower().endswith(OUT_SUFFIXES):
@@ -292,8 +292,6 @@ def main(argv=None) -> None:
     rows = predict(model, examples(args.inputs, model), args.top_k, args.batch_size)
     if args.out:
       write_predictions(args.out, rows)
-  except KdJaxError as e:
-    cli.fail(e)
   if args.out:
     print(f"wrote the top-{min(args.top_k, len(model.classes))} predictions of {len(rows)} inputs "
           f"to {args.out}", flush=True)

@@ -36,7 +36,7 @@ LOCK_FILE = ".lock"
 OPERATIONAL_KEYS = (
     "log_every_steps", "checkpoint_every_steps", "eval_batch_size", "profile_steps",
     "evaluation.every_steps", "data.download", "data.download_dir", "distill.ood_data.download",
-    "distill.ood_data.download_dir")
+    "distill.ood_data.download_dir", "evaluation.compression")
 
 
 def config_dict(config: ml_collections.ConfigDict) -> dict:

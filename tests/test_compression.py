@@ -12,9 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kd_jax import compression, ensemble, results as results_lib
+from kd_jax import compression, ensemble, study, results as results_lib
 from kd_jax import config as kd_config
 from kd_jax.models import build_model
+from tiny_config import tiny_config
 
 
 def _init(model, shape, seed=0):
@@ -229,3 +230,20 @@ def test_flatten_results_carries_the_section():
   assert flat["ensemble_flops_per_image"] is None
   assert flat["student_vs_ensemble_accuracy_kept"] == pytest.approx(0.8)
   assert len(flat) == len(plain) + 4 * 9 + len(compression.RATIO_KEYS) + 2
+
+
+@pytest.mark.e2e
+def test_a_finished_run_reports_what_distillation_saved(tmp_path, capsys):
+  config = tiny_config()
+  config.evaluation.compression = True
+  results = study.run(config, str(tmp_path / "run"))
+  section = results["compression"]
+  student = build_model(config.student.model, 10)
+  variables = _init(student, (8, 8, 1))
+  assert section["student"]["params"] == _leaf_count(variables["params"])
+  teacher_params = section["teachers"][0]["params"]
+  assert section["ensemble"]["params"] == config.teacher.ensemble_size * teacher_params
+  assert section["student"]["flops_per_image"] > 0
+  out = capsys.readouterr().out
+  header = next(line for line in out.splitlines() if line.startswith("model "))
+  assert "params" in header and "MFLOPs/img" in header  # the table's compression columns

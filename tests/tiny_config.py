@@ -24,6 +24,7 @@ def tiny_config(teacher_steps=12, student_steps=12, ensemble_size=2):
   config.student.optimizer = kd_config.optimizer_config(
       learning_rate=0.05, final_learning_rate=1e-6, nesterov=True)
   config.eval_batch_size = 120
+  config.evaluation.compression = False  # seconds per run; tests/test_compression.py runs it
   config.log_every_steps = 4
   config.checkpoint_every_steps = 4
   return config

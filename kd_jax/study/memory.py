@@ -176,9 +176,9 @@ def data_splits(config, dataset, ood) -> Splits:
       appended_ood=appended_ood)
 
 
-def place_data(config, dataset, ood, splits: Splits, mesh) -> dict:
-  """The Context fields of the data on the devices: teacher_data, distill_data, ood_images."""
-  statistics = placement.channel_statistics(dataset.train_images)
+def place_data(config, dataset, ood, splits: Splits, statistics, mesh) -> dict:
+  """The Context fields of the data on the devices: teacher_data, distill_data, ood_images;
+  `statistics` are the train set's channel statistics (placement.channel_statistics)."""
   test_size = config.evaluation.test_size
   teacher_data = placement.device_data(dataset, splits.teacher, mesh, statistics, test_size=test_size)
   same_data = np.array_equal(splits.teacher, splits.distill) and splits.appended_ood is None
@@ -214,16 +214,19 @@ def run(config, workdir: str) -> dict:
   workdir = os.path.abspath(workdir)
   resuming = workdir_lib.prepare(workdir, config)
 
+  statistics = placement.channel_statistics(dataset.train_images)
   ctx = phases.Context(
       config=config, workdir=workdir, mesh=mesh, log=metrics_log.MetricsLog(workdir),
       plan=phases.study_plan(config, teacher_examples, distill_examples, labelled, test_examples),
       image_shape=image_shape, compute_dtype=compute_dtype,
       synthetic=None if synthetic is None else (synthetic[0],
                                                 parallel.replicate(synthetic[1], mesh)),
-      **place_data(config, dataset, ood, splits, mesh))
+      **place_data(config, dataset, ood, splits, statistics, mesh))
   phases.announce(ctx, f"kd_jax: {dataset.name} ({dataset.train_images.shape[0]} train / "
                        f"{dataset.test_images.shape[0]} test, {dataset.num_classes} classes)",
                   resuming)
+  phases.write_normalization(ctx, *statistics, str(dataset.train_images.dtype), dataset.num_classes,
+                             num_tokens)
 
   if teacher_variables is None:
     teacher_variables = teachers_lib.trained_teachers(
@@ -243,4 +246,5 @@ def run(config, workdir: str) -> dict:
   if config.evaluation.independent_student:
     results["student"].update(
         independent_baseline(ctx, evaluator, teacher, student, test_member_logits))
+  phases.add_compression(ctx, results, teacher, teacher_variables, student, student_variables)
   return phases.finish(ctx, results)

@@ -11,7 +11,7 @@ import os
 import jax
 import jax.numpy as jnp
 
-from kd_jax import loop, metrics_log, parallel, runtime, train
+from kd_jax import artifact, compression, loop, metrics_log, parallel, runtime, train
 from kd_jax import results as results_lib
 from kd_jax import workdir as workdir_lib
 from kd_jax.data import augment as augment_lib
@@ -188,6 +188,25 @@ def announce(ctx: Context, description: str, resuming: bool, **start_record) -> 
     print(ctx.plan.describe(), flush=True)
   ctx.log.write({"event": "resume" if resuming else "start", "devices": int(ctx.mesh.devices.size),
                  "backend": jax.default_backend(), **start_record})
+
+
+def add_compression(ctx: Context, results: dict, teacher, teacher_variables, student,
+                    student_variables) -> dict:
+  """`results` with what distillation saved (kd_jax/compression.py: sizes, FLOPs, latencies of the
+  teachers, the ensemble and the student), unless config.evaluation turns it off."""
+  section = compression.measure(ctx.config, teacher, teacher_variables, student, student_variables,
+                                ctx.image_shape, results)
+  if section is not None:
+    results["compression"] = section
+  return results
+
+
+def write_normalization(ctx: Context, mean, std, input_dtype: str, num_classes: int,
+                        num_tokens: int = 0, center_crop=None) -> None:
+  """normalization.json: the inputs the run's models expect (what kd_jax.export bakes in)."""
+  if workdir_lib.is_main_process():
+    artifact.write_normalization(ctx.workdir, artifact.normalization_record(
+        mean, std, ctx.image_shape, input_dtype, num_classes, num_tokens, center_crop))
 
 
 def finish(ctx: Context, results: dict) -> dict:

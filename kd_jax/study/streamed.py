@@ -137,6 +137,7 @@ class StreamedData:
     mean, std = stream_lib.channel_statistics(
         source.train, self.augment, config.data.stream.statistics_examples,
         stream_lib.stream_seeds(config.seed, STATISTICS_STREAM)[0], config.data.stream.threads)
+    self.statistics = (mean, std)  # channel statistics, for normalization.json
     self.mean, self.std = parallel.replicate(placement.standardization(mean, std), mesh)
 
   def train_batches(self, batch_size: int, stream_key):
@@ -280,6 +281,9 @@ def run(config, workdir: str) -> dict:
   phases.announce(ctx, f"kd_jax: {source.name} streamed ({num_train} train / {num_test} test, "
                        f"{source.num_classes} classes, {crop}x{crop} crops)", resuming,
                   pipeline="stream")
+  phases.write_normalization(ctx, *data.statistics, "uint8", source.num_classes,
+                             center_crop={"size": crop,
+                                          "crop_ratio": config.data.stream.eval_crop_ratio})
   if teacher_variables is None:
     teacher_variables = teachers_lib.trained_teachers(
         ctx, teacher, os.path.join(workdir, "teachers"), phases.seed_key(config, phases.TEACHERS),
@@ -287,5 +291,6 @@ def run(config, workdir: str) -> dict:
   student_variables = student_lib.distill_student(
       ctx, student, teacher, teacher_variables, os.path.join(workdir, "student"),
       phases.seed_key(config, phases.STUDENT), HostBatches(data, config.student.batch_size))
-  return phases.finish(ctx, evaluate(ctx, teacher, student, teacher_variables, student_variables,
-                                     data))
+  results = evaluate(ctx, teacher, student, teacher_variables, student_variables, data)
+  phases.add_compression(ctx, results, teacher, teacher_variables, student, student_variables)
+  return phases.finish(ctx, results)
