@@ -212,9 +212,9 @@ def prepare_stream_tfds(data_dir, train, test):
 
     def _split_generators(self, dl_manager):
       del dl_manager
-      return {"train": self._generatestream_examples(train), "validation": self._generatestream_examples(test)}
+      return {"train": self._generate_examples(train), "validation": self._generate_examples(test)}
 
-    def _generatestream_examples(self, examples):
+    def _generate_examples(self, examples):
       for i, (pixels, label) in enumerate(examples):
         yield i, {"image": stream_jpeg(pixels), "label": label}
 

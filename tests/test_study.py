@@ -11,9 +11,9 @@ from kd_jax import KdJaxError, study
 from kd_jax.workdir import CONFIG_FILE, METRICS_FILE, RESULTS_FILE
 from kd_jax.study import phases
 
-CLASSIFICATION_KEYS = {"test_accuracy", "test_nll", "test_ece"}
 pytestmark = pytest.mark.e2e
 
+CLASSIFICATION_KEYS = {"test_accuracy", "test_nll", "test_ece"}
 FIDELITY_KEYS = {"test_agreement", "test_kl", "train_agreement", "train_kl"}
 
 
