@@ -1,5 +1,7 @@
-"""Shared helpers: tiny configs on scikit-learn digits and a way to run `run.py` as a user would."""
+"""Shared helpers: tiny configs on scikit-learn digits, a way to run `run.py` as a user would, device
+data, one-line error checks, and a tiny generated dataset for streamed input."""
 
+import io
 import json
 import os
 import signal
@@ -10,8 +12,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+import PIL.Image
 import pytest
 
+from kd_jax import config as kd_config
 from kd_jax.experiments import verdicts
 from tiny_config import tiny_config  # noqa: F401 (the tests' shared tiny study)
 
@@ -113,3 +118,129 @@ def write_suite_run(root, experiment, variant, seed, student=None, ensemble=None
     with open(os.path.join(workdir, "results.json"), "w") as f:
       # json writes NaN as the token NaN, as Python's json does for results of a diverged run.
       json.dump(results, f)
+
+
+def random_device_data(seed, shape, max_value, mean, std, mesh):
+  """Random uint8 images and labels, and the same on device as both train and test set."""
+  from kd_jax import parallel  # pylint: disable=import-outside-toplevel (JAX only where needed)
+  from kd_jax.data import placement  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(seed)
+  images = rng.integers(0, max_value, shape, dtype=np.uint8)
+  labels = rng.integers(0, 10, shape[0]).astype(np.int32)
+  data = parallel.replicate(placement.DeviceData(
+      train_images=images, train_labels=labels, test_images=images, test_labels=labels,
+      mean=np.float32([mean]), std=np.float32([std])), mesh)
+  return images, labels, data
+
+
+def error_lines(result):
+  return [line for line in result.stderr.strip().splitlines() if line.strip()]
+
+
+def assert_one_line_error(result, status=2):
+  lines = error_lines(result)
+  assert result.returncode == status, result.stdout[-2000:] + result.stderr
+  assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+  return lines[0]
+
+
+# An experiment (sweep.py) of two tiny runs, the second of which diverges.
+DIVERGING_EXPERIMENT = """
+from tests.tiny_config import tiny_config
+
+VARIANTS = ("ok", "high_lr")
+
+
+def get_config(variant):
+  config = tiny_config()
+  if variant == "high_lr":
+    config.student.optimizer.learning_rate = 1e6
+  return config
+"""
+
+
+# ---------------------------------------------------------------------------------------------------
+# A tiny streamed dataset: 40 train / 20 test JPEGs of 48-79 x 48-79 pixels (sizes differ, as
+# ImageNet's), 10 classes, as an image folder and as a tfds array_record dataset (prepared here,
+# without TensorFlow).
+
+STREAM_NUM_CLASSES = 10
+
+
+def stream_examples(seed, count):
+  """Images of varying size whose colour depends on the class, plus noise."""
+  rng = np.random.default_rng(seed)
+  examples = []
+  for i in range(count):
+    label = i % STREAM_NUM_CLASSES
+    height, width = rng.integers(48, 80, size=2)
+    image = rng.integers(0, 60, (height, width, 3), dtype=np.uint8)
+    image[..., label % 3] += np.uint8(40 + 18 * label)
+    examples.append((image, label))
+  return examples
+
+
+def stream_jpeg(pixels):
+  buffer = io.BytesIO()
+  PIL.Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+  return buffer.getvalue()
+
+
+def write_stream_folder(root, train, test):
+  for split, examples in (("train", train), ("val", test)):
+    for i, (pixels, label) in enumerate(examples):
+      folder = root / split / f"class{label}"
+      folder.mkdir(parents=True, exist_ok=True)
+      (folder / f"{i:03d}.jpg").write_bytes(stream_jpeg(pixels))
+  return root
+
+
+def prepare_stream_tfds(data_dir, train, test):
+  """An ImageNet-like tfds dataset (JPEG bytes of any size, 'validation' split) as array_record."""
+  import tensorflow_datasets as tfds
+
+  class KdJaxTinyImagenet(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(
+          builder=self,
+          features=tfds.features.FeaturesDict({
+              "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+              "label": tfds.features.ClassLabel(num_classes=STREAM_NUM_CLASSES)}),
+          supervised_keys=("image", "label"))
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      return {"train": self._generate_examples(train), "validation": self._generate_examples(test)}
+
+    def _generate_examples(self, examples):
+      for i, (pixels, label) in enumerate(examples):
+        yield i, {"image": stream_jpeg(pixels), "label": label}
+
+  KdJaxTinyImagenet(data_dir=str(data_dir), file_format="array_record").download_and_prepare()
+  return "kd_jax_tiny_imagenet"
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory):
+  """{'image_folder': overrides, 'tfds': overrides} naming the same generated images."""
+  root = tmp_path_factory.mktemp("streamed_data")
+  train, test = stream_examples(0, 40), stream_examples(1, 20)
+  folder = write_stream_folder(root / "folder", train, test)
+  name = prepare_stream_tfds(root / "tfds", train, test)
+  return {
+      "image_folder": ["--config.data.source=image_folder", f"--config.data.path={folder}",
+                       "--config.data.test_split=val"],
+      "tfds": ["--config.data.source=tfds", f"--config.data.name={name}",
+               f"--config.data.data_dir={root / 'tfds'}", "--config.data.test_split=validation"],
+  }
+
+
+def stream_data_cfg(overrides):
+  cfg = kd_config.default_config().data
+  for override in overrides:
+    key, value = override[len("--config.data."):].split("=", 1)
+    cfg[key] = value
+  cfg.name = cfg.name if cfg.source == "tfds" else ""
+  return cfg

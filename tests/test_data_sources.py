@@ -546,3 +546,37 @@ def test_real_cifar10_jpeg_full(tmp_path, monkeypatch):
   np.testing.assert_array_equal(np.bincount(dataset.test_labels), [1000] * 10)
   cached = data.load_dataset(cfg)
   np.testing.assert_array_equal(cached.train_images, dataset.train_images)
+
+
+def _dataset(train, test):
+  return sources.Dataset(name="x", train_images=train, train_labels=np.zeros(len(train), np.int32),
+                         test_images=test, test_labels=np.zeros(len(test), np.int32), num_classes=10)
+
+
+def test_resize_matches_pil_bilinear_per_image_for_gray_and_rgb():
+  rng = np.random.default_rng(0)
+  for channels in (1, 3):
+    train = rng.integers(0, 256, (3, 32, 32, channels), dtype=np.uint8)
+    test = rng.integers(0, 256, (2, 32, 32, channels), dtype=np.uint8)
+    resized = sources.resize_images(_dataset(train, test), 28)
+    assert resized.train_images.shape == (3, 28, 28, channels)
+    assert resized.test_images.shape == (2, 28, 28, channels)
+    image = train[1] if channels == 3 else train[1, ..., 0]
+    expected = np.asarray(PIL.Image.fromarray(image).resize((28, 28), PIL.Image.BILINEAR))
+    np.testing.assert_array_equal(resized.train_images[1].reshape(expected.shape), expected)
+
+
+def test_resize_keeps_constant_images_constant_and_native_size_untouched():
+  train = np.full((2, 8, 8, 1), 77, np.uint8)
+  dataset = _dataset(train, train.copy())
+  up = sources.resize_images(dataset, 28)
+  assert up.train_images.shape == (2, 28, 28, 1) and np.all(up.train_images == 77)
+  assert sources.resize_images(dataset, 0) is dataset
+  assert sources.resize_images(dataset, 8) is dataset
+
+
+def test_load_dataset_resizes_digits():
+  cfg = kd_config.data_config(name="digits", source="digits", train_size=100, image_size=28)
+  dataset = sources.load_image_dataset(cfg)
+  assert dataset.train_images.shape == (100, 28, 28, 1)
+  assert dataset.test_images.shape[1:] == (28, 28, 1)

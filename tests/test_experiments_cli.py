@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import DIVERGING_EXPERIMENT, REPO
 from kd_jax import config as kd_config
 from kd_jax import errors
 from kd_jax.errors import DivergedError, Interrupted, KdJaxError
@@ -106,3 +106,27 @@ def test_other_exceptions_keep_their_traceback():
       raise ZeroDivisionError("a bug")
   with cli.exit_statuses():
     pass  # no exception, no exit
+
+
+@pytest.mark.parametrize("text, expected", [("t", True), ("false", False), ("1", True)])
+def test_run_and_sweep_parse_booleans_alike(tmp_path, text, expected):
+  from kd_jax import config as kd_config
+  from kd_jax.experiments import sweep
+  by_run = cli.apply_overrides(kd_config.default_config(),
+                               [("evaluation.independent_student", text)])
+  experiment = tmp_path / "diverging.py"
+  experiment.write_text(DIVERGING_EXPERIMENT)
+  (by_sweep, _) = sweep.plan_experiments(
+      [sweep.Experiment.load(str(experiment), str(tmp_path / "sweep"))], [0],
+      [("evaluation.independent_student", text)])
+  assert by_run.evaluation.independent_student is expected
+  assert by_sweep.config.evaluation.independent_student is expected
+
+
+def test_a_section_takes_a_dict_with_all_its_keys():
+  from kd_jax import config as kd_config
+  replacement = kd_config.optimizer_config(name="adam", learning_rate=0.01).to_dict()
+  config = cli.apply_overrides(kd_config.default_config(), [("teacher.optimizer", str(replacement))])
+  assert config.teacher.optimizer.to_dict() == replacement
+  with pytest.raises(KdJaxError, match="missing: final_learning_rate"):
+    cli.apply_overrides(kd_config.default_config(), [("teacher.optimizer", "{'name': 'adam'}")])

@@ -155,9 +155,7 @@ def test_a_suite_without_claims_gets_its_reports_and_no_verdicts(tmp_path, capsy
 # The command on a tiny two-experiment suite
 
 TINY_EXPERIMENT = """
-import sys
-sys.path.insert(0, {tests!r})
-from conftest import tiny_config
+from tests.tiny_config import tiny_config
 
 VARIANTS = ({variant!r},)
 
@@ -176,8 +174,7 @@ def test_run_suite_shares_teachers_across_experiments_and_skips_finished_runs(tm
   shutil.copy(SMALL / "claims.py", suite / "claims.py")
   (suite / "_shared.py").write_text("raise RuntimeError('a shared base is not an experiment')\n")
   for name, variant, m, tau in (("big", "m2", 2, 4.0), ("small", "m1", 1, 1.0)):
-    (suite / f"{name}.py").write_text(TINY_EXPERIMENT.format(
-        tests=str(REPO / "tests"), variant=variant, m=m, tau=tau))
+    (suite / f"{name}.py").write_text(TINY_EXPERIMENT.format(variant=variant, m=m, tau=tau))
   root = tmp_path / "runs"
   suite_lib.run_suite(str(suite), str(root), [0])
   out = capsys.readouterr().out

@@ -16,19 +16,17 @@ from kd_jax.experiments import sweep
 
 SEEDS = "0,1"
 # conftest's tiny digits study, with the distillation temperature as the variant.
-EXPERIMENT = f"""
-import sys
-sys.path.insert(0, {str(REPO / "tests")!r})
-from conftest import tiny_config
+EXPERIMENT = """
+from tests.tiny_config import tiny_config
 
 VARIANTS = ("t1", "t4")
 
 
 def get_config(variant=None):
   if variant not in VARIANTS:
-    raise ValueError(f"variant must be one of {{VARIANTS}}, not {{variant!r}}")
+    raise ValueError(f"variant must be one of {VARIANTS}, not {variant!r}")
   config = tiny_config()
-  config.distill.temperature = {{"t1": 1.0, "t4": 4.0}}[variant]
+  config.distill.temperature = {"t1": 1.0, "t4": 4.0}[variant]
   return config
 """
 
@@ -162,16 +160,14 @@ def test_experiment_file_without_variants_is_refused(tmp_path):
 # ---------------------------------------------------------------------------------------------------
 # Ensemble sizes share one trained ensemble (issue 8)
 
-SIZES_EXPERIMENT = f"""
-import sys
-sys.path.insert(0, {str(REPO / "tests")!r})
-from conftest import tiny_config
+SIZES_EXPERIMENT = """
+from tests.tiny_config import tiny_config
 
 VARIANTS = ("m1", "m3", "m2", "longer")
 
 
 def get_config(variant=None):
-  config = tiny_config(ensemble_size={{"m1": 1, "m2": 2, "m3": 3, "longer": 2}}[variant])
+  config = tiny_config(ensemble_size={"m1": 1, "m2": 2, "m3": 3, "longer": 2}[variant])
   if variant == "longer":
     config.teacher.steps = 16  # other teachers: trains its own
   return config

@@ -49,6 +49,7 @@ def trained_gan(tmp_path_factory):
   return workdir
 
 
+@pytest.mark.e2e
 def test_tiny_gan_trains_with_finite_losses(trained_gan):
   with open(os.path.join(trained_gan, "metrics.jsonl")) as f:
     records = [json.loads(line) for line in f]
@@ -62,6 +63,7 @@ def test_tiny_gan_trains_with_finite_losses(trained_gan):
   assert set(variables) == {"params", "batch_stats"}
 
 
+@pytest.mark.e2e
 def test_interrupted_gan_resumes_to_the_same_generator(trained_gan, tmp_path, monkeypatch):
   """A run stopped right after its step-3 checkpoint and rerun ends bit-identical to one that ran
   through: the real batches, z draws and augmentations come from (rng, step)."""
@@ -209,6 +211,7 @@ def test_mixed_objective_weights_real_and_synthetic_temperatures():
   np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
+@pytest.mark.e2e
 def test_missing_generator_is_one_line_before_the_workdir_is_touched(tmp_path):
   config = tiny_config()
   config.distill.synthetic_workdir = str(tmp_path / "no_gan")
@@ -219,6 +222,7 @@ def test_missing_generator_is_one_line_before_the_workdir_is_touched(tmp_path):
   assert not workdir.exists()
 
 
+@pytest.mark.e2e
 def test_distillation_with_a_trained_generator_runs_and_reports(trained_gan, tmp_path):
   config = tiny_config(teacher_steps=4, student_steps=4, ensemble_size=1)
   config.distill.synthetic_workdir = trained_gan

@@ -504,3 +504,18 @@ def test_lenet5_ensemble_with_one_wide_first_convolution_equals_members_run_whol
   for method in ("unroll", "vmap", "scan"):
     np.testing.assert_allclose(np.asarray(ensemble.member_logits(model, stacked, x, method)),
                                whole, atol=tolerance, rtol=tolerance)
+
+
+def test_resnet50_has_torchvisions_parameter_count():
+  from kd_jax.models import build_model, param_count
+  model = build_model(kd_config.model_config(name="resnet50"), 1000)
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), np.zeros((1, 224, 224, 3)),
+                                                train=False))
+  assert param_count(variables["params"]) == 25_557_032
+  # 53 BatchNorm layers (stem, 3 per block, 4 projection shortcuts), each with a mean and a variance.
+  assert len(jax.tree.leaves(variables["batch_stats"])) == 2 * 53
+  _, state = jax.eval_shape(
+      lambda v, x: model.apply(v, x, train=False, mutable=["intermediates"]), variables,
+      jax.ShapeDtypeStruct((2, 224, 224, 3), np.float32))
+  assert [state["intermediates"][f"stage{i}"][0].shape for i in (1, 2, 3, 4)] == [
+      (2, 56, 56, 256), (2, 28, 28, 512), (2, 14, 14, 1024), (2, 7, 7, 2048)]

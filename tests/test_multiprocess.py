@@ -6,8 +6,11 @@ workdir's files while Orbax coordinates the checkpoints.
 """
 
 import numpy as np
+import pytest
 
 from conftest import loss_curves_devices_results, run_cli, run_distributed
+
+pytestmark = pytest.mark.e2e
 
 ARGS = ["--config=tests/tiny_config.py", "--config.log_every_steps=1",
         "--config.teacher.steps=6", "--config.student.steps=6"]

@@ -71,6 +71,7 @@ def test_every_variant_builds_and_validates(experiment):
     kd_config.validate(module.get_config(variant))
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("experiment, variant", RUN)
 def test_variant_runs_a_few_steps(experiment, variant, image_folders, tmp_path):
   module = importlib.import_module(f"configs.paper.{experiment}")
@@ -85,6 +86,7 @@ def test_variant_runs_a_few_steps(experiment, variant, image_folders, tmp_path):
     assert "independent_test_agreement" in student
 
 
+@pytest.mark.e2e
 def test_interpolation_with_lambda_one_starts_at_the_teacher(image_folders, tmp_path):
   """lambda = 1 copies the teacher: with a zero learning rate the student stays it, agreement 1."""
   module = importlib.import_module("configs.paper.init_interpolation")
@@ -97,6 +99,7 @@ def test_interpolation_with_lambda_one_starts_at_the_teacher(image_folders, tmp_
   assert results["student"]["test_kl"] < 1e-5
 
 
+@pytest.mark.e2e
 def test_cli_runs_a_variant_and_rejects_an_unknown_one(tmp_path):
   result = run_cli(["--config=configs/paper/ensemble_size.py:m99", f"--workdir={tmp_path / 'w'}"])
   assert result.returncode == 2, result.stderr

@@ -7,8 +7,11 @@ sharded batch are exercised.
 """
 
 import numpy as np
+import pytest
 
 from conftest import loss_curves_devices_results, run_cli
+
+pytestmark = pytest.mark.e2e
 
 OVERRIDES = [
     "--config=tests/tiny_config.py",

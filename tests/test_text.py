@@ -427,6 +427,7 @@ def _student_params(workdir):
   return params
 
 
+@pytest.mark.e2e
 def test_study_trains_resumes_exactly_and_reports(layouts, tmp_path, monkeypatch, capsys):
   config = _study_config({"path": layouts["folder"].path})
   uninterrupted = study.run(config, str(tmp_path / "uninterrupted"))

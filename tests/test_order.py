@@ -72,20 +72,6 @@ def test_orders_differ_across_keys_and_epochs():
     assert 0 < len(np.intersect1d(x[0], y[0])) < 30
 
 
-def test_draw_is_a_pure_function_of_key_and_step():
-  """A resumed run recomputes step t's batch from (rng, t) alone: eager, jitted, vmapped alike."""
-  num_examples, batch_size = 1797, 128
-  ids = jnp.arange(num_examples, dtype=jnp.int32)
-  rng = jax.random.PRNGKey(7)
-  steps = jnp.array([0, 5, 13, 14, 40], jnp.int32)
-  batched = np.asarray(jax.jit(jax.vmap(
-      lambda s: train.sample_batch(rng, s, ids, ids, batch_size)[0]))(steps))
-  for row, step in zip(batched, steps):
-    eager_images, eager_labels = train.sample_batch(rng, int(step), ids, ids * 10, batch_size)
-    np.testing.assert_array_equal(np.asarray(eager_images), row)
-    np.testing.assert_array_equal(np.asarray(eager_labels), row * 10)  # images and labels agree
-
-
 def test_order_is_not_trivially_structured():
   num_examples, batch_size = 60_000, 128
   batches = _epoch_batches(jax.random.PRNGKey(0), 0, num_examples, batch_size)
@@ -116,9 +102,3 @@ def test_position_of_an_example_is_uniform_over_keys():
   counts = np.bincount(positions, minlength=num_examples)
   expected = num_keys / num_examples
   assert np.sum((counts - expected) ** 2 / expected) < 43.8  # 0.999 quantile of chi-square(19)
-
-
-def test_too_few_examples_is_an_error():
-  ids = jnp.arange(10)
-  with pytest.raises(ValueError, match="fewer than the batch size"):
-    train.sample_batch(jax.random.PRNGKey(0), 0, ids, ids, 16)
