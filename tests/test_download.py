@@ -485,6 +485,7 @@ def _run(args, releases, cache):
                         capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.e2e
 def test_headline_command_downloads_cifar100_once_and_trains(server, tmp_path):
   archive = _cifar100_archive(np.random.default_rng(11))
   releases = {"cifar100": _served_files(server, "cifar100", {"cifar-100-python.tar.gz": archive},
@@ -502,6 +503,7 @@ def test_headline_command_downloads_cifar100_once_and_trains(server, tmp_path):
   assert len(_gets(server)) == 1 and "downloading" not in second.stderr
 
 
+@pytest.mark.e2e
 def test_headline_command_with_a_wrong_checksum_exits_2_in_one_line(server, tmp_path):
   archive = _cifar100_archive(np.random.default_rng(12))
   releases = {"cifar100": _served_files(server, "cifar100", {"cifar-100-python.tar.gz": archive},

@@ -162,6 +162,7 @@ def exported(runs, tmp_path_factory):
 
 @pytest.mark.parametrize("name,role", [("cnn", "student"), ("cnn", "ensemble"),
                                        ("preresnet", "student"), ("bilstm", "student")])
+@pytest.mark.e2e
 def test_exported_model_gives_the_workdirs_outputs(runs, exported, name, role):
   folder, inputs, outputs, tops = exported[(name, role)]
   expected = _workdir_outputs(runs[name], inputs, role)
@@ -176,6 +177,7 @@ def test_exported_model_gives_the_workdirs_outputs(runs, exported, name, role):
   assert accuracy == pytest.approx(results[role]["test_accuracy"], abs=1e-12)
 
 
+@pytest.mark.e2e
 def test_artifact_describes_its_inputs(runs, exported):
   metadata = artifact.read_metadata(str(exported[("cnn", "student")][0]))
   assert metadata["input"]["shape"] == [8, 8, 1] and metadata["input"]["batch_size"] is None
@@ -192,6 +194,7 @@ def test_artifact_describes_its_inputs(runs, exported):
   assert text["classes"] == ["neg", "pos"]
 
 
+@pytest.mark.e2e
 def test_predict_reads_image_files_and_text_files(runs, exported, tmp_path, capsys):
   """Digit PNGs in a nested folder (CSV and JSON out), and reviews."""
   folder, native, outputs, _ = exported[("cnn", "student")]
@@ -256,6 +259,7 @@ def _one_line_error(argv, capsys):
   return lines[0]
 
 
+@pytest.mark.e2e
 def test_bad_inputs_and_artifacts_are_one_line_errors(exported, tmp_path, capsys):
   folder = exported[("preresnet", "student")][0]
   (tmp_path / "foreign.png").write_text("this is text, not a PNG")
@@ -295,6 +299,7 @@ def test_bad_inputs_and_artifacts_are_one_line_errors(exported, tmp_path, capsys
       f"error: {tmp_path / 'foreign.png'} is not a readable image (UnidentifiedImageError)."]
 
 
+@pytest.mark.e2e
 def test_export_refuses_what_it_cannot_export(runs, tmp_path):
   with pytest.raises(export.KdJaxError, match="not a kd_jax run"):
     export.export_workdir(str(tmp_path), str(tmp_path / "out"))
@@ -314,6 +319,7 @@ def test_export_refuses_what_it_cannot_export(runs, tmp_path):
     export.export_workdir(str(runs["preresnet"]), str(tmp_path / "out"), platforms=("gpu",))
 
 
+@pytest.mark.e2e
 def test_export_reads_the_runs_normalization_record(runs, tmp_path):
   """A workdir's normalization.json is what an export folds in (no dataset statistics computed)."""
   workdir = tmp_path / "recorded"

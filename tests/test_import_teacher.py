@@ -25,7 +25,7 @@ from kd_jax.import_teacher import IMPORT_FILE, main, read_state_dict
 from kd_jax.models import build_model
 
 from conftest import REPO
-from test_models_cifar_zoo import PARAMS_AT_100_CLASSES
+from conftest import PARAMS_AT_100_CLASSES
 
 try:
   import torch

@@ -11,17 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import PARAMS_AT_100_CLASSES
 from kd_jax import config as kd_config
 from kd_jax.errors import KdJaxError
 from kd_jax.models import MODEL_NAMES, build_model, param_count
 from kd_jax.models import cifar_layers
 
-PARAMS_AT_100_CLASSES = {
-    'resnet20': 278_324, 'resnet32': 472_756, 'resnet56': 861_620, 'resnet110': 1_736_564,
-    'resnet8x4': 1_233_540, 'resnet32x4': 7_433_860, 'wrn_16_2': 703_284, 'wrn_40_1': 569_780,
-    'wrn_40_2': 2_255_156, 'vgg8': 3_965_028, 'vgg13': 9_462_180, 'MobileNetV2': 812_836,
-    'ShuffleV1': 949_258, 'ShuffleV2': 1_355_528, 'ResNet50': 23_705_252,
-}
 
 # (height = width, channels) of mdistiller's feats[i] for a 32x32 input, and the pooled width.
 RESNET_STAGES = ((32, 16), (32, 16), (16, 32), (8, 64))
