@@ -34,6 +34,11 @@ KD_LOSSES = ("forward_kl", "reverse_ce", "symmetric_kl", "brier", "hard_argmax",
 # Data paths (kd_jax/data/stream.py): auto streams when the decoded set is too large.
 PIPELINES = ("auto", "memory", "stream")
 STREAM_TRAIN_AUGMENTS = ("random_resized_crop_flip", "center_crop")
+# Distillation methods the fused step runs (kd_jax/distill.py; kd_jax/methods/): the paper's objective
+# and the benchmark's logit methods. The benchmark's feature methods are implemented in kd_jax/methods/
+# but not yet fed the networks' stage features by the step: asking for one is a one-line error.
+DISTILL_METHODS = ("paper", "kd", "dkd", "dist")
+FEATURE_METHODS = ("fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "nst", "crd", "ofd", "reviewkd")
 VGG_HEADS = ("dropout_mlp", "linear")  # kd_jax/models/vgg.py
 LENET_POOLINGS = ("avg", "max")  # kd_jax/models/lenet.py
 
@@ -180,7 +185,14 @@ def default_config() -> ml_collections.ConfigDict:
   ))
 
   c.distill = ml_collections.ConfigDict(dict(
-      temperature=4.0,  # tau, shared by teacher and student
+      # The distillation method (DISTILL_METHODS): 'paper' is the paper's objective below
+      # (temperature, alpha, loss); 'kd', 'dkd', 'dist' are the CIFAR-100 benchmark's logit methods
+      # (kd_jax/methods/, each module's docstring gives its formula, source and defaults), with the
+      # reference defaults unless method_options changes them, e.g.
+      # --config.distill.method_options="{'beta': 2.0}" for DKD.
+      method="paper",
+      method_options=ml_collections.ConfigDict(),
+      temperature=4.0,  # tau, shared by teacher and student (method 'paper')
       alpha=0.0,  # weight of the label NLL; 0 = pure distillation
       # L_KD: one of KD_LOSSES (kd_jax/losses.py, where each kind's docstring gives its formula and
       # whether it is the original code's (losses.ORIGINAL_KD_KINDS, its scaling exactly) or ours).
@@ -327,6 +339,23 @@ def _check_student_init(config) -> None:
                      "config.student.model equal to config.teacher.model.")
 
 
+def _check_distill_method(config) -> None:
+  """The distillation method and what it can be combined with."""
+  method = config.distill.method
+  if method in FEATURE_METHODS:
+    raise KdJaxError(f"config.distill.method={method!r} distils stage features, which the fused step "
+                     "does not feed to a method yet; use one of "
+                     f"{', '.join(DISTILL_METHODS)}.")
+  _check_choice(method, DISTILL_METHODS, "distill.method")
+  if method == "paper" and config.distill.method_options.to_dict():
+    raise KdJaxError("config.distill.method_options set the options of a benchmark method; with "
+                     "config.distill.method='paper' use distill.temperature, alpha and loss.")
+  if method != "paper" and config.distill.synthetic_fraction > 0:
+    raise KdJaxError(f"synthetic images are distilled at their own temperature by the paper's "
+                     f"objective only; use config.distill.method='paper' (not {method!r}) with "
+                     "config.distill.synthetic_workdir.")
+
+
 def _check_extra_distillation_data(config) -> None:
   """Out-of-distribution and synthetic distillation images."""
   _check_choice(config.distill.ood_mode, OOD_MODES, "distill.ood_mode")
@@ -417,6 +446,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_run(config)
   _check_phases(config)
   _check_student_init(config)
+  _check_distill_method(config)
   _check_extra_distillation_data(config)
   _check_evaluation(config)
   _check_data(config)

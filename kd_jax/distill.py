@@ -11,15 +11,16 @@ describes. The spec fixes, once, every choice that changes the step's program:
 - which extra rows join the real ones: none, out-of-distribution images replacing part of each batch
   (`OodReplacement`), or generator samples appended to it (`SyntheticImages`) — one field, so that two
   kinds cannot be asked for together;
-- the distillation method: the object whose `loss` the step minimizes (`LogitKD`, the paper's Eq. 1
-  and its variants).
+- the distillation method: the object whose `loss` the step minimizes, with the interface of
+  kd_jax/methods/ (`Method`: init, loss(params, state, MethodInputs, rng)): `LogitKD`, the paper's
+  Eq. 1 and its variants, or one of the benchmark's logit methods (kd_jax.methods: kd, dkd, dist).
 
 `DistillSpec.__post_init__` refuses the combinations that cannot work (for example cached logits with
 images that change every step), so an invalid step cannot be built.
 """
 
 import dataclasses
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, ClassVar, Optional, Union
 
 import jax.numpy as jnp
 
@@ -39,15 +40,28 @@ class LogitKD:
   averaged over the batch. `alpha` is a Python number: at 0 the label term is not computed at all, so
   rows without labels (label -1) are fine.
   """
+  name: ClassVar[str] = "paper"
+  uses_features: ClassVar[bool] = False
+  feature_kind: ClassVar[str] = ""
+
   temperature: float
   alpha: float = 0.0
   kind: str = "forward_kl"
 
-  def loss(self, student_logits, teacher_logits, labels, rng, temperature=None):
+  def init(self, rng, inputs):
+    del rng, inputs
+    return {}, {}  # no parameters, no state
+
+  def objective(self, student_logits, teacher_logits, labels, rng, temperature=None):
     """The batch-mean objective; `temperature` overrides tau (synthetic rows have their own)."""
     tau = self.temperature if temperature is None else temperature
     return losses.distillation_loss(student_logits, teacher_logits, labels, alpha=self.alpha,
                                     temperature=tau, kind=self.kind, rng=rng)
+
+  def loss(self, params, state, inputs, rng):
+    """kd_jax.methods' interface: (objective, state, no extra metrics)."""
+    del params
+    return self.objective(inputs.student_logits, inputs.teacher_logits, inputs.labels, rng), state, {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +92,7 @@ class DistillSpec:
   """Everything that shapes one compiled distillation step (see the module docstring)."""
   batch_size: int  # rows per step, real + extra
   augment: Callable  # the distillation-data policy (kd_jax/data/augment.py), on the real rows
-  method: LogitKD
+  method: Any  # LogitKD or a kd_jax.methods logit method
   teachers: str = TEACHERS_IN_STEP  # or CACHED_LOGITS
   extra: Optional[Union[OodReplacement, SyntheticImages]] = None
   streamed: bool = False
@@ -92,6 +106,11 @@ class DistillSpec:
     if self.streamed and (self.teachers == CACHED_LOGITS or self.extra is not None):
       raise ValueError("a streamed distillation step runs the teachers in the step, without OOD or "
                        "synthetic images")
+    if self.method.uses_features:
+      raise ValueError(f"method {self.method.name!r} needs stage features, which the step does not "
+                       "feed yet")
+    if isinstance(self.extra, SyntheticImages) and not isinstance(self.method, LogitKD):
+      raise ValueError("synthetic images are distilled by the paper's objective (LogitKD) only")
     if self.teachers == CACHED_LOGITS and self.extra is not None:
       raise ValueError("cached teacher logits need a fixed distillation set; OOD or synthetic images "
                        "are drawn fresh each step")
@@ -119,6 +138,6 @@ def mixed_objective(method: LogitKD, student_logits, teacher_logits, labels, rng
            (slice(real, None), synthetic.temperature, synthetic.count))
   total = 0.0
   for rows, tau, count in parts:
-    total += count * method.loss(student_logits[rows], teacher_logits[rows], labels[rows], rng,
-                                 temperature=tau)
+    total += count * method.objective(student_logits[rows], teacher_logits[rows], labels[rows], rng,
+                                      temperature=tau)
   return total / student_logits.shape[0]

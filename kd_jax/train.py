@@ -5,7 +5,6 @@ from the state's RNG and step counter, so nothing crosses from host to device pe
 from a checkpoint replays exactly the batches the uninterrupted run would have drawn.
 """
 
-import functools
 from typing import Any, Callable
 
 import flax
@@ -13,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from kd_jax import distill, ensemble, losses, metrics, parallel
+from kd_jax import distill, ensemble, losses, methods, metrics, parallel
 from kd_jax.data import augment as augment_lib
 from kd_jax.data import order
 from kd_jax.data.placement import DeviceData
@@ -249,23 +248,29 @@ def make_distill_step(student, teacher, tx, spec: distill.DistillSpec, mesh):
       teacher_logits = parallel.shard_batch(teacher_inputs, mesh)
     else:
       teacher_logits = ensemble_logits(teacher_inputs, x)
-    if num_synthetic:
-      objective = functools.partial(distill.mixed_objective, spec.method, teacher_logits=teacher_logits,
-                                    labels=labels, rng=loss_key, synthetic=spec.extra)
-    else:
-      objective = functools.partial(spec.method.loss, teacher_logits=teacher_logits, labels=labels,
-                                    rng=loss_key)
+    def objective(student_logits):
+      """(the method's loss, its metrics) on this batch."""
+      if num_synthetic:
+        return distill.mixed_objective(spec.method, student_logits, teacher_logits, labels, loss_key,
+                                       spec.extra), {}
+      inputs = methods.MethodInputs(student_logits=student_logits, teacher_logits=teacher_logits,
+                                    labels=labels, step=state.step)
+      loss, _, method_metrics = spec.method.loss({}, {}, inputs, loss_key)
+      return loss, method_metrics
 
     def loss_fn(params):
       logits, batch_stats = _training_forward(student, state, params, x)
-      return objective(logits), (logits, batch_stats)
+      loss, method_metrics = objective(logits)
+      return loss, (logits, batch_stats, method_metrics)
 
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (logits, batch_stats, method_metrics)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params)
     new_state, norms = _apply_gradients(state, tx, grads, batch_stats)
     # Out-of-distribution images (label -1, replaced or appended) have no accuracy.
     labelled = labels >= 0
     correct = (jnp.argmax(logits, axis=-1) == labels) & labelled
-    step_metrics = {"loss": loss - objective(teacher_logits),
+    step_metrics = {"loss": loss - objective(teacher_logits)[0],
+                    **{f"method_{k}": v for k, v in method_metrics.items()},
                     "accuracy": jnp.sum(correct) / jnp.maximum(jnp.sum(labelled), 1),
                     **metrics.fidelity_metrics(teacher_logits, logits), **norms}
     return new_state, step_metrics

@@ -116,8 +116,10 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collecti
   if not overrides:
     return config
   before = {key: _field(config, key) for key, _ in overrides}
+  # A section with fields takes a dict of exactly those fields; an empty one (e.g.
+  # distill.method_options) takes any dict.
   sections = {key: sorted(value.keys()) for key, value in before.items()
-              if isinstance(value, ml_collections.ConfigDict)}
+              if isinstance(value, ml_collections.ConfigDict) and value.keys()}
   argv = ["kd_jax"] + [f"{PREFIX}{key}={value}" for key, value in overrides]
   flag_values = flags.FlagValues()
   config_flags.DEFINE_config_dict("config", config, flag_values=flag_values, lock_config=False,

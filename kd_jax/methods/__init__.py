@@ -31,7 +31,7 @@ from kd_jax.methods.rkd import RKD
 from kd_jax.methods.sp import SP
 from kd_jax.methods.vid import VID
 
-__all__ = ["METHODS", "Method", "MethodInputs", "check_ensemble", "make_method"]
+__all__ = ["METHODS", "METHOD_CLASSES", "Method", "MethodInputs", "check_ensemble", "make_method"]
 
 
 class Method(Protocol):
@@ -69,8 +69,9 @@ class Method(Protocol):
     ...
 
 
-METHODS = {cls.name: cls.from_config
-           for cls in (KD, DKD, DIST, FitNet, AT, SP, CC, VID, RKD, PKT, NST, CRD, OFD, ReviewKD)}
+METHOD_CLASSES = {cls.name: cls
+                  for cls in (KD, DKD, DIST, FitNet, AT, SP, CC, VID, RKD, PKT, NST, CRD, OFD, ReviewKD)}
+METHODS = {name: cls.from_config for name, cls in METHOD_CLASSES.items()}
 
 
 def make_method(config) -> Method:

@@ -195,6 +195,7 @@ def run(config, workdir: str) -> dict:
   # Everything that can fail on the user's input happens before the workdir is touched.
   phases.teacher_policy(config)
   phases.distillation_policy(config)
+  student_lib.distill_method(config, steps_per_epoch=1)  # its options, before the workdir
   dataset, ood, synthetic = load_inputs(config)
   image_shape = tuple(dataset.train_images.shape[1:])
   compute_dtype = phases.compute_dtype(config)

@@ -253,6 +253,7 @@ def run(config, workdir: str) -> dict:
   check_config(config)
   phases.teacher_policy(config)
   phases.distillation_policy(config)
+  student_lib.distill_method(config, steps_per_epoch=1)  # its options, before the workdir
   source = stream_lib.open_source(config.data)
   crop = config.data.stream.crop_size
   image_shape = (crop, crop, source.channels)

@@ -3,10 +3,12 @@ distillation itself over any batch source (study/memory.py's on-device draw, stu
 host feed).
 """
 
+import dataclasses
+
 import jax
 import ml_collections
 
-from kd_jax import checkpoint, distill, evaluation, loop, parallel, train
+from kd_jax import checkpoint, distill, evaluation, loop, methods, parallel, train
 from kd_jax.data import augment as augment_lib
 from kd_jax.study import phases, teachers as teachers_lib
 
@@ -30,7 +32,23 @@ def student_optimizer_config(config):
   return cfg
 
 
-def distill_spec(ctx: phases.Context, *, cached: bool, streamed: bool) -> distill.DistillSpec:
+def distill_method(config, steps_per_epoch: int):
+  """The method the distillation step minimizes: the paper's objective (config.distill.method
+  'paper': temperature, alpha, loss) or a benchmark logit method of kd_jax/methods/ with its
+  reference defaults and config.distill.method_options; a warm-up counts epochs of
+  `steps_per_epoch` steps. Bad options are one-line errors."""
+  cfg = config.distill
+  if cfg.method == "paper":
+    return distill.LogitKD(temperature=cfg.temperature, alpha=cfg.alpha, kind=cfg.loss)
+  options = {"name": cfg.method, **cfg.method_options.to_dict()}
+  if any(field.name == "steps_per_epoch"
+         for field in dataclasses.fields(methods.METHOD_CLASSES[cfg.method])):
+    options["steps_per_epoch"] = steps_per_epoch
+  return methods.make_method(options)
+
+
+def distill_spec(ctx: phases.Context, *, cached: bool, streamed: bool,
+                 steps_per_epoch: int = 1) -> distill.DistillSpec:
   """The distillation step's description (kd_jax/distill.py), made once from the run's config."""
   config, cfg = ctx.config, ctx.config.distill
   batch_size = config.student.batch_size
@@ -43,7 +61,7 @@ def distill_spec(ctx: phases.Context, *, cached: bool, streamed: bool) -> distil
                                     cfg.synthetic_temperature)
   return distill.DistillSpec(
       batch_size=batch_size, augment=phases.distillation_policy(config),
-      method=distill.LogitKD(temperature=cfg.temperature, alpha=cfg.alpha, kind=cfg.loss),
+      method=distill_method(config, steps_per_epoch),
       teachers=distill.CACHED_LOGITS if cached else distill.TEACHERS_IN_STEP, extra=extra,
       streamed=streamed, compute_dtype=ctx.compute_dtype, ensemble_method=config.ensemble_method)
 
@@ -141,7 +159,8 @@ def distill_student(ctx: phases.Context, student, teacher, teacher_variables, st
                                                   phases.real_batch_size(ctx.config))
   optimizer_cfg = student_optimizer_config(ctx.config)
   tx = train.make_optimizer(optimizer_cfg, total, steps_per_epoch)
-  spec = distill_spec(ctx, cached=cached_teacher_logits is not None, streamed=batches.streamed)
+  spec = distill_spec(ctx, cached=cached_teacher_logits is not None, streamed=batches.streamed,
+                      steps_per_epoch=steps_per_epoch)
   step_fn = train.make_distill_step(student, teacher, tx, spec, ctx.mesh)
   manager = checkpoint.make_manager(student_dir)
   fresh = initial_student(ctx, student, teacher, tx, rng, teacher_variables)
