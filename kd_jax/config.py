@@ -2,7 +2,7 @@
 
 A config file in configs/ starts from `default_config()` and changes what its experiment needs; every
 field is listed here once, with its meaning, so `--config.<key>=value` overrides have one reference
-(the augmentation policies' options in config.distill come from kd_jax.data.policy.DEFAULTS, where
+(the augmentation policies' options in config.distill come from kd_jax.augment_policies.DEFAULTS, where
 each is explained). The valid values of every choice field are stated here, once; the modules that
 implement them import them from here. Importing this module does not import JAX, so that reading and
 planning runs (kd_jax/experiments/) stays light.
@@ -13,8 +13,7 @@ distill.rotate_interpolation, distill.synthetic_batch_norm).
 
 import ml_collections
 
-from kd_jax.data import policy
-from kd_jax.data.text import SOURCES as TEXT_SOURCES
+from kd_jax import augment_policies as policy
 from kd_jax.errors import KdJaxError
 
 PRECISIONS = ("fp32", "bf16")
@@ -31,6 +30,8 @@ ENSEMBLE_METHODS = ("auto", "vmap", "unroll", "scan")
 # first, then ours.
 KD_LOSSES = ("forward_kl", "reverse_ce", "symmetric_kl", "brier", "hard_argmax", "hard_sample",
              "reverse_kl", "symmetric_kl_tau2", "brier_tau2")
+# Text sources (kd_jax/data/text.py): token ids instead of images.
+TEXT_SOURCES = ("aclimdb", "tfds_text")
 # Data paths (kd_jax/data/stream.py): auto streams when the decoded set is too large.
 PIPELINES = ("auto", "memory", "stream")
 STREAM_TRAIN_AUGMENTS = ("random_resized_crop_flip", "center_crop")
@@ -199,7 +200,7 @@ def default_config() -> ml_collections.ConfigDict:
       loss="forward_kl",  # the paper's Eq. 1
       augment="",  # distillation-data policy, e.g. crop_flip+rotate, mixup, noise ('' = data.augment)
       # The policies' options, with their defaults and meanings stated once in
-      # kd_jax.data.policy.DEFAULTS: rotate_degrees, color_jitter, mixup_alpha, mixup_lambda
+      # kd_jax.augment_policies.DEFAULTS: rotate_degrees, color_jitter, mixup_alpha, mixup_lambda
       # (batch: one lambda per batch, the original | example: one per image, ours),
       # rotate_interpolation (nearest, the original | bilinear, ours), cutmix_alpha, noise_prob.
       **policy.DEFAULTS,

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from kd_jax import config as kd_config
-from kd_jax.data import augment, policy
+from kd_jax import augment_policies as policy
+from kd_jax.data import augment
 from kd_jax.errors import KdJaxError
 
 KEY = jax.random.PRNGKey(0)

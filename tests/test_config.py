@@ -6,7 +6,8 @@ import pytest
 from conftest import tiny_config
 from kd_jax import config, ensemble, losses
 from kd_jax import config as kd_config
-from kd_jax.data import augment, policy
+from kd_jax import augment_policies as policy
+from kd_jax.data import augment
 from kd_jax.models import lenet, vgg
 
 
@@ -15,6 +16,7 @@ def test_each_choice_list_is_what_its_module_implements():
   assert ensemble.METHODS == config.ENSEMBLE_METHODS
   assert vgg.VGG_HEADS == config.VGG_HEADS
   assert lenet.LENET_POOLINGS == config.LENET_POOLINGS
+  assert text.SOURCES == config.TEXT_SOURCES
   assert tuple(augment.build_ops(None)) == policy.SINGLE_POLICIES
   assert config.default_config().data.pipeline in config.PIPELINES
 

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kd_jax.data.policy import DEFAULTS, MIXUP_LAMBDAS, ROTATE_INTERPOLATIONS, parse_policy
+from kd_jax.augment_policies import DEFAULTS, MIXUP_LAMBDAS, ROTATE_INTERPOLATIONS, parse_policy
 from kd_jax.errors import KdJaxError
 
 MAX_VALUE = 255.0  # images are kept on the uint8 scale until `normalize`
@@ -425,7 +425,7 @@ def build_ops(cfg):
 def make_policy(name: str, cfg=None) -> Callable:
   """Returns policy(key, images) -> float32 images in [0, 255] of the same shape.
 
-  `name` is one of kd_jax.data.policy.POLICY_NAMES or several joined by '+', applied left to right, each with its own
+  `name` is one of kd_jax.augment_policies.POLICY_NAMES or several joined by '+', applied left to right, each with its own
   subkey; `cfg` (config.distill, or None for DEFAULTS) supplies every option of DEFAULTS.
   """
   ops = parse_policy(name)

@@ -44,10 +44,11 @@ import time
 from absl import logging
 import numpy as np
 
+from kd_jax import config
 from kd_jax.data import sources
 from kd_jax.errors import KdJaxError
 
-SOURCES = ("aclimdb", "tfds_text")
+SOURCES = config.TEXT_SOURCES
 PAD_ID = 0  # padding at the end of a review shorter than data.sequence_length
 OOV_ID = 1  # any token outside the vocabulary
 FIRST_WORD_ID = 2

@@ -15,7 +15,7 @@ from kd_jax import artifact, compression, loop, metrics_log, parallel, runtime, 
 from kd_jax import results as results_lib
 from kd_jax import workdir as workdir_lib
 from kd_jax.data import augment as augment_lib
-from kd_jax.data import policy as policy_lib
+from kd_jax import augment_policies as policy_lib
 from kd_jax.distill import synthetic_count
 from kd_jax.errors import DivergedError, KdJaxError
 from kd_jax.study_plan import PlannedPhase, StudyPlan
