@@ -7,7 +7,7 @@ from conftest import tiny_config
 from kd_jax import config, ensemble, losses
 from kd_jax import config as kd_config
 from kd_jax import augment_policies as policy
-from kd_jax.data import augment
+from kd_jax.data import augment, text
 from kd_jax.models import lenet, vgg
 
 
