@@ -266,6 +266,40 @@ def _write_bytes(path: str, data: bytes) -> None:
       f.write(data)
 
 
+def export_metadata(config, inputs, models: dict, batch_sizes: set, platforms, source: dict) -> dict:
+  """export.json's content: the programs, their inputs and normalization, classes, provenance."""
+  record = inputs.record
+  mean, std = inputs.mean_std
+  metadata = {
+      "format": artifact.FORMAT, "format_version": artifact.FORMAT_VERSION,
+      "models": models,
+      "input": {"kind": "tokens" if inputs.is_text else "image", "shape": record["input_shape"],
+                "dtype": "int32" if inputs.is_text else "float32",
+                "value_range": None if inputs.is_text else [0, 255],
+                "layout": "NL" if inputs.is_text else "NHWC",
+                "batch_size": max(batch_sizes - {None}, default=None),
+                "preprocess": None if inputs.is_text else {
+                    "color": "L" if record["input_shape"][-1] == 1 else "RGB",
+                    "resize": "center_crop" if record.get("center_crop") else "bilinear",
+                    "center_crop": record.get("center_crop")}},
+      "normalization": None if inputs.is_text else {
+          "mean": [float(x) for x in mean], "std": [float(x) for x in std],
+          "formula": "(x / 255 - mean) / std per channel, inside the programs",
+          "statistics": inputs.statistics_source},
+      "classes": class_names(config.data, record["num_classes"]),
+      "num_classes": record["num_classes"],
+      "text": None if not inputs.is_text else {
+          "tokenizer": "basic_english", "vocabulary_file": artifact.VOCABULARY_FILE,
+          "sequence_length": record["input_shape"][0], "pad_id": text_lib.PAD_ID,
+          "oov_id": text_lib.OOV_ID, "first_word_id": text_lib.FIRST_WORD_ID},
+      "platforms": list(platforms),
+      "source": {"kd_jax_version": kd_jax_version(), "jax_version": jax.__version__,
+                 "workdir": source["workdir"], "student_step": source["student_step"],
+                 "config": config_summary(config), "results": source["results"]},
+  }
+  return metadata
+
+
 def export_workdir(workdir: str, out: str, *, teachers: bool = False,
                    platforms=DEFAULT_PLATFORMS, allow_unfinished: bool = False) -> dict:
   """Writes the artifact of `workdir`'s student (and ensemble) to the folder `out`; returns its
@@ -296,34 +330,9 @@ def export_workdir(workdir: str, out: str, *, teachers: bool = False,
                     "params": params}
     batch_sizes.add(batch_size)
     student_step = step if role == "student" else student_step
-  mean, std = inputs.mean_std
-  metadata = {
-      "format": artifact.FORMAT, "format_version": artifact.FORMAT_VERSION,
-      "models": models,
-      "input": {"kind": "tokens" if inputs.is_text else "image", "shape": record["input_shape"],
-                "dtype": "int32" if inputs.is_text else "float32",
-                "value_range": None if inputs.is_text else [0, 255],
-                "layout": "NL" if inputs.is_text else "NHWC",
-                "batch_size": max(batch_sizes - {None}, default=None),
-                "preprocess": None if inputs.is_text else {
-                    "color": "L" if record["input_shape"][-1] == 1 else "RGB",
-                    "resize": "center_crop" if record.get("center_crop") else "bilinear",
-                    "center_crop": record.get("center_crop")}},
-      "normalization": None if inputs.is_text else {
-          "mean": [float(x) for x in mean], "std": [float(x) for x in std],
-          "formula": "(x / 255 - mean) / std per channel, inside the programs",
-          "statistics": inputs.statistics_source},
-      "classes": class_names(config.data, record["num_classes"]),
-      "num_classes": record["num_classes"],
-      "text": None if not inputs.is_text else {
-          "tokenizer": "basic_english", "vocabulary_file": artifact.VOCABULARY_FILE,
-          "sequence_length": record["input_shape"][0], "pad_id": text_lib.PAD_ID,
-          "oov_id": text_lib.OOV_ID, "first_word_id": text_lib.FIRST_WORD_ID},
-      "platforms": list(platforms),
-      "source": {"kd_jax_version": kd_jax_version(), "jax_version": jax.__version__,
-                 "workdir": workdir, "student_step": student_step,
-                 "config": config_summary(config), "results": results},
-  }
+  metadata = export_metadata(config, inputs, models, batch_sizes, platforms,
+                             source={"workdir": workdir, "student_step": student_step,
+                                     "results": results})
   for role in set(artifact.ROLES) - set(models):  # an earlier export's other program
     if os.path.exists(os.path.join(out, artifact.program_file(role))):
       os.remove(os.path.join(out, artifact.program_file(role)))
