@@ -42,6 +42,8 @@ DISTILL_METHODS = ("paper", "kd", "dkd", "dist")
 FEATURE_METHODS = ("fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "nst", "crd", "ofd", "reviewkd")
 VGG_HEADS = ("dropout_mlp", "linear")  # kd_jax/models/vgg.py
 LENET_POOLINGS = ("avg", "max")  # kd_jax/models/lenet.py
+MODEL_INITS = ("flax", "torch")  # kd_jax/models/layers.py
+NORMALIZATIONS = ("standardize", "unitcube")  # data.normalization, kd_jax/data/placement.py
 
 
 def optimizer_config(**overrides) -> ml_collections.ConfigDict:
@@ -69,6 +71,11 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
       # output layer; 15.29 M parameters at 100 classes) | linear (ours: one Dense layer, 14.77 M)
       head="dropout_mlp",
       pooling="avg",  # lenet5 2x2 pooling: avg (the original) | max (ours)
+      # Initial weights: flax (ours: LeCun-normal Dense kernels, zero biases) | torch (the original
+      # code's: PyTorch's defaults wherever it sets none, i.e. weights and biases ~ U(+-1/sqrt(fan_in))
+      # for lenet5's convolutions and Dense layers and preresnet's output layer; preresnet's
+      # convolutions keep their explicit N(0, 2 / fan_out) under both). kd_jax/models/layers.py.
+      init="flax",
       embedding_size=128,  # bilstm: token embedding size
       lstm_layers=2,  # bilstm: stacked bidirectional LSTM layers
   ))
@@ -240,6 +247,9 @@ def default_config() -> ml_collections.ConfigDict:
       # Distill a second student from an independently trained teacher ensemble and report its
       # agreement with the first ensemble: the baseline for reading agreement.
       independent_student=False,
+      # The student's test and train metrics also at its start, before distillation
+      # (student.start_test_agreement, ...): where its initialization already puts it (in-memory runs).
+      student_start=False,
       test_size=0,  # evaluate on the first N test examples (0 = the whole test set; smoke runs only)
       # > 0: the student's test accuracy, NLL, ECE, agreement and KL every this many steps (and at
       # the end) in the progress output and metrics.jsonl ("evaluation": true), for curves over
@@ -310,6 +320,7 @@ def _check_phases(config) -> None:
     cfg = config[phase]
     _check_choice(cfg.model.head, VGG_HEADS, f"{phase}.model.head")
     _check_choice(cfg.model.pooling, LENET_POOLINGS, f"{phase}.model.pooling")
+    _check_choice(cfg.model.init, MODEL_INITS, f"{phase}.model.init")
     _check_choice(cfg.optimizer.name, OPTIMIZERS, f"{phase}.optimizer.name")
     _check_positive(cfg.batch_size, f"{phase}.batch_size")
     _check_positive(cfg.optimizer.learning_rate, f"{phase}.optimizer.learning_rate")

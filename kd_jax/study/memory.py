@@ -103,6 +103,26 @@ def evaluate(ctx: phases.Context, evaluator, teacher_variables, student_variable
   return results, test_member_logits
 
 
+def start_metrics(ctx: phases.Context, evaluator, teacher_variables, start_variables, *,
+                  labelled: int, train_member_logits=None) -> dict:
+  """The student's test and train metrics at its start (before distillation), as
+  start_<split>_<metric>: where an initialization (e.g. interpolation towards the teacher) already
+  puts the student, so that its end can be read against it."""
+  data, out = ctx.distill_data, {}
+  for split, images, labels, member_logits in (
+      ("test", data.test_images, data.test_labels, None),
+      ("train", data.train_images[:labelled], data.train_labels[:labelled],
+       None if train_member_logits is None else train_member_logits[:, :labelled])):
+    if member_logits is None:
+      member_logits = evaluator.teacher_logits(teacher_variables, images, data.mean, data.std,
+                                               label=f"teachers on {split}")
+    student_logits = evaluator.student_logits(start_variables, images, data.mean, data.std,
+                                              label=f"student at its start on {split}")
+    values = evaluation.split_metrics(member_logits, student_logits, labels)["student"]
+    out.update({f"start_{split}_{k}": v for k, v in values.items()})
+  return out
+
+
 def independent_baseline(ctx: phases.Context, evaluator, teacher, student,
                          test_member_logits) -> dict:
   """A second student, distilled the same way from an independently trained ensemble; its agreement
@@ -244,6 +264,12 @@ def run(config, workdir: str) -> dict:
   # The first `labelled` images of the distillation set are labelled; appended OOD ones follow.
   results, test_member_logits = evaluate(ctx, evaluator, teacher_variables, student_variables,
                                          labelled=labelled, train_member_logits=train_member_logits)
+  if config.evaluation.student_start:
+    results["student"].update(start_metrics(
+        ctx, evaluator, teacher_variables,
+        student_lib.start_variables(ctx, student, teacher, teacher_variables,
+                                    phases.seed_key(config, phases.STUDENT)),
+        labelled=labelled, train_member_logits=train_member_logits))
   if config.evaluation.independent_student:
     results["student"].update(
         independent_baseline(ctx, evaluator, teacher, student, test_member_logits))
