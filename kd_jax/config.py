@@ -101,6 +101,13 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
       download=True,
       download_dir="",
       train_size=0,  # keep only the first N training examples (0 = all)
+      # How images in [0, 1] reach the models: standardize (ours: per-channel z-scores with the train
+      # set's statistics) | unitcube (the original code's: 2 x - 1, into [-1, 1]; in-memory runs).
+      normalization="standardize",
+      # False: every split draw (D0 / D1 halves, teacher.train_examples, distill.train_examples, the
+      # appended OOD images) uses data.split_seed alone, the same for every config.seed. True: it
+      # uses (data.split_seed, config.seed), so each seed resamples them, as the paper's trials did.
+      split_seed_from_seed=False,
       train_split="train",  # tfds split names (a streamed image folder: its split folders)
       test_split="test",
       num_classes=0,  # idx: number of classes (0 = 10, as MNIST / Fashion-MNIST)
@@ -167,6 +174,9 @@ def default_config() -> ml_collections.ConfigDict:
       # Teachers learn from a seeded subset of this many examples of their data_split (seeded by
       # data.split_seed; 0 = the whole split), e.g. 200 labelled images (paper section 5, LeNet-5).
       train_examples=0,
+      # With train_examples: the same number from each class (train_examples / classes), as the
+      # original's StratifiedShuffleSplit; False draws them at random.
+      stratify=False,
       epochs=200,
       steps=0,  # if > 0, overrides epochs (short runs, tests)
       batch_size=256,
@@ -212,6 +222,9 @@ def default_config() -> ml_collections.ConfigDict:
       # rotate_interpolation (nearest, the original | bilinear, ours), cutmix_alpha, noise_prob.
       **policy.DEFAULTS,
       data_split="all",  # all | d0 | d1: the part of the train set the student is distilled on
+      # > 0: the student is distilled on a seeded subset of this many images of its data_split (the
+      # amount of unlabelled distillation data); 0 = the whole split.
+      train_examples=0,
       # Out-of-distribution images (e.g. SVHN), used when ood_data.source is set, labelled only by the
       # teachers. ood_mode 'append' (the original code): ood_examples images of a seeded shuffle of
       # ood_data's train split are appended to the distillation set, so every in-distribution image is
@@ -417,6 +430,13 @@ def _check_data(config) -> None:
   if config.teacher.train_examples < 0:
     raise KdJaxError(f"config.teacher.train_examples={config.teacher.train_examples} must be >= 0 "
                      "(0 = the teachers' whole data split).")
+  if config.distill.train_examples < 0:
+    raise KdJaxError(f"config.distill.train_examples={config.distill.train_examples} must be >= 0 "
+                     "(0 = the student's whole data split).")
+  _check_choice(config.data.normalization, NORMALIZATIONS, "data.normalization")
+  if config.data.normalization != NORMALIZATIONS[0] and config.data.pipeline == "stream":
+    raise KdJaxError(f"config.data.normalization={config.data.normalization!r} is implemented for "
+                     "in-memory runs; use data.pipeline='memory' or normalization='standardize'.")
   for key, cfg in (("data", config.data), ("distill.ood_data", config.distill.ood_data)):
     if cfg.source == "auto" and not cfg.name:
       raise KdJaxError(f"config.{key}.source='auto' finds or downloads the dataset {key}.name "

@@ -185,14 +185,18 @@ class Splits:
 
 def data_splits(config, dataset, ood) -> Splits:
   num_train = dataset.train_images.shape[0]
+  seed = placement.split_seed(config.data, config.seed)
   appended_ood = None
   if ood is not None and config.distill.ood_mode == "append":
-    appended_ood = placement.appended_ood_images(ood, config.distill.ood_examples,
-                                                 config.data.split_seed)
+    appended_ood = placement.appended_ood_images(ood, config.distill.ood_examples, seed)
+  stratify = config.teacher.get("stratify", False)
   return Splits(
-      teacher=placement.split_indices(num_train, config.teacher.data_split, config.data.split_seed,
-                                      config.teacher.train_examples),
-      distill=placement.split_indices(num_train, config.distill.data_split, config.data.split_seed),
+      teacher=placement.split_indices(num_train, config.teacher.data_split, seed,
+                                      config.teacher.train_examples,
+                                      labels=dataset.train_labels if stratify else None),
+      distill=placement.split_indices(num_train, config.distill.data_split, seed,
+                                      config.distill.get("train_examples", 0), stream=2,
+                                      what="distill"),
       appended_ood=appended_ood)
 
 
@@ -235,7 +239,7 @@ def run(config, workdir: str) -> dict:
   workdir = os.path.abspath(workdir)
   resuming = workdir_lib.prepare(workdir, config)
 
-  statistics = placement.channel_statistics(dataset.train_images)
+  statistics = placement.normalization_statistics(config.data, dataset.train_images)
   ctx = phases.Context(
       config=config, workdir=workdir, mesh=mesh, log=metrics_log.MetricsLog(workdir),
       plan=phases.study_plan(config, teacher_examples, distill_examples, labelled, test_examples),
