@@ -2,7 +2,12 @@
 
 The paper's recipes: teachers 200 epochs, batch 256, SGD momentum 0.9, weight decay 1e-4, cosine lr
 0.1 -> 0; student 300 epochs, batch 128, SGD Nesterov 0.9, weight decay 1e-4, cosine lr 5e-2 -> 1e-6;
-random crop (pad 4) + horizontal flip; tau = 4, alpha = 0 (pure distillation). PreResNet-56 uses the
+random crop (pad 4) + horizontal flip; tau = 4, alpha = 0 (pure distillation).
+
+Sources: the teacher numbers (200 epochs, batch 256, lr 0.1) follow the paper's text and the archived
+teacher run of the original code; gnosis at HEAD trains teachers with its student block (300 epochs,
+lr 0.05 Nesterov, batch 128) unless a config overrides it, which we do not follow. The student
+numbers follow both the paper and the original code. PreResNet-56 uses the
 bottleneck blocks of the paper's code. Expect test agreement in the low-to-mid 80s (the paper reports
 84.5 % for 5 teachers; --config.teacher.ensemble_size=5 for that setting).
 

@@ -42,6 +42,8 @@ DISTILL_METHODS = ("paper", "kd", "dkd", "dist")
 FEATURE_METHODS = ("fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "nst", "crd", "ofd", "reviewkd")
 VGG_HEADS = ("dropout_mlp", "linear")  # kd_jax/models/vgg.py
 LENET_POOLINGS = ("avg", "max")  # kd_jax/models/lenet.py
+MODEL_INITS = ("flax", "torch")  # kd_jax/models/layers.py
+NORMALIZATIONS = ("standardize", "unitcube")  # data.normalization, kd_jax/data/placement.py
 
 
 def optimizer_config(**overrides) -> ml_collections.ConfigDict:
@@ -69,6 +71,11 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
       # output layer; 15.29 M parameters at 100 classes) | linear (ours: one Dense layer, 14.77 M)
       head="dropout_mlp",
       pooling="avg",  # lenet5 2x2 pooling: avg (the original) | max (ours)
+      # Initial weights: flax (ours: LeCun-normal Dense kernels, zero biases) | torch (the original
+      # code's: PyTorch's defaults wherever it sets none, i.e. weights and biases ~ U(+-1/sqrt(fan_in))
+      # for lenet5's convolutions and Dense layers and preresnet's output layer; preresnet's
+      # convolutions keep their explicit N(0, 2 / fan_out) under both). kd_jax/models/layers.py.
+      init="flax",
       embedding_size=128,  # bilstm: token embedding size
       lstm_layers=2,  # bilstm: stacked bidirectional LSTM layers
   ))
@@ -94,6 +101,13 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
       download=True,
       download_dir="",
       train_size=0,  # keep only the first N training examples (0 = all)
+      # How images in [0, 1] reach the models: standardize (ours: per-channel z-scores with the train
+      # set's statistics) | unitcube (the original code's: 2 x - 1, into [-1, 1]; in-memory runs).
+      normalization="standardize",
+      # False: every split draw (D0 / D1 halves, teacher.train_examples, distill.train_examples, the
+      # appended OOD images) uses data.split_seed alone, the same for every config.seed. True: it
+      # uses (data.split_seed, config.seed), so each seed resamples them, as the paper's trials did.
+      split_seed_from_seed=False,
       train_split="train",  # tfds split names (a streamed image folder: its split folders)
       test_split="test",
       num_classes=0,  # idx: number of classes (0 = 10, as MNIST / Fashion-MNIST)
@@ -160,6 +174,9 @@ def default_config() -> ml_collections.ConfigDict:
       # Teachers learn from a seeded subset of this many examples of their data_split (seeded by
       # data.split_seed; 0 = the whole split), e.g. 200 labelled images (paper section 5, LeNet-5).
       train_examples=0,
+      # With train_examples: the same number from each class (train_examples / classes), as the
+      # original's StratifiedShuffleSplit; False draws them at random.
+      stratify=False,
       epochs=200,
       steps=0,  # if > 0, overrides epochs (short runs, tests)
       batch_size=256,
@@ -205,6 +222,9 @@ def default_config() -> ml_collections.ConfigDict:
       # rotate_interpolation (nearest, the original | bilinear, ours), cutmix_alpha, noise_prob.
       **policy.DEFAULTS,
       data_split="all",  # all | d0 | d1: the part of the train set the student is distilled on
+      # > 0: the student is distilled on a seeded subset of this many images of its data_split (the
+      # amount of unlabelled distillation data); 0 = the whole split.
+      train_examples=0,
       # Out-of-distribution images (e.g. SVHN), used when ood_data.source is set, labelled only by the
       # teachers. ood_mode 'append' (the original code): ood_examples images of a seeded shuffle of
       # ood_data's train split are appended to the distillation set, so every in-distribution image is
@@ -240,6 +260,9 @@ def default_config() -> ml_collections.ConfigDict:
       # Distill a second student from an independently trained teacher ensemble and report its
       # agreement with the first ensemble: the baseline for reading agreement.
       independent_student=False,
+      # The student's test and train metrics also at its start, before distillation
+      # (student.start_test_agreement, ...): where its initialization already puts it (in-memory runs).
+      student_start=False,
       test_size=0,  # evaluate on the first N test examples (0 = the whole test set; smoke runs only)
       # > 0: the student's test accuracy, NLL, ECE, agreement and KL every this many steps (and at
       # the end) in the progress output and metrics.jsonl ("evaluation": true), for curves over
@@ -310,6 +333,7 @@ def _check_phases(config) -> None:
     cfg = config[phase]
     _check_choice(cfg.model.head, VGG_HEADS, f"{phase}.model.head")
     _check_choice(cfg.model.pooling, LENET_POOLINGS, f"{phase}.model.pooling")
+    _check_choice(cfg.model.init, MODEL_INITS, f"{phase}.model.init")
     _check_choice(cfg.optimizer.name, OPTIMIZERS, f"{phase}.optimizer.name")
     _check_positive(cfg.batch_size, f"{phase}.batch_size")
     _check_positive(cfg.optimizer.learning_rate, f"{phase}.optimizer.learning_rate")
@@ -406,6 +430,13 @@ def _check_data(config) -> None:
   if config.teacher.train_examples < 0:
     raise KdJaxError(f"config.teacher.train_examples={config.teacher.train_examples} must be >= 0 "
                      "(0 = the teachers' whole data split).")
+  if config.distill.train_examples < 0:
+    raise KdJaxError(f"config.distill.train_examples={config.distill.train_examples} must be >= 0 "
+                     "(0 = the student's whole data split).")
+  _check_choice(config.data.normalization, NORMALIZATIONS, "data.normalization")
+  if config.data.normalization != NORMALIZATIONS[0] and config.data.pipeline == "stream":
+    raise KdJaxError(f"config.data.normalization={config.data.normalization!r} is implemented for "
+                     "in-memory runs; use data.pipeline='memory' or normalization='standardize'.")
   for key, cfg in (("data", config.data), ("distill.ood_data", config.distill.ood_data)):
     if cfg.source == "auto" and not cfg.name:
       raise KdJaxError(f"config.{key}.source='auto' finds or downloads the dataset {key}.name "

@@ -15,26 +15,77 @@ SEEDS = (0, 1, 2)
 # ---------------------------------------------------------------------------------------------------
 # The rule
 
-def test_decide_holds_contradicts_and_is_inconclusive_by_two_standard_errors():
-  # mean 0.03, std 0.01, SE 0.00577: 2 SE = 0.0115.
+def test_decide_is_a_one_sided_t_test_at_95_percent_with_n_minus_1_degrees_of_freedom():
+  # mean 0.03, std 0.01, SE 0.00577; t_{0.95, 2} = 2.92: the boundary is 0.03 -+ 0.01686.
   values = np.array([0.02, 0.03, 0.04])
+  assert verdicts.critical_value(3) == pytest.approx(2.919986, abs=1e-6)
+  assert verdicts.critical_value(10) == pytest.approx(1.833113, abs=1e-6)
   assert verdicts.decide(values, 0.0, +1) == verdicts.HOLDS
   assert verdicts.decide(values, 0.0, -1) == verdicts.CONTRADICTS
-  assert verdicts.decide(values, 0.025, +1) == verdicts.INCONCLUSIVE  # 0.005 < 2 SE
-  assert verdicts.decide(values, 0.018, +1) == verdicts.HOLDS  # 0.012 > 2 SE
-  assert verdicts.decide(values, 0.019, +1) == verdicts.INCONCLUSIVE  # 0.011 < 2 SE
+  assert verdicts.decide(values, 0.013, +1) == verdicts.HOLDS  # 0.017 > 0.01686
+  assert verdicts.decide(values, 0.0135, +1) == verdicts.INCONCLUSIVE  # 0.0165 < 0.01686
+  # Two SE (the old rule) would have held here; at 95 % with 2 degrees of freedom it does not.
+  assert verdicts.decide(values, 0.018, +1) == verdicts.INCONCLUSIVE
+  assert verdicts.decide(values, 0.05, +1) == verdicts.CONTRADICTS  # 0.02 below, t = -3.46
+  assert verdicts.decide(values, 0.045, +1) == verdicts.INCONCLUSIVE  # t = -2.60
 
 
 def test_decide_matches_a_direct_transcription_on_random_values():
   rng = np.random.default_rng(0)
+  quantiles = {2: 6.313752, 3: 2.919986, 4: 2.353363, 5: 2.131847}  # t_{0.95, n-1} (tables)
   for _ in range(200):
     n = int(rng.integers(2, 6))
     values = rng.normal(rng.normal(), rng.uniform(0.1, 2), n)
     threshold, direction = float(rng.normal()), int(rng.choice([-1, 1]))
     se = np.std(values, ddof=1) / math.sqrt(n)
     t = direction * (np.mean(values) - threshold) / se
-    expected = "holds" if t > 2 else "contradicts" if t < -2 else "inconclusive"
+    q = quantiles[n]
+    expected = "holds" if t > q else "contradicts" if t < -q else "inconclusive"
     assert verdicts.decide(values, threshold, direction) == expected
+
+
+def test_equivalence_is_two_one_sided_tests_within_the_margin():
+  q = verdicts.critical_value(10)
+  spread = np.linspace(-1, 1, 10)
+  spread = spread / spread.std(ddof=1)  # std 1, so SE = s / sqrt(10)
+  def values(mean, std):
+    return mean + std * spread
+  se = 0.002 / math.sqrt(10)
+  # Mean 0, small spread: both one-sided tests significant.
+  assert verdicts.decide_equivalent(values(0.0, 0.002), 0.01) == verdicts.HOLDS
+  # Mean just inside the margin, but not significantly: inconclusive.
+  assert verdicts.decide_equivalent(values(0.01 - 0.5 * q * se, 0.002), 0.01) == verdicts.INCONCLUSIVE
+  assert verdicts.decide_equivalent(values(0.01 - 1.1 * q * se, 0.002), 0.01) == verdicts.HOLDS
+  # Significantly outside, on either side: contradicts.
+  assert verdicts.decide_equivalent(values(0.02, 0.002), 0.01) == verdicts.CONTRADICTS
+  assert verdicts.decide_equivalent(values(-0.02, 0.002), 0.01) == verdicts.CONTRADICTS
+  # Outside, but not significantly: inconclusive.
+  assert verdicts.decide_equivalent(values(0.01 + 0.5 * q * se, 0.002), 0.01) == verdicts.INCONCLUSIVE
+  # Centred but noisy (SE 0.4 pp, 3 seeds as the old suite): cannot show equivalence within 1 pp.
+  assert verdicts.decide_equivalent(np.array([-0.007, 0.0, 0.007]), 0.01) == verdicts.INCONCLUSIVE
+  with pytest.raises(ValueError):
+    verdicts.decide_equivalent(values(0.0, 0.002), 0.0)
+
+
+def test_an_equivalence_check_uses_tost_and_names_its_test():
+  cell = verdicts.Cell("e/v", dict(enumerate([0.001, -0.001, 0.0, 0.002, -0.002])), {})
+  check = verdicts.Check("same", cell, 0.01, 0, unit="pp")
+  assert check.verdict == verdicts.HOLDS and check.test == "equivalence (TOST)"
+  assert verdicts.Check("up", cell, 0.0, +1).test == "one-sided t, greater"
+
+
+def test_only_a_check_that_carries_the_claim_decides_it():
+  holds = verdicts.Cell("a", {0: 0.02, 1: 0.03, 2: 0.04}, {})
+  against = verdicts.Cell("b", {0: -0.02, 1: -0.03, 2: -0.04}, {})
+  missing = verdicts.Cell("c", {}, {0: "c/seed0: not run"})
+  claim = lambda *checks: verdicts.Claim("C", "t", "p", list(checks), [])  # noqa: E731
+  carrying = verdicts.Check("carries", holds, 0.0, +1)
+  informative = verdicts.Check("informative", against, 0.0, +1, carries=False)
+  assert informative.verdict == verdicts.CONTRADICTS
+  assert claim(carrying, informative).verdict == verdicts.HOLDS
+  assert claim(carrying, verdicts.Check("x", against, 0.0, +1)).verdict == verdicts.CONTRADICTS
+  unrun = claim(carrying, verdicts.Check("i", missing, 0.0, +1, carries=False))
+  assert unrun.verdict == verdicts.HOLDS and unrun.problems() == []
 
 
 def test_one_seed_or_non_finite_values_are_inconclusive_never_a_verdict():

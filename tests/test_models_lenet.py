@@ -109,3 +109,39 @@ def test_unknown_max_pool_impl_is_refused():
   model = LeNet5(num_classes=10, pooling="max", max_pool_impl="fast")
   with pytest.raises(ValueError, match="max_pool_impl 'fast'"):
     model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
+
+
+def test_torch_init_is_pytorchs_default_uniform_within_one_over_root_fan_in():
+  """model.init='torch': every LeNet-5 weight and bias ~ U(+-1/sqrt(fan_in)) (bound and variance
+  1 / (3 fan_in)); PreResNet's output layer the same, its convolutions unchanged."""
+
+  from kd_jax import config as kd_config  # pylint: disable=import-outside-toplevel
+  from kd_jax.models import build_model  # pylint: disable=import-outside-toplevel
+  model = build_model(kd_config.model_config(name="lenet5", init="torch"), 10)
+  params = model.init(jax.random.PRNGKey(0), np.zeros((1, 28, 28, 1), np.float32))["params"]
+  fan_ins = {"Conv_0": 25, "Conv_1": 150, "Dense_0": 400, "Dense_1": 120, "Dense_2": 84}
+  for layer, fan_in in fan_ins.items():
+    bound = 1 / np.sqrt(fan_in)
+    for name in ("kernel", "bias"):
+      values = np.asarray(params[layer][name]).ravel()
+      assert np.all(np.abs(values) <= bound)
+      if values.size >= 100:  # the draws come near the bound
+        assert np.abs(values).max() > 0.9 * bound
+    kernel = np.asarray(params[layer]["kernel"]).ravel()
+    if kernel.size >= 1000:  # enough draws for the variance to within 10 %
+      assert np.var(kernel) == pytest.approx(1 / (3 * fan_in), rel=0.1)
+  flax_params = build_model(kd_config.model_config(name="lenet5"), 10).init(
+      jax.random.PRNGKey(0), np.zeros((1, 28, 28, 1), np.float32))["params"]
+  assert not np.any(np.asarray(flax_params["Dense_0"]["bias"]))  # flax: zero biases
+
+  resnet = build_model(kd_config.model_config(name="preresnet", depth=8, norm="layer",
+                                              init="torch"), 10)
+  reference = build_model(kd_config.model_config(name="preresnet", depth=8, norm="layer"), 10)
+  x = np.zeros((1, 32, 32, 3), np.float32)
+  torch_p = resnet.init(jax.random.PRNGKey(0), x)["params"]
+  flax_p = reference.init(jax.random.PRNGKey(0), x)["params"]
+  head = np.asarray(torch_p["Dense_0"]["kernel"])
+  assert np.abs(head).max() <= 1 / 8 and np.abs(np.asarray(torch_p["Dense_0"]["bias"])).max() > 0
+  np.testing.assert_array_equal(torch_p["Conv_0"]["kernel"], flax_p["Conv_0"]["kernel"])
+  with pytest.raises(Exception, match="implemented for lenet5 and preresnet"):
+    build_model(kd_config.model_config(name="mlp", init="torch"), 10)

@@ -67,3 +67,20 @@ def test_too_many_teacher_examples_is_a_one_line_error():
   config.teacher.train_examples = -1
   with pytest.raises(KdJaxError, match="train_examples"):
     kd_config.validate(config)
+
+
+def test_stratified_subsets_take_as_many_of_each_class_and_seeds_resample_them():
+  labels = np.repeat(np.arange(10), 100)[np.random.default_rng(0).permutation(1000)]
+  subset = placement.split_indices(1000, "all", 0, 200, labels=labels)
+  np.testing.assert_array_equal(np.bincount(labels[subset]), np.full(10, 20))
+  again = placement.split_indices(1000, "all", 0, 200, labels=labels)
+  np.testing.assert_array_equal(subset, again)
+  from ml_collections import ConfigDict  # pylint: disable=import-outside-toplevel
+  fixed = ConfigDict(dict(split_seed=0, split_seed_from_seed=False))
+  varied = ConfigDict(dict(split_seed=0, split_seed_from_seed=True))
+  assert placement.split_seed(fixed, 3) == 0  # the old behaviour: one subset for every seed
+  other = placement.split_indices(1000, "all", placement.split_seed(varied, 1), 200, labels=labels)
+  assert not np.array_equal(subset, other)
+  np.testing.assert_array_equal(np.bincount(labels[other]), np.full(10, 20))
+  with pytest.raises(Exception, match="multiple of the 10 classes"):
+    placement.split_indices(1000, "all", 0, 205, labels=labels)

@@ -27,25 +27,79 @@ class DeviceData:
   std: jax.Array  # (text: 1, unused)
 
 
-def split_indices(num_examples: int, split: str, split_seed: int, examples: int = 0) -> np.ndarray:
+def split_seed(data_cfg, seed: int):
+  """The seed of every split draw: data.split_seed, or (data.split_seed, seed) with
+  data.split_seed_from_seed (each config.seed resamples its subsets)."""
+  if data_cfg.get("split_seed_from_seed", False):
+    return (int(data_cfg.split_seed), int(seed))
+  return data_cfg.split_seed
+
+
+def _generator(seed, stream: int = None) -> np.random.Generator:
+  """A NumPy generator of a split seed (an int or a tuple of ints) and an optional stream tag."""
+  words = list(seed) if isinstance(seed, tuple) else [seed]
+  if stream is not None:
+    words.append(stream)
+  return np.random.default_rng(words[0] if len(words) == 1 else words)
+
+
+def stratified_subset(labels: np.ndarray, examples: int, rng: np.random.Generator) -> np.ndarray:
+  """Positions of `examples` labels, the same number from each class (as scikit-learn's
+  StratifiedShuffleSplit for balanced classes): examples / classes of each, drawn without
+  replacement; the classes are those present in `labels`."""
+  classes = np.unique(labels)
+  if examples % classes.size:
+    raise KdJaxError(f"config.teacher.train_examples={examples} with teacher.stratify needs a "
+                     f"multiple of the {classes.size} classes.")
+  per_class = examples // classes.size
+  chosen = []
+  for label in classes:
+    members = np.flatnonzero(labels == label)
+    if members.size < per_class:
+      raise KdJaxError(f"class {label} has {members.size} examples, fewer than the {per_class} "
+                       "teacher.stratify takes of each; lower config.teacher.train_examples.")
+    chosen.append(rng.choice(members, per_class, replace=False))
+  return np.concatenate(chosen)
+
+
+def split_indices(num_examples: int, split: str, split_seed, examples: int = 0, *,
+                  labels: np.ndarray = None, stream: int = 1, what: str = "teacher"
+                  ) -> np.ndarray:
   """Indices of 'all' the train set, or of its seeded half 'd0' or 'd1' (data recycling), sorted.
 
   examples > 0 keeps a seeded subset of that many of them (teacher.train_examples: a few labelled
-  images). The subset uses its own generator, so it does not change the d0 / d1 halves.
+  images; distill.train_examples: less unlabelled data, `stream` 2). The subset uses its own
+  generator (the split seed and `stream`), so it does not change the d0 / d1 halves. Given the train
+  `labels`, the subset is stratified (stratified_subset). `split_seed` is an int or a tuple
+  (split_seed above).
   """
   if split == "all":
     indices = np.arange(num_examples)
   else:
-    order = np.random.default_rng(split_seed).permutation(num_examples)
+    order = _generator(split_seed).permutation(num_examples)
     half = num_examples // 2
     indices = np.sort(order[:half] if split == "d0" else order[half:])
   if examples <= 0:
     return indices
   if examples > indices.size:
-    raise KdJaxError(f"config.teacher.train_examples={examples} exceeds the {indices.size} examples "
+    raise KdJaxError(f"config.{what}.train_examples={examples} exceeds the {indices.size} examples "
                      f"of data split {split!r}; lower it (0 = all).")
-  subset = np.random.default_rng([split_seed, 1]).choice(indices.size, examples, replace=False)
+  rng = _generator(split_seed, stream)
+  if labels is not None:
+    subset = stratified_subset(np.asarray(labels)[indices], examples, rng)
+  else:
+    subset = rng.choice(indices.size, examples, replace=False)
   return np.sort(indices[subset])
+
+
+def normalization_statistics(data_cfg, images) -> tuple:
+  """(mean, std) per channel that augment.normalize applies: the train images' channel_statistics
+  (data.normalization 'standardize'), or 0.5 and 0.5 ('unitcube', the original's [-1, 1]: (x - 0.5)
+  / 0.5 = 2 x - 1 for x in [0, 1], up to standardization's 1e-8 on std)."""
+  if data_cfg.get("normalization", "standardize") == "unitcube" and images.dtype == np.uint8:
+    channels = images.shape[-1]
+    return np.full(channels, 0.5), np.full(channels, 0.5)
+  return channel_statistics(images)
 
 
 def appended_ood_images(ood_dataset, count: int, seed: int):
@@ -56,7 +110,7 @@ def appended_ood_images(ood_dataset, count: int, seed: int):
   if count > images.shape[0]:
     raise KdJaxError(f"config.distill.ood_examples={count} exceeds the {images.shape[0]} images of "
                      "config.distill.ood_data; lower it.")
-  return images[np.random.default_rng(seed).permutation(images.shape[0])[:count]]
+  return images[_generator(seed).permutation(images.shape[0])[:count]]
 
 
 def channel_statistics(images, chunk: int = 4096):

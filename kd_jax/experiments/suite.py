@@ -4,19 +4,24 @@ command, then a verdict per claim the folder's claims.py states, computed from t
   python -m kd_jax.reproduce --suite=configs/paper/small --workdir=runs/small --seeds=0,1,2
   python -m kd_jax.reproduce --suite=configs/paper/small --workdir=runs/small --dry-run
   python -m kd_jax.reproduce --suite=configs/paper/small --workdir=runs/small --report-only
+  python -m kd_jax.reproduce --suite=configs/paper/small --table=docs/reproduction/runs.csv \
+      --workdir=/tmp/from_table --report-only
 
 Every `*.py` of the suite folder not starting with '_', apart from claims.py, is an experiment file
 (VARIANTS and get_config(variant)); its runs go to <workdir>/<experiment>/<variant>/seed<k>. All
 experiments are planned together, so runs of any experiment that would train the same teachers share
 them (kd_jax/experiments/sweep.py). Rerunning the command skips finished runs and resumes an
-interrupted one where it stopped. Then it writes, per experiment, the usual report
+interrupted one where it stopped. An experiment file may set MIN_SEEDS (e.g. 10, the paper's trials
+of Table 1): its runs use --seeds extended by the next integers up to that many. Then it writes, per experiment, the usual report
 (<workdir>/<experiment>/report/) and, over the whole suite, <workdir>/report/results.md with one row
-per claim and one PNG per claim.
+per claim and one PNG per claim, and <workdir>/report/runs.csv: the compact table of every run's
+figures that the claims read, with the checkout's commit (kd_jax/experiments/suite_table.py). With
+--table, --report-only reads the verdicts' numbers from such a table instead of the runs.
 
 claims.py defines get_claims(suite) -> [verdicts.Claim]: the checks of each claim over the cells of
 `suite` (a verdicts.Suite: the runs of the workdir for the seeds). The verdict rule
-(verdicts.VERDICT_RULE, printed in the report) compares per-seed statistics with a threshold, two
-standard errors apart. A run that has not finished or whose metric is not finite is named in the
+(verdicts.VERDICT_RULE, printed in the report) compares per-seed statistics with a threshold by a
+one-sided Student's t test at 95 %, or with a margin by two of them (equivalence). A run that has not finished or whose metric is not finite is named in the
 report and never enters a number. A suite folder without claims.py gets its runs and reports, and no
 verdicts.
 """
@@ -30,12 +35,13 @@ import time
 
 from kd_jax import files
 from kd_jax.errors import KdJaxError
-from kd_jax.experiments import cli, report, sweep, verdicts
+from kd_jax.experiments import cli, report, suite_table, sweep, verdicts
 from kd_jax.experiments import plots as plots_lib
 
 REPORT_DIR = sweep.REPORT_DIR  # <workdir>/report and <workdir>/<experiment>/report
 CLAIMS_FILE = "claims.py"  # in the suite folder: get_claims(suite)
 TIMES_FILE = "suite_times.jsonl"  # one line per run this command finished: name and seconds
+TABLE_FILE = "runs.csv"  # in <workdir>/report: the compact table of the claims' figures
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -66,6 +72,18 @@ def load_claims(suite_dir: str):
   return get_claims
 
 
+def experiment_seeds(module, seeds) -> list:
+  """The seeds an experiment runs: `seeds`, extended by the integers after the largest one up to
+  the experiment file's MIN_SEEDS (if it sets one)."""
+  wanted = int(getattr(module, "MIN_SEEDS", 0) or 0)
+  out = list(seeds)
+  following = max(out) + 1
+  while len(out) < wanted:
+    out.append(following)
+    following += 1
+  return out
+
+
 # ---------------------------------------------------------------------------------------------------
 # The claims report
 
@@ -79,18 +97,19 @@ def _cell_text(cell: verdicts.Cell, percent: bool) -> str:
 def claims_markdown(claim_list, seeds, images: dict, times: dict = None) -> str:
   lines = ["# Reproduction of Stanton et al. (2021) at laptop scale", "",
            f"Seeds: {', '.join(map(str, seeds))}. Verdict rule: {verdicts.VERDICT_RULE}", "",
-           "| claim | paper | check | ours (mean ± std over seeds) | check verdict | claim verdict |",
-           "|---|---|---|---:|---|---|"]
+           "| claim | paper | check | carries the claim | test | ours (mean ± std over seeds) | "
+           "check verdict | claim verdict |",
+           "|---|---|---|---|---|---:|---|---|"]
   for claim in claim_list:
     for i, check in enumerate(claim.checks):
       first = i == 0
-      tag = "" if check.binding else " (informative)"
+      carries = "yes" if check.carries else "no (informative)"
       ours = check.ours()
       if check.statistic.problems:
         ours += "; " + "; ".join(sorted(set(check.statistic.problems.values())))
       lines.append(
           f"| {claim.key if first else ''} | {claim.paper if first else ''} | "
-          f"{check.text}{tag} | {ours} | {check.verdict} | "
+          f"{check.text} | {carries} | {check.test} | {ours} | {check.verdict} | "
           f"{'**' + claim.verdict + '**' if first else ''} |")
   for claim in claim_list:
     lines += ["", f"## {claim.key}: {claim.title}", "", f"Paper: {claim.paper}", "",
@@ -128,12 +147,16 @@ def read_times(root: str) -> dict:
 
 
 def write_claims_report(root: str, seeds, get_claims, out_dir: str = None,
-                        plots: bool = True) -> list:
+                        plots: bool = True, suite: verdicts.Suite = None, commit: str = None) -> list:
   """Writes results.md and one PNG per claim of get_claims (a claims.py's) over the runs in `root`
-  to out_dir (default <root>/report); returns the claims."""
+  (or over `suite`, e.g. one read from a runs table) to out_dir (default <root>/report); returns the
+  claims. Over the runs it also writes the runs table (TABLE_FILE) with `commit` (default: the
+  checkout's)."""
   out_dir = out_dir or os.path.join(root, REPORT_DIR)
   os.makedirs(out_dir, exist_ok=True)
-  claim_list = get_claims(verdicts.Suite(root, seeds))
+  suite = suite or verdicts.Suite(root, seeds)
+  from_runs = suite.rows is None
+  claim_list = get_claims(suite)
   images = {}
   if plots:
     plt = plots_lib.pyplot()
@@ -143,6 +166,10 @@ def write_claims_report(root: str, seeds, get_claims, out_dir: str = None,
       images[claim.key] = name
   files.write_text(os.path.join(out_dir, "results.md"),
                    claims_markdown(claim_list, seeds, images, read_times(root)))
+  if from_runs:
+    commit = commit or suite_table.checkout_commit(os.path.dirname(os.path.abspath(__file__)))
+    suite_table.write_table(os.path.join(out_dir, TABLE_FILE), suite_table.table_rows(root, suite),
+                            commit)
   return claim_list
 
 
@@ -150,11 +177,28 @@ def write_claims_report(root: str, seeds, get_claims, out_dir: str = None,
 # Running the suite
 
 def run_suite(suite_dir: str, root: str, seeds, overrides=(), experiments_text: str = "",
-              dry_run: bool = False, report_only: bool = False):
+              dry_run: bool = False, report_only: bool = False, table: str = ""):
   """Plans and runs (unless report_only) the suite's experiments, writes each one's report and the
-  claims report; returns the claims (None for a dry run or a suite without claims.py)."""
+  claims report; returns the claims (None for a dry run or a suite without claims.py). With
+  `table` (report_only only), the claims read a runs table instead of the runs."""
   paths = experiment_files(suite_dir)
   get_claims = load_claims(suite_dir)
+  if table:
+    if not report_only:
+      raise KdJaxError("--table reads a runs table instead of the runs: pass --report-only too.")
+    if get_claims is None:
+      raise KdJaxError(f"--table: {suite_dir} has no {CLAIMS_FILE}, so there is nothing to decide.")
+    rows, commits = suite_table.read_table(table)
+    claim_list = write_claims_report(root, seeds, get_claims,
+                                     suite=verdicts.Suite(root, seeds, rows=rows))
+    print(f"verdicts from {table} (runs of commit {', '.join(commits) or 'none'}):")
+    for claim in claim_list:
+      print(f"{claim.key}: {claim.verdict:12s} {claim.title}")
+    print(f"\nclaims report written to {os.path.join(root, REPORT_DIR)}/results.md", flush=True)
+    return claim_list
+  modules = {os.path.splitext(os.path.basename(path))[0]: sweep.load_experiment(path)
+             for path in paths}
+  per_experiment = {name: experiment_seeds(module, seeds) for name, module in modules.items()}
   names = [os.path.splitext(os.path.basename(path))[0] for path in paths]
   if experiments_text:
     wanted = [n.strip() for n in experiments_text.split(",") if n.strip()]
@@ -165,7 +209,7 @@ def run_suite(suite_dir: str, root: str, seeds, overrides=(), experiments_text: 
   if not report_only:
     experiments = [sweep.Experiment.load(path, os.path.join(root, name), prefix=f"{name}/")
                    for path, name in ((p, os.path.splitext(os.path.basename(p))[0]) for p in paths)]
-    runs = sweep.plan_experiments(experiments, seeds, overrides)
+    runs = sweep.plan_experiments(experiments, seeds, overrides, per_experiment)
     todo = sum(not run.done for run in runs)
     print(f"suite {suite_dir}: {len(experiments)} experiment(s), {len(runs)} runs ({todo} to run) "
           f"in {root}", flush=True)
@@ -191,7 +235,8 @@ def run_suite(suite_dir: str, root: str, seeds, overrides=(), experiments_text: 
   if get_claims is None:
     print(f"note: {suite_dir} has no {CLAIMS_FILE}: no verdicts", file=sys.stderr)
     return None
-  claim_list = write_claims_report(root, seeds, get_claims)
+  claim_list = write_claims_report(root, seeds, get_claims,
+                                   suite=verdicts.Suite(root, seeds, per_experiment))
   for claim in claim_list:
     print(f"{claim.key}: {claim.verdict:12s} {claim.title}")
   print(f"\nclaims report written to {os.path.join(root, REPORT_DIR)}/results.md", flush=True)
@@ -212,12 +257,15 @@ def main(argv=None) -> None:
   parser.add_argument("--dry-run", action="store_true", help="list the planned runs and stop")
   parser.add_argument("--report-only", action="store_true",
                       help="run nothing: reports and verdicts over the runs in --workdir")
+  parser.add_argument("--table", default="",
+                      help="with --report-only: verdicts from this runs table (e.g. "
+                           "docs/reproduction/runs.csv) instead of the runs")
   start = time.time()
   with cli.exit_statuses(sweep.RESUME_DETAIL):
     overrides, rest = sweep.split_overrides(argv)
     args = parser.parse_args(rest)
     run_suite(args.suite, args.workdir, sweep.parse_seeds(args.seeds), overrides,
-              args.experiments, args.dry_run, args.report_only)
+              args.experiments, args.dry_run, args.report_only, args.table)
   print(f"took {(time.time() - start) / 60:.1f} min", flush=True)
 
 

@@ -215,12 +215,18 @@ def _order(runs) -> list:
   return sorted(runs, key=lambda run: (first_use[id(run)], run.provider is not None))
 
 
-def plan_experiments(experiments, seeds, overrides) -> list:
+def plan_experiments(experiments, seeds, overrides, experiment_seeds: dict = None) -> list:
   """The runs of `experiments`, seed by seed (so an interrupted sweep already has every variant of a
-  seed once), with teachers shared across all of them and each run's saved state read."""
+  seed once), with teachers shared across all of them and each run's saved state read.
+  `experiment_seeds` ({experiment name: seeds}) replaces `seeds` for the experiments it names."""
   runs = []
-  for seed in seeds:
+  experiment_seeds = experiment_seeds or {}
+  every_seed = sorted(set(seeds).union(*map(set, experiment_seeds.values())),
+                      key=lambda s: (s not in seeds, s))
+  for seed in every_seed:
     for experiment in experiments:
+      if seed not in experiment_seeds.get(experiment.name, seeds):
+        continue
       for variant in experiment.variants:
         # A copy: an experiment file may hand out one shared config object.
         config = copy.deepcopy(cli.call_get_config(

@@ -24,6 +24,8 @@ Config fields (a `kd_jax.config.model_config()`, which states every default once
   head:  'dropout_mlp' | 'linear' (vgg16 classifier; 'dropout_mlp' is the original code's: two
          512-wide Dropout-Dense-ReLU layers; 'linear' is one Dense layer)
   pooling: 'avg' | 'max' (lenet5; 'avg' is the original code's)
+  init:  'flax' | 'torch' (lenet5, preresnet: the original code's PyTorch default initialization;
+         kd_jax/models/layers.py)
   embedding_size, lstm_layers: bilstm token embedding size (128) and stacked bidirectional layers (2)
 `depth`, `block`, `norm`, `head`, `pooling`, `embedding_size` and `lstm_layers` are ignored by the
 models they do not name.
@@ -36,6 +38,7 @@ import numpy as np
 
 from kd_jax.errors import KdJaxError
 from kd_jax.models.cifar_zoo import CIFAR_MODEL_NAMES, cifar_model
+from kd_jax.models.layers import MODEL_INITS
 from kd_jax.models.lenet import LENET_POOLINGS, LeNet5
 from kd_jax.models.lstm import BiLSTM
 from kd_jax.models.preresnet import PreResNet, blocks_per_stage
@@ -82,6 +85,17 @@ def _get_choice(cfg, field: str, choices, name: str) -> str:
   return value
 
 
+def _get_init(cfg, name: str) -> str:
+  """cfg.init ('flax' when absent); 'torch' only for the models that implement it."""
+  init = cfg.get('init', MODEL_INITS[0])
+  if init not in MODEL_INITS:
+    raise KdJaxError(f'model init {init!r} is unknown; valid values: {", ".join(MODEL_INITS)}')
+  if init != MODEL_INITS[0] and name not in ('lenet5', 'preresnet'):
+    raise KdJaxError(f"model init {init!r} is implemented for lenet5 and preresnet, not {name}; "
+                     f"use init='{MODEL_INITS[0]}'")
+  return init
+
+
 def _get_width(cfg, name: str) -> int:
   width = cfg.width
   if width is None or width == 0:  # 0 is the config files' "model default"
@@ -104,6 +118,7 @@ def build_model(cfg, num_classes: int, dtype=jnp.float32, num_tokens: int = 0) -
       or num_classes < 1):
     raise KdJaxError(f'num_classes must be a positive integer, got {num_classes!r}')
   num_classes = int(num_classes)
+  _get_init(cfg, name)  # refused for the models that do not implement it, before anything is built
   if (name in TEXT_MODEL_NAMES) != (num_tokens > 0):
     raise KdJaxError(f'model {name!r} reads {"token ids" if name in TEXT_MODEL_NAMES else "images"}'
                      f' but the data are {"token ids" if num_tokens > 0 else "images"}: use '
@@ -131,13 +146,14 @@ def build_model(cfg, num_classes: int, dtype=jnp.float32, num_tokens: int = 0) -
       raise KdJaxError(f'preresnet norm {norm!r} is unknown; valid norms: '
                        f'{", ".join(PRERESNET_NORMS)}')
     return PreResNet(num_classes=num_classes, depth=depth, block=block,
-                     width=_get_width(cfg, name), norm=norm, dtype=dtype)
+                     width=_get_width(cfg, name), norm=norm, dtype=dtype,
+                     param_init=_get_init(cfg, name))
   if name == 'lenet5':
     if cfg.width not in (None, 0):
       # Refuse rather than silently ignore, so a width sweep cannot train the same net repeatedly.
       raise KdJaxError('lenet5 has a fixed width; set model.width=0 (its default)')
     return LeNet5(num_classes=num_classes, pooling=_get_choice(cfg, 'pooling', LENET_POOLINGS, name),
-                  dtype=dtype)
+                  dtype=dtype, param_init=_get_init(cfg, name))
   if name == 'vgg16':
     return VGG(num_classes=num_classes, layout=VGG16_LAYOUT, width=_get_width(cfg, name),
                head=_get_choice(cfg, 'head', VGG_HEADS, name), dtype=dtype)

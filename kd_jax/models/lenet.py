@@ -7,6 +7,10 @@ closest to the 1998 subsampling) or 'max' (ours, as in many modern re-implementa
 pooling is computed is `max_pool_impl`: 'reshape' (`max_pool` below, the default) or 'reduce_window'
 (flax's nn.max_pool, what 'reshape' replaced; kept so that benchmarks can time the two against each
 other). Both give the same values; their gradients differ only at exact ties (see `max_pool`).
+
+`init` is model.init: 'flax' (ours: the zoo's N(0, 2 / fan_out) convolutions, flax's LeCun-normal
+Dense kernels and zero biases) or 'torch' (the original code's, which sets no initialization: PyTorch's
+defaults, every weight and bias ~ U(+-1 / sqrt(fan_in)); kd_jax/models/layers.py).
 """
 
 from typing import Any
@@ -15,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kd_jax.models.layers import conv_init
+from kd_jax.models.layers import conv_init, torch_init_options
 
 
 def max_pool(x, window_shape, strides):
@@ -51,6 +55,7 @@ class LeNet5(nn.Module):
   pooling: str = 'avg'
   dtype: Any = jnp.float32
   max_pool_impl: str = 'reshape'  # one of MAX_POOL_IMPLS; read only with pooling='max'
+  param_init: str = 'flax'  # model.init, one of layers.MODEL_INITS (Module.init is flax's)
 
   @nn.compact
   def __call__(self, x, train: bool = False, first_conv_output=None):
@@ -61,17 +66,24 @@ class LeNet5(nn.Module):
       raise ValueError(f'LeNet5 max_pool_impl {self.max_pool_impl!r} is not one of '
                        f'{MAX_POOL_IMPLS}')
     pool = nn.avg_pool if self.pooling == 'avg' else _MAX_POOL[self.max_pool_impl]
-    first_conv = nn.Conv(6, (5, 5), padding='SAME', kernel_init=conv_init, dtype=self.dtype)
+    def conv(features, fan_in, **options):
+      init = torch_init_options(self.param_init, fan_in) or dict(kernel_init=conv_init)
+      return nn.Conv(features, (5, 5), dtype=self.dtype, **init, **options)
+
+    def dense(features, fan_in):
+      return nn.Dense(features, dtype=self.dtype, **torch_init_options(self.param_init, fan_in))
+
+    first_conv = conv(6, 25 * x.shape[-1], padding='SAME')
     x = first_conv(x) if first_conv_output is None else first_conv_output
     x = pool(nn.relu(x), (2, 2), strides=(2, 2))
     self.sow('intermediates', 'stage1', x)
-    x = nn.Conv(16, (5, 5), padding='VALID', kernel_init=conv_init, dtype=self.dtype)(x)
+    x = conv(16, 25 * x.shape[-1], padding='VALID')(x)
     x = pool(nn.relu(x), (2, 2), strides=(2, 2))
     self.sow('intermediates', 'stage2', x)
     x = x.reshape((x.shape[0], -1))
-    x = nn.relu(nn.Dense(120, dtype=self.dtype)(x))
-    x = nn.relu(nn.Dense(84, dtype=self.dtype)(x))
-    x = nn.Dense(self.num_classes, dtype=self.dtype)(x)
+    x = nn.relu(dense(120, x.shape[-1])(x))
+    x = nn.relu(dense(84, x.shape[-1])(x))
+    x = dense(self.num_classes, x.shape[-1])(x)
     return x.astype(jnp.float32)
 
 

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
-from kd_jax.models.layers import conv_init
+from kd_jax.models.layers import conv_init, torch_init_options
 
 
 BASIC_EXPANSION = 1
@@ -106,6 +106,9 @@ class PreResNet(nn.Module):
   width: int = 16
   norm: str = 'batch'
   dtype: Any = jnp.float32
+  # model.init (layers.MODEL_INITS): 'torch' gives the output layer PyTorch's default (the original
+  # sets none there); the convolutions keep the original's explicit N(0, 2 / fan_out) either way.
+  param_init: str = 'flax'  # (Module.init is flax's method)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -124,5 +127,6 @@ class PreResNet(nn.Module):
     x = nn.relu(norm()(x))
     # Pool in float32 so a bf16 model does not lose precision summing the 8x8 positions.
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-    x = nn.Dense(self.num_classes, dtype=self.dtype)(x)
+    x = nn.Dense(self.num_classes, dtype=self.dtype,
+                 **torch_init_options(self.param_init, x.shape[-1]))(x)
     return x.astype(jnp.float32)

@@ -103,6 +103,26 @@ def evaluate(ctx: phases.Context, evaluator, teacher_variables, student_variable
   return results, test_member_logits
 
 
+def start_metrics(ctx: phases.Context, evaluator, teacher_variables, start_variables, *,
+                  labelled: int, train_member_logits=None) -> dict:
+  """The student's test and train metrics at its start (before distillation), as
+  start_<split>_<metric>: where an initialization (e.g. interpolation towards the teacher) already
+  puts the student, so that its end can be read against it."""
+  data, out = ctx.distill_data, {}
+  for split, images, labels, member_logits in (
+      ("test", data.test_images, data.test_labels, None),
+      ("train", data.train_images[:labelled], data.train_labels[:labelled],
+       None if train_member_logits is None else train_member_logits[:, :labelled])):
+    if member_logits is None:
+      member_logits = evaluator.teacher_logits(teacher_variables, images, data.mean, data.std,
+                                               label=f"teachers on {split}")
+    student_logits = evaluator.student_logits(start_variables, images, data.mean, data.std,
+                                              label=f"student at its start on {split}")
+    values = evaluation.split_metrics(member_logits, student_logits, labels)["student"]
+    out.update({f"start_{split}_{k}": v for k, v in values.items()})
+  return out
+
+
 def independent_baseline(ctx: phases.Context, evaluator, teacher, student,
                          test_member_logits) -> dict:
   """A second student, distilled the same way from an independently trained ensemble; its agreement
@@ -165,14 +185,18 @@ class Splits:
 
 def data_splits(config, dataset, ood) -> Splits:
   num_train = dataset.train_images.shape[0]
+  seed = placement.split_seed(config.data, config.seed)
   appended_ood = None
   if ood is not None and config.distill.ood_mode == "append":
-    appended_ood = placement.appended_ood_images(ood, config.distill.ood_examples,
-                                                 config.data.split_seed)
+    appended_ood = placement.appended_ood_images(ood, config.distill.ood_examples, seed)
+  stratify = config.teacher.get("stratify", False)
   return Splits(
-      teacher=placement.split_indices(num_train, config.teacher.data_split, config.data.split_seed,
-                                      config.teacher.train_examples),
-      distill=placement.split_indices(num_train, config.distill.data_split, config.data.split_seed),
+      teacher=placement.split_indices(num_train, config.teacher.data_split, seed,
+                                      config.teacher.train_examples,
+                                      labels=dataset.train_labels if stratify else None),
+      distill=placement.split_indices(num_train, config.distill.data_split, seed,
+                                      config.distill.get("train_examples", 0), stream=2,
+                                      what="distill"),
       appended_ood=appended_ood)
 
 
@@ -215,7 +239,7 @@ def run(config, workdir: str) -> dict:
   workdir = os.path.abspath(workdir)
   resuming = workdir_lib.prepare(workdir, config)
 
-  statistics = placement.channel_statistics(dataset.train_images)
+  statistics = placement.normalization_statistics(config.data, dataset.train_images)
   ctx = phases.Context(
       config=config, workdir=workdir, mesh=mesh, log=metrics_log.MetricsLog(workdir),
       plan=phases.study_plan(config, teacher_examples, distill_examples, labelled, test_examples),
@@ -244,6 +268,12 @@ def run(config, workdir: str) -> dict:
   # The first `labelled` images of the distillation set are labelled; appended OOD ones follow.
   results, test_member_logits = evaluate(ctx, evaluator, teacher_variables, student_variables,
                                          labelled=labelled, train_member_logits=train_member_logits)
+  if config.evaluation.student_start:
+    results["student"].update(start_metrics(
+        ctx, evaluator, teacher_variables,
+        student_lib.start_variables(ctx, student, teacher, teacher_variables,
+                                    phases.seed_key(config, phases.STUDENT)),
+        labelled=labelled, train_member_logits=train_member_logits))
   if config.evaluation.independent_student:
     results["student"].update(
         independent_baseline(ctx, evaluator, teacher, student, test_member_logits))

@@ -7,6 +7,7 @@ import dataclasses
 
 import jax
 import ml_collections
+import optax
 
 from kd_jax import checkpoint, distill, evaluation, loop, methods, parallel, train
 from kd_jax.data import augment as augment_lib
@@ -147,6 +148,14 @@ def periodic_evaluation(ctx: phases.Context, student, teacher, teacher_variables
     return {f"test_{k}": v for k, v in values.items()}
 
   return evaluate
+
+
+def start_variables(ctx: phases.Context, student, teacher, teacher_variables, rng):
+  """The student's variables before its first step: initial_student's from the same key (so the very
+  start the distillation resumes from), for the evaluation's 'at the start' figures. The optimizer
+  plays no part in them."""
+  return train.model_variables(
+      initial_student(ctx, student, teacher, optax.identity(), rng, teacher_variables))
 
 
 def distill_student(ctx: phases.Context, student, teacher, teacher_variables, student_dir: str, rng,

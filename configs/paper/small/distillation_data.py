@@ -7,11 +7,17 @@ batch, labelled by the teachers), noise (each image replaced by uniform noise wi
 ood_cifar10 (2,000 CIFAR-10 training images in grayscale, resized to 28x28, appended to
 the 10,000: 1/6 of the distillation set, the original code's proportion for 10,000 SVHN images next to
 50,000 CIFAR images), and data recycling: teachers trained on a seeded half D0 (5,000 images), the
-student distilled on D0 (recycle_d0) or on D0 u D1, all 10,000 (recycle_d0_d1), and gan (samples of
+student distilled on D0 (recycle_d0), on D1 alone (recycle_d1, the paper's third recycling variant) or
+on D0 u D1, all 10,000 (recycle_d0_d1), and gan (samples of
 a small SN-GAN trained on the same 10,000 images: 25 of each batch of 128, 1 synthetic : 4 real,
 labelled only by the teachers; the generator is GAN_WORKDIR below, trained first with
 `python run.py --config=configs/gan_fashion_mnist.py --workdir=runs/gan_fmnist`; not in VARIANTS, so
 the suite's sweep leaves it out: run it with run.py, docs/reproduction.md has the commands).
+
+Step-matched controls: appending OOD images adds steps per epoch (10,000 -> 12,000 images), and D0 u
+D1 doubles them against D0, so a data effect and a steps effect are confounded at equal epochs.
+baseline_steps_ood is the baseline at ood_cifar10's number of student steps, recycle_d0_steps D0 at
+recycle_d0_d1's: the claims compare each data change with the control of the same steps.
 
 C4 (paper Fig. 4 and section 5, 5x ResNet-56 on CIFAR-100): baseline test agreement 84.5 %, MixUp (the
 best policy) only 86 %; MixUp raises student accuracy more than agreement; noise and OOD (SVHN) data
@@ -37,6 +43,10 @@ OOD_EXAMPLES = 2000
 # configs/gan_fashion_mnist.py. Missing, the gan runs stop with a one-line error naming it.
 GAN_WORKDIR = "runs/gan_fmnist"
 
+# Student steps of the step-matched controls: (images // batch) x epochs of the variant they match.
+OOD_STEPS = (_base.TRAIN_SIZE + OOD_EXAMPLES) // 128 * _base.STUDENT_EPOCHS
+D0_D1_STEPS = _base.TRAIN_SIZE // 128 * _base.STUDENT_EPOCHS
+
 OVERRIDES = {
     "baseline": {},
     "mixup": {"distill.augment": "mixup"},
@@ -46,7 +56,11 @@ OVERRIDES = {
         "distill.ood_data": kd_config.data_config(
             name="cifar10", source="image_folder", path=CIFAR10_JPEG, grayscale=True,
             image_size=28)},
+    "baseline_steps_ood": {"student.steps": OOD_STEPS},
     "recycle_d0": {"teacher.data_split": "d0", "distill.data_split": "d0"},
+    "recycle_d0_steps": {"teacher.data_split": "d0", "distill.data_split": "d0",
+                         "student.steps": D0_D1_STEPS},
+    "recycle_d1": {"teacher.data_split": "d0", "distill.data_split": "d1"},
     "recycle_d0_d1": {"teacher.data_split": "d0", "distill.data_split": "all"},
     # The original's synth_ratio (configs/paper/augmentation.py:gan) with the laptop generator.
     "gan": {"distill.synthetic_workdir": GAN_WORKDIR, "distill.synthetic_fraction": 0.2},

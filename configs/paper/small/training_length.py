@@ -3,6 +3,10 @@
 (3, 9 and 30 epochs), with SGD (Nesterov, the paper's student recipe) and with Adam (lr 1e-3, no
 weight decay, same cosine schedule to 0; our choice: the paper does not list Adam's settings).
 
+The sgd_warm variants are the same with the student schedule to try as the suite's base (lr 0.05 with
+a 1-epoch linear warm-up, _base.WARM_LEARNING_RATE): their curve of train agreement against epochs
+shows whether the base schedule has flattened; docs/reproduction.md.
+
 C7 (paper Fig. 5, section 6, PreResNet-20 LayerNorm on CIFAR-100): train agreement 78.9 % after 300 SGD
 epochs, 81.3 % after 1k and 83.4 % after 5k: longer training raises train agreement slowly; Adam does a
 bit worse, so the optimizer is not the fix.
@@ -19,9 +23,13 @@ from configs.paper.small import _base
 BASE_EPOCHS = 3
 MULTIPLES = (1, 3, 10)
 OVERRIDES = {}
-for optimizer in ("sgd", "adam"):
+for optimizer in ("sgd", "sgd_warm", "adam"):
   for multiple in MULTIPLES:
     OVERRIDES[f"{optimizer}_{multiple}x"] = {"student.epochs": BASE_EPOCHS * multiple}
+    if optimizer == "sgd_warm":
+      OVERRIDES[f"{optimizer}_{multiple}x"].update({
+          "student.optimizer.learning_rate": _base.WARM_LEARNING_RATE,
+          "student.optimizer.warmup_epochs": _base.WARMUP_EPOCHS})
     if optimizer == "adam":
       OVERRIDES[f"{optimizer}_{multiple}x"].update({
           "student.optimizer.name": "adam", "student.optimizer.learning_rate": 1e-3,
