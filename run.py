@@ -63,4 +63,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  main(sys.argv)
+  runtime.run_entry_point(main, sys.argv)

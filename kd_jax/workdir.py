@@ -240,6 +240,12 @@ def release(workdir: str) -> None:
   _release(os.path.abspath(workdir))
 
 
+def release_all() -> None:
+  """Gives back every lock this process holds (a process about to end without running atexit)."""
+  for workdir in list(_HELD):
+    _release(workdir)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Writing
 
