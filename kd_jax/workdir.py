@@ -276,6 +276,17 @@ def write_results(workdir: str, results: dict) -> None:
       os.remove(os.path.join(workdir, DIVERGED_FILE))  # an earlier attempt's
 
 
+def read_results(workdir: str):
+  """The results of a finished run (results.json), or None: a run is finished only if its results
+  parse, so one whose results.json is missing or damaged is evaluated again when it is rerun."""
+  try:
+    with open(os.path.join(workdir, RESULTS_FILE), encoding="utf-8") as f:
+      results = json.load(f)
+  except (OSError, ValueError, UnicodeDecodeError):
+    return None
+  return results if isinstance(results, dict) else None
+
+
 def write_diverged(workdir: str, message: str) -> None:
   """Marks the workdir's run as diverged (report and sweep read this)."""
   if is_main_process() and os.path.isdir(workdir):
