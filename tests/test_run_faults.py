@@ -1,15 +1,17 @@
 """Whole runs of run.py meeting faults a new user meets on the quickstart: signals while JAX compiles,
 a finished run run again, a disk that fills up, one-class data."""
 
+import json
 import os
 import signal
 import subprocess
 
 import pytest
 
-from conftest import start_run
+from conftest import run_cli, start_run
 
 QUICKSTART = "--config=configs/quickstart.py"
+TINY = "--config=tests/tiny_config.py"
 
 
 def _signal_after_plan(workdir, cache, delay: float, signum=signal.SIGTERM):
@@ -46,3 +48,29 @@ def test_sigterm_while_the_first_programs_compile_exits_130(tmp_path, delay):
   assert stderr.strip().splitlines() == [
       f"interrupted; rerun the same command to resume from {workdir}"], stderr
   assert not (workdir / ".lock").exists()
+
+
+@pytest.mark.e2e
+def test_a_finished_run_prints_its_results_and_force_evaluation_evaluates_again(tmp_path):
+  workdir = tmp_path / "run"
+  first = run_cli([TINY, f"--workdir={workdir}"])
+  assert first.returncode == 0, first.stderr
+  table = first.stdout[first.stdout.index("model "):]
+  metrics = (workdir / "metrics.jsonl").read_text()
+  results = (workdir / "results.json").read_text()
+
+  again = run_cli([TINY, f"--workdir={workdir}"])
+  assert again.returncode == 0 and again.stderr == "", again.stderr
+  assert again.stdout == (f"workdir {workdir} holds this run, finished; its results.json follows "
+                          f"(rerun with --force_evaluation to evaluate it again)\n{table}")
+  assert (workdir / "metrics.jsonl").read_text() == metrics
+  assert (workdir / "results.json").read_text() == results
+  assert not (workdir / ".lock").exists()
+
+  forced = run_cli([TINY, f"--workdir={workdir}", "--force_evaluation"])
+  assert forced.returncode == 0, forced.stderr
+  assert forced.stdout.endswith(table) and "(resuming)" in forced.stdout
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert len(records) > len(metrics.splitlines())
+  assert records[-1]["phase"] == "evaluation"
+  assert json.loads((workdir / "results.json").read_text()) == json.loads(results)
