@@ -66,7 +66,7 @@ def load_experiment(path: str):
   if ":" in path:
     raise KdJaxError(f"--config={path}: pass the experiment file alone and pick variants with "
                      "--variants.")
-  if not os.path.isfile(path):
+  if not os.path.exists(path):  # (a folder: cli.load_module lists its files)
     raise KdJaxError(f"experiment file {path} does not exist; see configs/paper/.")
   module = cli.load_module(path, what="experiment file")
   variants = getattr(module, "VARIANTS", None)
