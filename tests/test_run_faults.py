@@ -74,3 +74,17 @@ def test_a_finished_run_prints_its_results_and_force_evaluation_evaluates_again(
   assert len(records) > len(metrics.splitlines())
   assert records[-1]["phase"] == "evaluation"
   assert json.loads((workdir / "results.json").read_text()) == json.loads(results)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("override, message", [
+    ("--config.student.steps=-1", "error: config.student.steps=-1 must be >= 0"),
+    ("--config.evaluation.test_size=1000", "error: config.evaluation.test_size=1000 exceeds the 360 "
+                                           "test examples"),
+])
+def test_sizes_that_mean_nothing_are_one_line_before_the_workdir(tmp_path, override, message):
+  result = run_cli([QUICKSTART, f"--workdir={tmp_path / 'run'}", override])
+  assert result.returncode == 2, result.stdout[-2000:] + result.stderr
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(message), result.stderr
+  assert not (tmp_path / "run").exists()

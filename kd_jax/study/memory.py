@@ -209,7 +209,7 @@ def run(config, workdir: str) -> dict:
   splits = data_splits(config, dataset, ood)
   teacher_examples, distill_examples = int(splits.teacher.size), splits.distill_examples
   labelled = int(splits.distill.size)
-  test_examples = config.evaluation.test_size or int(dataset.test_images.shape[0])
+  test_examples = phases.test_examples(config, int(dataset.test_images.shape[0]))
   phases.check_sizes(config, teacher_examples, distill_examples, test_examples, mesh)
   workdir = os.path.abspath(workdir)
   resuming = workdir_lib.prepare(workdir, config)

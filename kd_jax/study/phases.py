@@ -142,6 +142,16 @@ def study_plan(config, teacher_examples: int, distill_examples: int, labelled_ex
   return StudyPlan(phases)
 
 
+def test_examples(config, num_test: int) -> int:
+  """The test examples the evaluation reads: config.evaluation.test_size (0: all `num_test`); a
+  test_size beyond the test set is a KdJaxError (before any work)."""
+  test_size = config.evaluation.test_size
+  if test_size > num_test:
+    raise KdJaxError(f"config.evaluation.test_size={test_size} exceeds the {num_test} test "
+                     "examples; lower it, or 0 for the whole test set.")
+  return test_size or num_test
+
+
 def check_sizes(config, teacher_examples: int, distill_examples: int, test_examples: int,
                 mesh) -> None:
   """Raises KdJaxError where the config does not fit the data or the devices (before any work)."""

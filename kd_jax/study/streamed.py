@@ -264,7 +264,7 @@ def run(config, workdir: str) -> dict:
     teacher_variables = teachers_lib.load_teachers(teacher, config.teacher.load_from,
                                                    config.teacher.ensemble_size, image_shape, mesh)
   num_train, num_test = len(source.train), len(source.test)
-  test_examples = min(config.evaluation.test_size or num_test, num_test)
+  test_examples = phases.test_examples(config, num_test)
   phases.check_sizes(config, num_train, num_train, test_examples, mesh)
   for phase in ("teacher", "student"):
     if config[phase].batch_size % jax.process_count():
