@@ -6,6 +6,8 @@ import os
 import signal
 import subprocess
 
+import numpy as np
+import PIL.Image
 import pytest
 
 from conftest import run_cli, start_run
@@ -87,4 +89,28 @@ def test_sizes_that_mean_nothing_are_one_line_before_the_workdir(tmp_path, overr
   assert result.returncode == 2, result.stdout[-2000:] + result.stderr
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith(message), result.stderr
+  assert not (tmp_path / "run").exists()
+
+
+def _image_folder(root, counts):
+  """root/{train,test}/<class>/<i>.png, 8x8 grayscale, `counts` = {(split, class): images}."""
+  rng = np.random.default_rng(0)
+  for (split, name), count in counts.items():
+    folder = root / split / name
+    folder.mkdir(parents=True)
+    for i in range(count):
+      PIL.Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(folder / f"{i}.png")
+  return root
+
+
+@pytest.mark.e2e
+def test_an_image_folder_of_one_class_is_one_line_before_the_workdir(tmp_path):
+  data = _image_folder(tmp_path / "data", {("train", "cat"): 40, ("test", "cat"): 10})
+  result = run_cli([TINY, f"--workdir={tmp_path / 'run'}", "--config.data.source=image_folder",
+                    f"--config.data.path={data}", "--config.data.grayscale=true"],
+                   env_extra={"KD_JAX_CACHE": str(tmp_path / "cache")})
+  assert result.returncode == 2, result.stdout[-2000:] + result.stderr
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: config.data holds 1 class; classification "
+                                                 "needs at least 2"), result.stderr
   assert not (tmp_path / "run").exists()

@@ -136,6 +136,7 @@ def load_inputs(config):
   """(dataset, OOD dataset or None, synthetic (sampler, generator variables) or None): everything
   read from disk, checked before the workdir is touched."""
   dataset = load_dataset(config.data)
+  phases.check_classes(dataset.num_classes, dataset.train_labels, dataset.test_labels)
   ood = (load_dataset(config.distill.ood_data, key="distill.ood_data")
          if config.distill.ood_data.source else None)
   image_shape = tuple(dataset.train_images.shape[1:])

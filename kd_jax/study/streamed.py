@@ -253,6 +253,7 @@ def run(config, workdir: str) -> dict:
   phases.teacher_policy(config)
   phases.distillation_policy(config)
   source = stream_lib.open_source(config.data)
+  phases.check_classes(source.num_classes)
   crop = config.data.stream.crop_size
   image_shape = (crop, crop, source.channels)
   compute_dtype = phases.compute_dtype(config)
