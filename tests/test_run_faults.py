@@ -3,14 +3,16 @@ a finished run run again, a disk that fills up, one-class data."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
+import sys
 
 import numpy as np
 import PIL.Image
 import pytest
 
-from conftest import run_cli, start_run
+from conftest import REPO, TEST_COMPILATION_CACHE, run_cli, start_run
 
 QUICKSTART = "--config=configs/quickstart.py"
 TINY = "--config=tests/tiny_config.py"
@@ -113,4 +115,41 @@ def test_an_image_folder_of_one_class_is_one_line_before_the_workdir(tmp_path):
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: config.data holds 1 class; classification "
                                                  "needs at least 2"), result.stderr
+  assert not (tmp_path / "run").exists()
+
+
+def _without_read_override(args, env_extra):
+  """`python run.py ARGS` as a user whom file permissions bind: root's override of them dropped with
+  capsh (the test is skipped where neither that nor a non-root user is available)."""
+  command = [sys.executable, "run.py", *args]
+  if os.geteuid() == 0:
+    if shutil.which("capsh") is None:
+      pytest.skip("needs a non-root user or capsh to make a folder unreadable")
+    command = ["capsh", "--drop=cap_dac_override,cap_dac_read_search", "--", "-c",
+               " ".join(f"'{part}'" for part in command)]
+  env = {**os.environ, "KD_JAX_COMPILATION_CACHE": TEST_COMPILATION_CACHE, **env_extra}
+  return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("pipeline, unreadable", [
+    ("auto", "train/cat"), ("memory", "train/cat"), ("stream", "train/cat"),
+    ("memory", "test/dog/3.png")])
+def test_unreadable_data_is_one_line_naming_it(tmp_path, pipeline, unreadable):
+  data = _image_folder(tmp_path / "data", {(split, name): 40 for split in ("train", "test")
+                                           for name in ("cat", "dog")})
+  (data / unreadable).chmod(0)
+  try:
+    result = _without_read_override(
+        [TINY, f"--workdir={tmp_path / 'run'}", "--config.data.source=image_folder",
+         f"--config.data.path={data}", "--config.data.grayscale=true",
+         f"--config.data.pipeline={pipeline}", "--config.data.stream.crop_size=8",
+         "--config.evaluation.augmented_batches=0"],
+        {"KD_JAX_CACHE": str(tmp_path / "cache")})
+  finally:
+    (data / unreadable).chmod(0o755)
+  assert result.returncode == 2, result.stdout[-2000:] + result.stderr
+  lines = result.stderr.strip().splitlines()
+  assert lines == [f"error: cannot read {data / unreadable} (Permission denied); the data must be "
+                   "readable by this user: check its permissions."], result.stderr
   assert not (tmp_path / "run").exists()
