@@ -135,6 +135,7 @@ def prepare(workdir: str, config: ml_collections.ConfigDict) -> bool:
   _sync("kd_jax workdir checked")
   error = None
   if is_main_process():
+    created = not os.path.exists(workdir)
     try:
       os.makedirs(workdir, exist_ok=True)
       lock(workdir)
@@ -143,10 +144,25 @@ def prepare(workdir: str, config: ml_collections.ConfigDict) -> bool:
     except KdJaxError as e:
       error = e
     except OSError as e:
-      error = KdJaxError(f"cannot write to workdir {workdir} ({e.strerror or e}); choose a "
-                         "--workdir in a folder you can write to.")
+      error = KdJaxError(f"cannot write to workdir {workdir} ({e.strerror or e}); free disk space or "
+                         "choose a --workdir in a folder you can write to.")
+    if error is not None and not resuming:
+      _undo_prepare(workdir, created)
   _raise_everywhere(error)
   return resuming
+
+
+def _undo_prepare(workdir: str, created: bool) -> None:
+  """After a failed `prepare` of a new run: gives the lock back and removes the folder if this
+  process created it (it holds nothing else then), so that no empty workdir is left behind."""
+  if os.path.abspath(workdir) in _HELD:
+    release(workdir)
+  if created:
+    with contextlib.suppress(OSError):
+      for name in os.listdir(workdir):
+        if _ours(name):
+          os.remove(os.path.join(workdir, name))
+      os.rmdir(workdir)
 
 
 def _raise_everywhere(error) -> None:

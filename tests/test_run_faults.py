@@ -153,3 +153,35 @@ def test_unreadable_data_is_one_line_naming_it(tmp_path, pipeline, unreadable):
   assert lines == [f"error: cannot read {data / unreadable} (Permission denied); the data must be "
                    "readable by this user: check its permissions."], result.stderr
   assert not (tmp_path / "run").exists()
+
+
+def _run_with_file_size_limit(args, limit: int):
+  """`python run.py ARGS` whose writes past `limit` bytes per file fail (EFBIG), as on a full disk:
+  RLIMIT_FSIZE with SIGXFSZ ignored, set by a small Python that then execs run.py; the compilation
+  cache off (its files are larger)."""
+  limited = (f"import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+             f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); "
+             f"os.execv(sys.executable, [sys.executable, 'run.py', *sys.argv[1:]])")
+  env = {**os.environ, "JAX_ENABLE_COMPILATION_CACHE": "false"}
+  return subprocess.run([sys.executable, "-c", limited, *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.e2e
+def test_a_full_disk_during_training_is_one_line(tmp_path):
+  # config.json and metrics.jsonl fit in 64 kB, the teachers' first checkpoint (150 kB) does not.
+  result = _run_with_file_size_limit([TINY, f"--workdir={tmp_path / 'run'}"], 64_000)
+  assert result.returncode == 2, result.stdout[-2000:] + result.stderr
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: could not write checkpoint "), (
+      f"{len(lines)} lines:\n" + result.stderr[-3000:])
+
+
+@pytest.mark.e2e
+def test_a_full_disk_before_config_json_leaves_no_workdir(tmp_path):
+  result = _run_with_file_size_limit([TINY, f"--workdir={tmp_path / 'run'}"], 1_000)
+  assert result.returncode == 2, result.stdout[-2000:] + result.stderr
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(f"error: cannot write to workdir {tmp_path / 'run'} ("
+                                                 ), result.stderr
+  assert not (tmp_path / "run").exists()
