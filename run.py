@@ -6,9 +6,9 @@
 
 Rerunning a command resumes its workdir; a finished run prints its results (--force_evaluation
 evaluates it again). Exit status: 0 done; 2 a problem the user can fix (a bad config file, key or
-value, missing data or teacher checkpoints, a workdir that holds another run or is in use), printed as
-one line; 3 training diverged (non-finite loss or weights; diverged.json in the
-workdir); 130 stopped by Ctrl-C or SIGTERM after saving a checkpoint (rerun to resume).
+value, missing data or teacher checkpoints, a workdir that holds another run or is in use), printed
+as one line; 3 training diverged (non-finite loss or weights; diverged.json in the workdir); 130
+stopped by Ctrl-C or SIGTERM after saving a checkpoint (rerun to resume).
 """
 
 import argparse
@@ -31,8 +31,8 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--print_config", action="store_true",
                       help="print the resolved config (after overrides) as JSON and exit")
   parser.add_argument("--force_evaluation", action="store_true",
-                      help="a finished run in --workdir is evaluated again (results.json rewritten) "
-                           "instead of printing its results")
+                      help="a finished run in --workdir is evaluated again (results.json "
+                           "rewritten) instead of printing its results")
   parser.add_argument("--distributed", action="store_true",
                       help="call jax.distributed.initialize() first (multi-host TPU pods, GPU "
                            "clusters); on TPU, SLURM, Kubernetes and MPI it finds the processes "

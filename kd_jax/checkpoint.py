@@ -89,8 +89,8 @@ def _quiet_failure():
   """Keeps the noise of a failing restore or save off stderr; the failure itself is reported in one
   line.
 
-  Orbax gives up at the first failed read (or write) while others are still in flight, and closes its
-  event loop under them: their completions print 'RuntimeError: Event loop is closed' tracebacks
+  Orbax gives up at the first failed read (or write) while others are still in flight, and closes
+  its event loop under them: their completions print 'RuntimeError: Event loop is closed' tracebacks
   from background threads. While a restore runs (and for a moment after it fails, so that the
   in-flight local reads finish) stderr goes to a buffer that is dropped; the reads' own exceptions,
   logged when their tasks are collected later, are filtered (`_AbandonedReadErrors`).

@@ -1,9 +1,9 @@
 """The run's metric log: metrics.jsonl, and TensorBoard event files beside it.
 
 metrics.jsonl gets one JSON object per logged step or evaluation (process 0 only); a non-finite number
-is written as null (valid JSON), and readers skip a last line cut short by a kill; the next run drops
-that line before it appends. The same numbers go
-to TensorBoard event files in the workdir, so `tensorboard --logdir runs/` shows every run.
+is written as null (valid JSON), and readers skip a last line cut short by a kill (the next run
+drops it before it appends). The same numbers go to TensorBoard event files in the workdir, so
+`tensorboard --logdir runs/` shows every run.
 
 The event files are written with tensorboardX: a maintained writer of TensorBoard's event format that
 needs only NumPy and protobuf (already here through tensorflow-datasets), where clu.metric_writers would
@@ -21,7 +21,7 @@ import time
 from kd_jax import workdir as workdir_lib
 
 
-# Far more bytes than one record takes (a few hundred): how far back a partial last line is searched.
+# Far more bytes than a record takes (a few hundred): how far back a partial last line is sought.
 _LONGEST_RECORD = 1 << 20
 # Record fields that are not curves.
 _NOT_SCALARS = ("phase", "step", "time", "members", "event")

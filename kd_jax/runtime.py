@@ -18,10 +18,10 @@ and go on; `install_signal_handlers` drops that report instead, the flag stays s
 check (`raise_if_stopped`: between steps, per evaluation chunk, at phase boundaries) stops the run.
 
 Ending the process. An interrupted run ends through `run_entry_point` with os._exit, after its one
-line is printed, its output flushed and its workdir locks released: a signal can stop the main thread
-inside a JAX compilation, and Python's finalization with XLA's threads still about then crashed
-(a segmentation fault, exit 139 instead of 130). By then there is nothing left to save: the training
-loop has saved its checkpoint and every checkpoint manager is closed.
+line is printed, its output flushed and its workdir locks released: a signal can stop the main
+thread inside a JAX compilation, and Python's finalization with XLA's threads still about then
+crashed (a segmentation fault, exit 139 instead of 130). By then there is nothing left to save:
+the training loop has saved its checkpoint and every checkpoint manager is closed.
 """
 
 import contextlib

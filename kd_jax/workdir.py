@@ -144,8 +144,8 @@ def prepare(workdir: str, config: ml_collections.ConfigDict) -> bool:
     except KdJaxError as e:
       error = e
     except OSError as e:
-      error = KdJaxError(f"cannot write to workdir {workdir} ({e.strerror or e}); free disk space or "
-                         "choose a --workdir in a folder you can write to.")
+      error = KdJaxError(f"cannot write to workdir {workdir} ({e.strerror or e}); free disk space "
+                         "or choose a --workdir in a folder you can write to.")
     if error is not None and not resuming:
       _undo_prepare(workdir, created)
   _raise_everywhere(error)

@@ -1,4 +1,4 @@
-"""kd_jax/config.py under faults: values that used to be accepted and silently meant something else."""
+"""kd_jax/config.py under faults: values once accepted that silently meant something else."""
 
 import pytest
 

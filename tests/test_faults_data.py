@@ -1,4 +1,5 @@
-"""kd_jax/data (load_dataset and the readers of sources.py) under faults: data this user may not read."""
+"""kd_jax/data (load_dataset, the readers of sources.py) under faults: data this user may not
+read."""
 
 import builtins
 import pickle

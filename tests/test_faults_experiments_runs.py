@@ -1,5 +1,5 @@
-"""kd_jax/experiments/runs.py and verdicts.py under faults: a run whose results.json is damaged is not
-finished."""
+"""kd_jax/experiments/runs.py and verdicts.py under faults: a run whose results.json is damaged is
+not finished."""
 
 import json
 

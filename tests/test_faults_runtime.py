@@ -40,7 +40,8 @@ def test_a_signal_inside_a_gc_callback_is_one_line_and_exit_130():
   result = subprocess.run([sys.executable, "-c", _SIGNAL_IN_GC_CALLBACK], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
   assert result.returncode == 130, result.stdout + result.stderr
-  assert result.stderr.splitlines() == ["interrupted; rerun the same command to resume"], result.stderr
+  assert result.stderr.splitlines() == ["interrupted; rerun the same command to resume"], (
+      result.stderr)
   assert "not stopped" not in result.stdout
 
 

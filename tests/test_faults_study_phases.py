@@ -20,7 +20,7 @@ def test_classes_the_training_set_lacks_are_a_warning_with_the_accuracy_bound(ca
   captured = capsys.readouterr()
   assert captured.out == ""
   assert captured.err.splitlines() == [
-      "warning: 1 of the 3 classes (labels 2) have test examples but no training examples; no model "
-      "can learn them, so test accuracy is at most 50.00%"]
+      "warning: 1 of the 3 classes (labels 2) have test examples but no training examples; no "
+      "model can learn them, so test accuracy is at most 50.00%"]
   phases.check_classes(3, np.array([0, 1, 2], np.int32), np.array([0, 0, 1], np.int32))
   assert capsys.readouterr().err == ""  # a class only in training is fine

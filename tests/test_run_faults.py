@@ -1,5 +1,5 @@
-"""Whole runs of run.py meeting faults a new user meets on the quickstart: signals while JAX compiles,
-a finished run run again, a disk that fills up, one-class data."""
+"""Whole runs of run.py meeting faults a new user meets on the quickstart: signals while JAX
+compiles, a finished run run again, bad sizes, one-class or unreadable data, a disk filling up."""
 
 import json
 import os
@@ -83,8 +83,8 @@ def test_a_finished_run_prints_its_results_and_force_evaluation_evaluates_again(
 @pytest.mark.e2e
 @pytest.mark.parametrize("override, message", [
     ("--config.student.steps=-1", "error: config.student.steps=-1 must be >= 0"),
-    ("--config.evaluation.test_size=1000", "error: config.evaluation.test_size=1000 exceeds the 360 "
-                                           "test examples"),
+    ("--config.evaluation.test_size=1000",
+     "error: config.evaluation.test_size=1000 exceeds the 360 test examples"),
 ])
 def test_sizes_that_mean_nothing_are_one_line_before_the_workdir(tmp_path, override, message):
   result = run_cli([QUICKSTART, f"--workdir={tmp_path / 'run'}", override])
@@ -182,6 +182,6 @@ def test_a_full_disk_before_config_json_leaves_no_workdir(tmp_path):
   result = _run_with_file_size_limit([TINY, f"--workdir={tmp_path / 'run'}"], 1_000)
   assert result.returncode == 2, result.stdout[-2000:] + result.stderr
   lines = result.stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith(f"error: cannot write to workdir {tmp_path / 'run'} ("
-                                                 ), result.stderr
+  expected = f"error: cannot write to workdir {tmp_path / 'run'} ("
+  assert len(lines) == 1 and lines[0].startswith(expected), result.stderr
   assert not (tmp_path / "run").exists()

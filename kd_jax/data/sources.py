@@ -82,7 +82,7 @@ def _check_split(name, split, images, labels, num_classes):
 
 
 def read_error(error: OSError) -> KdJaxError:
-  """The one-line error of a data file or folder that cannot be read (permissions, I/O), naming it."""
+  """The one-line error, naming it, of a data file or folder that cannot be read (permissions)."""
   return KdJaxError(f"cannot read {error.filename or 'the data'} ({error.strerror or error}); the "
                     "data must be readable by this user: check its permissions.")
 

@@ -118,8 +118,9 @@ def write_report(paths, out_dir: str, group_by=None, plots: bool = True) -> str:
     write_csv(os.path.join(out_dir, "results.csv"), variants, metrics, config_keys)
     write_runs_csv(os.path.join(out_dir, "runs.csv"), variants)
     images = plots_lib.write_report_plots(variants, out_dir) if plots else []
-    files.write_text(os.path.join(out_dir, "results.md"), _markdown_document(table, variants, images))
-  except OSError as e:  # a full disk, a folder made read-only meanwhile: no file is left half-written
+    files.write_text(os.path.join(out_dir, "results.md"),
+                     _markdown_document(table, variants, images))
+  except OSError as e:  # a full disk, a folder made read-only meanwhile (no file is half-written)
     raise KdJaxError(f"cannot write the report to {out_dir} ({e.strerror or e}); free disk space "
                      "or give another --out.") from e
   return table

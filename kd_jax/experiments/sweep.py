@@ -21,8 +21,8 @@ Layout of --workdir:
   report/              results.md, results.csv, runs.csv and plots over every finished run in --workdir
 
 Resuming: a run whose results.json parses is skipped; an unfinished one (or one whose results.json
-is damaged) resumes where it stopped (the study's own resume). A run folder that holds a different config stops the sweep before anything
-runs, as run.py would.
+is damaged) resumes where it stopped (the study's own resume). A run folder that holds a different
+config stops the sweep before anything runs, as run.py would.
 
 Teacher sharing: runs that would train the same teachers (equal seed, `data` and `teacher` sections
 apart from teacher.ensemble_size, precision and ensemble_method) train them once. Teacher i depends

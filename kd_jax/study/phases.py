@@ -147,7 +147,7 @@ def study_plan(config, teacher_examples: int, distill_examples: int, labelled_ex
 def check_classes(num_classes: int, train_labels=None, test_labels=None) -> None:
   """Refuses data of fewer than 2 classes (every metric would read 100%), with one line; warns (one
   line on stderr, the run goes on) about classes that occur in the test set but not in the training
-  set: no model can learn them, which bounds the test accuracy, but evaluating on them is not wrong."""
+  set: no model can learn them, which bounds the test accuracy, but evaluating on them is valid."""
   if num_classes < 2:
     raise KdJaxError(f"config.data holds {num_classes} class{'es' if num_classes != 1 else ''}; "
                      "classification needs at least 2 (an image folder: one folder per class under "
@@ -159,8 +159,8 @@ def check_classes(num_classes: int, train_labels=None, test_labels=None) -> None
     share = float(np.isin(test_labels, unseen).mean())
     print(f"warning: {unseen.size} of the {num_classes} classes (labels "
           f"{', '.join(map(str, unseen[:10]))}{', ...' if unseen.size > 10 else ''}) have test "
-          f"examples but no training examples; no model can learn them, so test accuracy is at most "
-          f"{100 * (1 - share):.2f}%", file=sys.stderr, flush=True)
+          "examples but no training examples; no model can learn them, so test accuracy is at "
+          f"most {100 * (1 - share):.2f}%", file=sys.stderr, flush=True)
 
 
 def test_examples(config, num_test: int) -> int:
