@@ -4,10 +4,11 @@
   python run.py --config=configs/cifar_kd.py --workdir=runs/c100 --config.distill.temperature=1
   python run.py --config=configs/quickstart.py --print_config   (the resolved config; runs nothing)
 
-Rerunning a command resumes its workdir. Exit status: 0 done; 2 a problem the user can fix (a bad
-config file, key or value, missing data or teacher checkpoints, a workdir that holds another run or is
-in use), printed as one line; 3 training diverged (non-finite loss or weights; diverged.json in the
-workdir); 130 stopped by Ctrl-C or SIGTERM after saving a checkpoint (rerun to resume).
+Rerunning a command resumes its workdir; a finished run prints its results (--force_evaluation
+evaluates it again). Exit status: 0 done; 2 a problem the user can fix (a bad config file, key or
+value, missing data or teacher checkpoints, a workdir that holds another run or is in use), printed
+as one line; 3 training diverged (non-finite loss or weights; diverged.json in the workdir); 130
+stopped by Ctrl-C or SIGTERM after saving a checkpoint (rerun to resume).
 """
 
 import argparse
@@ -29,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
                                         "empty, or a run of the same config to resume")
   parser.add_argument("--print_config", action="store_true",
                       help="print the resolved config (after overrides) as JSON and exit")
+  parser.add_argument("--force_evaluation", action="store_true",
+                      help="a finished run in --workdir is evaluated again (results.json "
+                           "rewritten) instead of printing its results")
   parser.add_argument("--distributed", action="store_true",
                       help="call jax.distributed.initialize() first (multi-host TPU pods, GPU "
                            "clusters); on TPU, SLURM, Kubernetes and MPI it finds the processes "
@@ -59,8 +63,8 @@ def main(argv) -> None:
     if args.distributed:
       jax.distributed.initialize(coordinator_address=args.coordinator_address,
                                  num_processes=args.num_processes, process_id=args.process_id)
-    study.run(config, args.workdir)  # validates the config
+    study.run(config, args.workdir, args.force_evaluation)  # validates the config
 
 
 if __name__ == "__main__":
-  main(sys.argv)
+  runtime.run_entry_point(main, sys.argv)

@@ -22,4 +22,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  main(sys.argv)
+  runtime.run_entry_point(main, sys.argv)

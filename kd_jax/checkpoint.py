@@ -2,7 +2,8 @@
 
 Faults these functions handle, so that any interrupted or damaged workdir resumes:
 - Saves are synchronous and checked: a failed write (full disk, lost permissions) raises
-  CheckpointWriteError at once, instead of training on without checkpoints.
+  CheckpointWriteError at once, instead of training on without checkpoints; the tracebacks Orbax's
+  writer threads print and log on the way are dropped (the error is reported in one line).
 - An unreadable newest checkpoint (truncated file, missing metadata, deleted item) is moved aside to
   `<step>.unreadable` with a one-line warning and the previous step is restored; with none left the
   run stops with one line.
@@ -68,12 +69,28 @@ def _silence_abandoned_reads() -> None:
     asyncio_logger.addFilter(_AbandonedReadErrors())
 
 
+class _FailedWriteThreadErrors(logging.Filter):
+  """Drops Orbax's 'ERROR:absl: ... _SignalingThread.run() raised an exception' reports, with their
+  tracebacks: each of a failing save's writer threads logs the error (a full disk: dozens of lines)
+  that the save then raises to us, and that the run reports in one line (CheckpointWriteError)."""
+
+  def filter(self, record):
+    return "_SignalingThread.run() raised an exception" not in str(record.msg)
+
+
+def _silence_failed_write_threads() -> None:
+  absl_logger = logging.getLogger("absl")
+  if not any(isinstance(f, _FailedWriteThreadErrors) for f in absl_logger.filters):
+    absl_logger.addFilter(_FailedWriteThreadErrors())
+
+
 @contextlib.contextmanager
 def _quiet_failure():
-  """Keeps the noise of a failing restore off stderr; the failure itself is reported in one line.
+  """Keeps the noise of a failing restore or save off stderr; the failure itself is reported in one
+  line.
 
-  Orbax gives up at the first failed read while other reads are still in flight, and closes its
-  event loop under them: their completions print 'RuntimeError: Event loop is closed' tracebacks
+  Orbax gives up at the first failed read (or write) while others are still in flight, and closes
+  its event loop under them: their completions print 'RuntimeError: Event loop is closed' tracebacks
   from background threads. While a restore runs (and for a moment after it fails, so that the
   in-flight local reads finish) stderr goes to a buffer that is dropped; the reads' own exceptions,
   logged when their tasks are collected later, are filtered (`_AbandonedReadErrors`).
@@ -119,9 +136,11 @@ def save_state(manager: ocp.CheckpointManager, step: int, state, data_position=N
   if data_position is not None:
     import grain  # pylint: disable=g-import-not-at-top (only streamed runs need grain)
     data_args = grain.checkpoint.CheckpointSave(data_position)
+  _silence_failed_write_threads()
   try:
-    manager.save(step, args=_state_and_data(ocp.args.StandardSave(state), data_args), force=True)
-    manager.wait_until_finished()
+    with _quiet_failure():
+      manager.save(step, args=_state_and_data(ocp.args.StandardSave(state), data_args), force=True)
+      manager.wait_until_finished()
   except Exception as e:  # pylint: disable=broad-except (orbax and tensorstore raise many types)
     raise CheckpointWriteError(
         f"could not write checkpoint {manager.directory}/{step} ({_reason(e)}); training stopped. "
@@ -197,7 +216,8 @@ def save_variables(path: str, variables) -> None:
   try:
     if jax.process_index() == 0 and os.path.exists(partial):
       shutil.rmtree(partial)  # left by a save that was killed
-    with ocp.StandardCheckpointer() as checkpointer:
+    _silence_failed_write_threads()
+    with _quiet_failure(), ocp.StandardCheckpointer() as checkpointer:
       checkpointer.save(partial, variables)
       checkpointer.wait_until_finished()
     if jax.process_index() == 0:

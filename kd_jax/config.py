@@ -337,7 +337,10 @@ def _check_phases(config) -> None:
     _check_choice(cfg.optimizer.name, OPTIMIZERS, f"{phase}.optimizer.name")
     _check_positive(cfg.batch_size, f"{phase}.batch_size")
     _check_positive(cfg.optimizer.learning_rate, f"{phase}.optimizer.learning_rate")
-    if cfg.steps <= 0:
+    if cfg.steps < 0:
+      raise KdJaxError(f"config.{phase}.steps={cfg.steps} must be >= 0 (0 = train for "
+                       f"config.{phase}.epochs).")
+    if cfg.steps == 0:
       _check_positive(cfg.epochs, f"{phase}.epochs")
   _check_positive(config.teacher.ensemble_size, "teacher.ensemble_size")
   _check_positive(config.distill.temperature, "distill.temperature")

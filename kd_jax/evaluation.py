@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kd_jax import ensemble, losses, metrics, parallel, progress
+from kd_jax import ensemble, losses, metrics, parallel, progress, runtime
 from kd_jax.data import augment as augment_lib
 
 # A pass over a split that takes longer than this prints progress lines this often.
@@ -55,6 +55,7 @@ def make_predict_fn(apply_fn: Callable, *, batch_size: int, mesh, compute_dtype=
     chunks = []
     started = last_report = time.time()
     for start in range(0, num_images, batch_size):
+      runtime.raise_if_stopped()  # a signal Python could not raise where it landed (runtime.py)
       clamped = min(start, num_images - batch_size)
       logits = predict_chunk(variables, images, clamped, mean, std)
       chunks.append(logits[..., start - clamped:, :])

@@ -2,22 +2,34 @@
 
 Every file kd_jax writes whole (config.json, results.json, reports, plots) goes to a temporary file in
 the same folder first and replaces the target with os.replace, which is atomic on POSIX file systems:
-readers see the old file or the new one, never an empty or truncated one. metrics.jsonl is appended
-to instead; its readers skip a last line cut short.
+readers see the old file or the new one, never an empty or truncated one. Files get the mode open()
+gives (0666 less the umask). metrics.jsonl is appended to instead; its readers skip a last line cut
+short.
 """
 
 import contextlib
 import json
 import os
-import tempfile
+import secrets
+
+
+def _create_temporary(path: str) -> str:
+  """A new empty file beside `path`, named .<name>.<random>.tmp, with the mode a plain open() would
+  give it (0666 less the umask; tempfile.mkstemp's files are 0600 whatever the umask)."""
+  folder, name = os.path.split(os.path.abspath(path))
+  while True:
+    temporary = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")
+    try:
+      os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+      return temporary
+    except FileExistsError:
+      continue
 
 
 @contextlib.contextmanager
 def atomic_path(path: str):
   """Yields a temporary path beside `path`; on success it replaces `path`, on failure it is removed."""
-  folder = os.path.dirname(os.path.abspath(path))
-  handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-  os.close(handle)
+  temporary = _create_temporary(path)
   try:
     yield temporary
     os.replace(temporary, path)

@@ -1,8 +1,9 @@
 """The run's metric log: metrics.jsonl, and TensorBoard event files beside it.
 
 metrics.jsonl gets one JSON object per logged step or evaluation (process 0 only); a non-finite number
-is written as null (valid JSON), and readers skip a last line cut short by a kill. The same numbers go
-to TensorBoard event files in the workdir, so `tensorboard --logdir runs/` shows every run.
+is written as null (valid JSON), and readers skip a last line cut short by a kill (the next run
+drops it before it appends). The same numbers go to TensorBoard event files in the workdir, so
+`tensorboard --logdir runs/` shows every run.
 
 The event files are written with tensorboardX: a maintained writer of TensorBoard's event format that
 needs only NumPy and protobuf (already here through tensorflow-datasets), where clu.metric_writers would
@@ -20,6 +21,8 @@ import time
 from kd_jax import workdir as workdir_lib
 
 
+# Far more bytes than a record takes (a few hundred): how far back a partial last line is sought.
+_LONGEST_RECORD = 1 << 20
 # Record fields that are not curves.
 _NOT_SCALARS = ("phase", "step", "time", "members", "event")
 
@@ -90,10 +93,35 @@ class MetricsLog:
   def __init__(self, workdir: str, tensorboard: bool = True):
     self.path = os.path.join(workdir, workdir_lib.METRICS_FILE)
     self.events = EventWriter(workdir) if tensorboard else None
+    self._checked = False  # whether a last line cut short by a kill has been dropped
+
+  def _drop_partial_line(self) -> None:
+    """Cuts the file back to its last newline: a record cut short by a kill would otherwise run into
+    the next one appended, an invalid line in the middle of the file."""
+    try:
+      with open(self.path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+          return
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+          return
+        start = max(size - _LONGEST_RECORD, 0)
+        f.seek(start)
+        cut = f.read().rfind(b"\n")
+        if cut < 0 and start > 0:
+          f.write(b"\n")  # no line start in reach: end the partial line instead
+        else:
+          f.truncate(start + cut + 1)
+    except FileNotFoundError:
+      pass
 
   def write(self, record: dict) -> None:
     if not workdir_lib.is_main_process():
       return
+    if not self._checked:
+      self._drop_partial_line()
+      self._checked = True
     record = _finite_or_none({"time": round(time.time(), 3), **record})
     line = json.dumps(record, allow_nan=False)
     with open(self.path, "a") as f:

@@ -11,6 +11,17 @@ a signal only sets a flag, which the loop checks between steps; it then saves a 
 `Interrupted` at once. A second signal while the first is being handled stops the process at once
 with exit status 130: checkpoints are written to a temporary folder and renamed, so the last complete
 one survives.
+
+Where Python cannot raise (the signal lands in a garbage-collection callback such as JAX's
+`_xla_gc_callback`, or in a `__del__`), it would print the exception as "Exception ignored in ..."
+and go on; `install_signal_handlers` drops that report instead, the flag stays set, and the next
+check (`raise_if_stopped`: between steps, per evaluation chunk, at phase boundaries) stops the run.
+
+Ending the process. An interrupted run ends through `run_entry_point` with os._exit, after its one
+line is printed, its output flushed and its workdir locks released: a signal can stop the main
+thread inside a JAX compilation, and Python's finalization with XLA's threads still about then
+crashed (a segmentation fault, exit 139 instead of 130). By then there is nothing left to save:
+the training loop has saved its checkpoint and every checkpoint manager is closed.
 """
 
 import contextlib
@@ -19,6 +30,7 @@ import os
 import signal
 import sys
 
+from kd_jax import workdir as workdir_lib
 from kd_jax.errors import INTERRUPTED_EXIT, Interrupted
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -27,6 +39,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 class _SignalState:
   received = None  # the first signal's number, until the run has stopped for it
   deferring = 0  # depth of deferred_signals() blocks
+  unraisablehook = staticmethod(sys.__unraisablehook__)  # the one _unraisable passes reports on to
 
 
 _STATE = _SignalState()
@@ -48,10 +61,20 @@ def _handle(signum, frame):  # pylint: disable=unused-argument
     raise Interrupted(_signal_name(signum))
 
 
+def _unraisable(report) -> None:
+  """sys.unraisablehook: a stop signal raised where Python cannot raise is dropped silently (the
+  flag it set stops the run at the next check); anything else goes to the hook it replaced."""
+  if isinstance(report.exc_value, (Interrupted, KeyboardInterrupt)):
+    return
+  _STATE.unraisablehook(report)
+
+
 def install_signal_handlers() -> None:
   """SIGINT and SIGTERM follow the rules in the module docstring (main thread only)."""
   for signum in STOP_SIGNALS:
     signal.signal(signum, _handle)
+  if sys.unraisablehook is not _unraisable:
+    _STATE.unraisablehook, sys.unraisablehook = sys.unraisablehook, _unraisable
 
 
 def stop_requested() -> bool:
@@ -67,6 +90,22 @@ def raise_if_stopped() -> None:
 def reset() -> None:
   """Forgets a handled signal (a process that goes on after an Interrupted, e.g. a test)."""
   _STATE.received = None
+
+
+def run_entry_point(main, *args) -> None:
+  """Calls an entry point's `main(*args)`; an interrupted run then ends with os._exit (module
+  docstring), everything else as Python ends it."""
+  try:
+    main(*args)
+  except SystemExit as e:
+    if e.code != INTERRUPTED_EXIT:
+      raise
+  else:
+    return
+  sys.stdout.flush()
+  sys.stderr.flush()
+  workdir_lib.release_all()
+  os._exit(INTERRUPTED_EXIT)  # pylint: disable=protected-access
 
 
 @contextlib.contextmanager

@@ -135,6 +135,7 @@ def prepare(workdir: str, config: ml_collections.ConfigDict) -> bool:
   _sync("kd_jax workdir checked")
   error = None
   if is_main_process():
+    created = not os.path.exists(workdir)
     try:
       os.makedirs(workdir, exist_ok=True)
       lock(workdir)
@@ -143,10 +144,25 @@ def prepare(workdir: str, config: ml_collections.ConfigDict) -> bool:
     except KdJaxError as e:
       error = e
     except OSError as e:
-      error = KdJaxError(f"cannot write to workdir {workdir} ({e.strerror or e}); choose a "
-                         "--workdir in a folder you can write to.")
+      error = KdJaxError(f"cannot write to workdir {workdir} ({e.strerror or e}); free disk space "
+                         "or choose a --workdir in a folder you can write to.")
+    if error is not None and not resuming:
+      _undo_prepare(workdir, created)
   _raise_everywhere(error)
   return resuming
+
+
+def _undo_prepare(workdir: str, created: bool) -> None:
+  """After a failed `prepare` of a new run: gives the lock back and removes the folder if this
+  process created it (it holds nothing else then), so that no empty workdir is left behind."""
+  if os.path.abspath(workdir) in _HELD:
+    release(workdir)
+  if created:
+    with contextlib.suppress(OSError):
+      for name in os.listdir(workdir):
+        if _ours(name):
+          os.remove(os.path.join(workdir, name))
+      os.rmdir(workdir)
 
 
 def _raise_everywhere(error) -> None:
@@ -240,6 +256,12 @@ def release(workdir: str) -> None:
   _release(os.path.abspath(workdir))
 
 
+def release_all() -> None:
+  """Gives back every lock this process holds (a process about to end without running atexit)."""
+  for workdir in list(_HELD):
+    _release(workdir)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Writing
 
@@ -268,6 +290,17 @@ def write_results(workdir: str, results: dict) -> None:
     files.write_json(os.path.join(workdir, RESULTS_FILE), results)
     with contextlib.suppress(FileNotFoundError):
       os.remove(os.path.join(workdir, DIVERGED_FILE))  # an earlier attempt's
+
+
+def read_results(workdir: str):
+  """The results of a finished run (results.json), or None: a run is finished only if its results
+  parse, so one whose results.json is missing or damaged is evaluated again when it is rerun."""
+  try:
+    with open(os.path.join(workdir, RESULTS_FILE), encoding="utf-8") as f:
+      results = json.load(f)
+  except (OSError, ValueError, UnicodeDecodeError):
+    return None
+  return results if isinstance(results, dict) else None
 
 
 def write_diverged(workdir: str, message: str) -> None:

@@ -185,7 +185,7 @@ def test_grid_uses_each_models_data_set():
   assert kd_step.parse_args([]).steps == 20 and kd_step.parse_args(["--side-by-side"]).steps == 10
 
 
-def test_side_by_side_cases_are_the_issues_steps():
+def test_side_by_side_cases_are_the_documented_steps():
   lenet_cases = side_by_side.side_by_side_cases(["lenet5"], steps=3, warmup=1)
   assert [(c.kind, c.members, c.m, c.batch, c.classes, c.train_size, c.cached_logits)
           for c in lenet_cases] == [

@@ -197,7 +197,7 @@ def test_ignored_keys_cover_the_workdirs_operational_keys():
 
 
 # ---------------------------------------------------------------------------------------------------
-# What a newcomer found (issue 8): one-point curves, Fig. 6's plot, long legends, repeated seeds
+# What a newcomer found: one-point curves, Fig. 6's plot, long legends, repeated seeds
 
 class _CapturingPyplot:
   """matplotlib.pyplot, except that close() keeps the figure for inspection."""
@@ -222,7 +222,7 @@ def test_training_curves_of_runs_that_logged_one_point_are_visible(tmp_path):
   for ax in (loss_axes, agreement_axes):
     (line,) = ax.get_lines()
     assert len(line.get_xdata()) == 1
-    # A one-point line without a marker draws nothing: the empty axes of issue 8.
+    # A one-point line without a marker draws nothing: empty axes.
     assert line.get_marker() not in (None, "None", "", " ")
   plt._plt.close("all")
 

@@ -158,7 +158,7 @@ def test_experiment_file_without_variants_is_refused(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Ensemble sizes share one trained ensemble (issue 8)
+# Ensemble sizes share one trained ensemble
 
 SIZES_EXPERIMENT = """
 from tests.tiny_config import tiny_config

@@ -224,7 +224,7 @@ def test_batch_stats_only_for_batchnorm_models(case):
 
 
 # Every variable of a depth-8, width-4 PreResNet (3 classes, 3 input channels), as the hand-written
-# BatchNorm it had until issue 9 created them: checkpoints written then must still load.
+# BatchNorm it had before they were created: checkpoints written then must still load.
 PRERESNET8_VARIABLES = {
     'batch_stats/BatchNorm_0/mean': (16,), 'batch_stats/BatchNorm_0/var': (16,),
     'params/BatchNorm_0/bias': (16,), 'params/BatchNorm_0/scale': (16,),

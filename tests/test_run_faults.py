@@ -1,7 +1,6 @@
 """Faults of whole runs through run.py, sweep.py and kd_jax.report: divergence, interrupted and
 damaged workdirs, signals, bad input. Each test reproduces a failure that an earlier version handled
-badly (a traceback, exit 0 with NaN results, a workdir that could never resume); the issue-9
-numbering is in the section comments.
+badly (a traceback, exit 0 with NaN results, a workdir that could never resume).
 """
 
 import json

@@ -81,6 +81,12 @@ def _check_split(name, split, images, labels, num_classes):
                      f"dataset has {num_classes} classes; check the data files (or data.num_classes)")
 
 
+def read_error(error: OSError) -> KdJaxError:
+  """The one-line error, naming it, of a data file or folder that cannot be read (permissions)."""
+  return KdJaxError(f"cannot read {error.filename or 'the data'} ({error.strerror or error}); the "
+                    "data must be readable by this user: check its permissions.")
+
+
 def _make_dataset(name, train_images, train_labels, test_images, test_labels, num_classes):
   """Builds a `Dataset`, converting to the exact dtypes and memory layout it promises."""
   return Dataset(
@@ -263,6 +269,8 @@ def _read_cifar_batch(path, label_key):
       batch = pickle.load(f, encoding="bytes")
     flat = np.asarray(batch[b"data"], dtype=np.uint8)
     labels = np.asarray(batch[label_key], dtype=np.int32)
+  except PermissionError as e:
+    raise read_error(e) from e
   except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError) as e:
     raise KdJaxError(f"{path} is not an original CIFAR python pickle ({type(e).__name__}: {e}); "
                      "re-extract it from cifar-10-python.tar.gz / cifar-100-python.tar.gz") from e
@@ -369,6 +377,8 @@ def _read_svhn_mat(path, name):
   try:
     mat = scipy.io.loadmat(path, variable_names=("X", "y"))
     images, labels = mat["X"], np.asarray(mat["y"]).reshape(-1)
+  except PermissionError as e:
+    raise read_error(e) from e
   except (OSError, ValueError, KeyError, TypeError, NotImplementedError) as e:
     raise KdJaxError(f"{path} is not SVHN's original {path.name} ({type(e).__name__}: {e}); "
                      "re-copy it") from e
@@ -563,6 +573,8 @@ def _decode_image(relative_name, source, mode, where):
     with PIL.Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
       image = image if image.mode == mode else image.convert(mode)
       array = np.asarray(image)
+  except PermissionError as e:
+    raise read_error(e) from e
   except (OSError, SyntaxError, ValueError) as e:  # PIL raises these for unreadable images.
     raise KdJaxError(f"{where}: cannot decode image {relative_name} ({e}); remove or replace it") from e
   return array[..., None] if array.ndim == 2 else array

@@ -138,7 +138,15 @@ def _prefix(cfg, size: int) -> int:
 
 
 def open_source(cfg) -> StreamDataset:
-  """The train and test splits of `cfg` (a data config, source tfds or image_folder) as records."""
+  """The train and test splits of `cfg` (a data config, source tfds or image_folder) as records;
+  a folder or file that cannot be read is one KdJaxError naming it."""
+  try:
+    return _open_source(cfg)
+  except OSError as e:
+    raise sources.read_error(e) from e
+
+
+def _open_source(cfg) -> StreamDataset:
   grayscale = bool(cfg.grayscale)
   if cfg.source == "image_folder":
     root = _check_folder(cfg)
@@ -185,7 +193,14 @@ def open_source(cfg) -> StreamDataset:
 def in_memory_bytes(cfg):
   """The decoded size (uint8 bytes, train + test) of the dataset `cfg` names, or None when its
   images differ in size (they cannot be one array). Sources other than tfds and an image folder are
-  small fixed formats and count as 0."""
+  small fixed formats and count as 0. A folder or file that cannot be read is one KdJaxError."""
+  try:
+    return _in_memory_bytes(cfg)
+  except OSError as e:
+    raise sources.read_error(e) from e
+
+
+def _in_memory_bytes(cfg):
   if cfg.source == "tfds":
     builder = _tfds_builder(cfg)
     shape = builder.info.features["image"].shape

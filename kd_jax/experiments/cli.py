@@ -44,8 +44,20 @@ def _where(error: BaseException, path: str) -> str:
   return f" (line {lines[-1]})" if lines else ""
 
 
+def _folder_contents(path: str) -> str:
+  """'a.py, b.py (and the folders c/)': the config files of folder `path`, for an error message."""
+  names = sorted(os.listdir(path))
+  modules = [os.path.join(path, n) for n in names if n.endswith(".py") and not n.startswith("_")]
+  folders = [f"{os.path.join(path, n)}/" for n in names
+             if os.path.isdir(os.path.join(path, n)) and not n.startswith((".", "_"))]
+  text = ", ".join(modules) or "no config files"
+  return f"{text} (and the folders {', '.join(folders)})" if folders else text
+
+
 def load_module(path: str, what: str = "config file"):
   """Imports the Python file at `path`; one KdJaxError for a missing file or one that fails."""
+  if os.path.isdir(path):
+    raise KdJaxError(f"{what} {path} is a folder; give one of its files: {_folder_contents(path)}.")
   if not os.path.isfile(path):
     raise KdJaxError(f"{what} {path} does not exist; see configs/ for the ones we ship.")
   name = "kd_jax_config_" + "".join(c if c.isalnum() else "_" for c in os.path.splitext(path)[0])

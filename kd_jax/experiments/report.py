@@ -114,10 +114,15 @@ def write_report(paths, out_dir: str, group_by=None, plots: bool = True) -> str:
     raise KdJaxError(f"cannot create --out {out_dir} ({e.strerror or e}); give a folder you can "
                      "write to.") from e
   config_keys = group_by or runs_lib.differing_keys([v.runs[0].config for v in variants])
-  write_csv(os.path.join(out_dir, "results.csv"), variants, metrics, config_keys)
-  write_runs_csv(os.path.join(out_dir, "runs.csv"), variants)
-  images = plots_lib.write_report_plots(variants, out_dir) if plots else []
-  files.write_text(os.path.join(out_dir, "results.md"), _markdown_document(table, variants, images))
+  try:
+    write_csv(os.path.join(out_dir, "results.csv"), variants, metrics, config_keys)
+    write_runs_csv(os.path.join(out_dir, "runs.csv"), variants)
+    images = plots_lib.write_report_plots(variants, out_dir) if plots else []
+    files.write_text(os.path.join(out_dir, "results.md"),
+                     _markdown_document(table, variants, images))
+  except OSError as e:  # a full disk, a folder made read-only meanwhile (no file is half-written)
+    raise KdJaxError(f"cannot write the report to {out_dir} ({e.strerror or e}); free disk space "
+                     "or give another --out.") from e
   return table
 
 

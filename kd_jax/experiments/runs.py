@@ -19,7 +19,7 @@ from kd_jax import files
 from kd_jax.errors import KdJaxError
 from kd_jax.experiments.stats import is_number
 from kd_jax.workdir import (CONFIG_FILE, METRICS_FILE, OPERATIONAL_KEYS, RESULTS_FILE, flatten_config,
-                            read_diverged, read_json)
+                            read_diverged, read_json, read_results)
 
 # ---------------------------------------------------------------------------------------------------
 # Finding and reading runs
@@ -58,9 +58,11 @@ def _search(folder: str) -> list:
 
 
 def find_workdirs(paths) -> list:
-  """Expands workdirs, glob patterns and parent folders into finished workdirs (with results.json).
+  """Expands workdirs, glob patterns and parent folders into finished workdirs (whose results.json
+  parses).
 
-  Unfinished workdirs are skipped with a note on stderr; a path that matches nothing is an error.
+  Unfinished workdirs (and those whose results.json is damaged) are skipped with a note on stderr; a
+  path that matches nothing is an error.
   """
   candidates = []
   for path in paths:
@@ -80,8 +82,11 @@ def find_workdirs(paths) -> list:
       continue
     seen.add(real)
     diverged = read_diverged(candidate)
-    if os.path.isfile(os.path.join(candidate, RESULTS_FILE)):
+    if read_results(candidate) is not None:
       workdirs.append(candidate)
+    elif os.path.isfile(os.path.join(candidate, RESULTS_FILE)):
+      print(f"note: skipping {candidate}: its {RESULTS_FILE} is damaged (rerun it to evaluate it "
+            "again)", file=sys.stderr)
     elif diverged:
       print(f"note: skipping {candidate}: DIVERGED ({diverged})", file=sys.stderr)
     else:

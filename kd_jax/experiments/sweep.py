@@ -20,9 +20,9 @@ Layout of --workdir:
                        again whenever a finished run is skipped.
   report/              results.md, results.csv, runs.csv and plots over every finished run in --workdir
 
-Resuming: a run with results.json is skipped; an unfinished one resumes where it stopped (the
-study's own resume). A run folder that holds a different config stops the sweep before anything
-runs, as run.py would.
+Resuming: a run whose results.json parses is skipped; an unfinished one (or one whose results.json
+is damaged) resumes where it stopped (the study's own resume). A run folder that holds a different
+config stops the sweep before anything runs, as run.py would.
 
 Teacher sharing: runs that would train the same teachers (equal seed, `data` and `teacher` sections
 apart from teacher.ensemble_size, precision and ensemble_method) train them once. Teacher i depends
@@ -66,7 +66,7 @@ def load_experiment(path: str):
   if ":" in path:
     raise KdJaxError(f"--config={path}: pass the experiment file alone and pick variants with "
                      "--variants.")
-  if not os.path.isfile(path):
+  if not os.path.exists(path):  # (a folder: cli.load_module lists its files)
     raise KdJaxError(f"experiment file {path} does not exist; see configs/paper/.")
   module = cli.load_module(path, what="experiment file")
   variants = getattr(module, "VARIANTS", None)
@@ -120,7 +120,7 @@ class PlannedRun:
   seed: int
   config: ml_collections.ConfigDict
   workdir: str  # absolute
-  done: bool = False  # results.json exists: skipped
+  done: bool = False  # results.json parses: skipped
   started: bool = False  # config.json exists
   provider: "PlannedRun" = None  # the run whose teachers this one loads
   diverged: str = None  # the error of a run that diverged (its diverged.json): skipped, flagged
@@ -170,7 +170,7 @@ def _adopt_saved_state(run: PlannedRun) -> None:
     return
   saved = workdir_lib.read_json(config_path, "the run's config")
   run.started = True
-  run.done = os.path.isfile(os.path.join(run.workdir, workdir_lib.RESULTS_FILE))
+  run.done = workdir_lib.read_results(run.workdir) is not None  # damaged results: evaluated again
   run.diverged = None if run.done else workdir_lib.read_diverged(run.workdir)
   if not run.config.teacher.load_from:
     # Teachers the sweep shares: the run keeps the source it started with (a user's own

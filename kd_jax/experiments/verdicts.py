@@ -16,7 +16,7 @@ import numpy as np
 
 from kd_jax.experiments.runs import result_value
 from kd_jax.experiments.stats import mean_std_text
-from kd_jax.workdir import CONFIG_FILE, RESULTS_FILE, read_json
+from kd_jax.workdir import CONFIG_FILE, RESULTS_FILE, read_results
 
 LEVEL = 0.95  # confidence of every one-sided test
 
@@ -68,11 +68,14 @@ def load_cell(root: str, experiment: str, variant: str, seeds, metric: str) -> C
     workdir = run_dir(root, experiment, variant, seed)
     results_path = os.path.join(workdir, RESULTS_FILE)
     problem = None
-    if not os.path.isfile(results_path):
+    results = read_results(workdir)
+    if results is None and os.path.isfile(results_path):
+      problem = f"{RESULTS_FILE} is damaged (rerun to evaluate it again)"
+    elif results is None:
       started = os.path.isfile(os.path.join(workdir, CONFIG_FILE))
       problem = "unfinished" if started else "not run"
     else:
-      value = result_value(read_json(results_path, "the run's results"), metric)
+      value = result_value(results, metric)
       if value is None:
         problem = f"has no {metric}"
       elif not math.isfinite(value):

@@ -156,6 +156,7 @@ def load_inputs(config):
   """(dataset, OOD dataset or None, synthetic (sampler, generator variables) or None): everything
   read from disk, checked before the workdir is touched."""
   dataset = load_dataset(config.data)
+  phases.check_classes(dataset.num_classes, dataset.train_labels, dataset.test_labels)
   ood = (load_dataset(config.distill.ood_data, key="distill.ood_data")
          if config.distill.ood_data.source else None)
   image_shape = tuple(dataset.train_images.shape[1:])
@@ -234,7 +235,7 @@ def run(config, workdir: str) -> dict:
   splits = data_splits(config, dataset, ood)
   teacher_examples, distill_examples = int(splits.teacher.size), splits.distill_examples
   labelled = int(splits.distill.size)
-  test_examples = config.evaluation.test_size or int(dataset.test_images.shape[0])
+  test_examples = phases.test_examples(config, int(dataset.test_images.shape[0]))
   phases.check_sizes(config, teacher_examples, distill_examples, test_examples, mesh)
   workdir = os.path.abspath(workdir)
   resuming = workdir_lib.prepare(workdir, config)

@@ -7,9 +7,11 @@ The drivers (memory.py, streamed.py, gan.py) build a `Context` once and pass it 
 
 import dataclasses
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from kd_jax import artifact, compression, loop, metrics_log, parallel, runtime, train
 from kd_jax import results as results_lib
@@ -140,6 +142,35 @@ def study_plan(config, teacher_examples: int, distill_examples: int, labelled_ex
         student("independent student"),
         PlannedPhase("independent evaluation", "evaluation", 0, cached + test_examples)]
   return StudyPlan(phases)
+
+
+def check_classes(num_classes: int, train_labels=None, test_labels=None) -> None:
+  """Refuses data of fewer than 2 classes (every metric would read 100%), with one line; warns (one
+  line on stderr, the run goes on) about classes that occur in the test set but not in the training
+  set: no model can learn them, which bounds the test accuracy, but evaluating on them is valid."""
+  if num_classes < 2:
+    raise KdJaxError(f"config.data holds {num_classes} class{'es' if num_classes != 1 else ''}; "
+                     "classification needs at least 2 (an image folder: one folder per class under "
+                     "train/ and test/).")
+  if train_labels is None or test_labels is None:
+    return
+  unseen = np.setdiff1d(np.unique(test_labels), np.unique(train_labels))
+  if unseen.size:
+    share = float(np.isin(test_labels, unseen).mean())
+    print(f"warning: {unseen.size} of the {num_classes} classes (labels "
+          f"{', '.join(map(str, unseen[:10]))}{', ...' if unseen.size > 10 else ''}) have test "
+          "examples but no training examples; no model can learn them, so test accuracy is at "
+          f"most {100 * (1 - share):.2f}%", file=sys.stderr, flush=True)
+
+
+def test_examples(config, num_test: int) -> int:
+  """The test examples the evaluation reads: config.evaluation.test_size (0: all `num_test`); a
+  test_size beyond the test set is a KdJaxError (before any work)."""
+  test_size = config.evaluation.test_size
+  if test_size > num_test:
+    raise KdJaxError(f"config.evaluation.test_size={test_size} exceeds the {num_test} test "
+                     "examples; lower it, or 0 for the whole test set.")
+  return test_size or num_test
 
 
 def check_sizes(config, teacher_examples: int, distill_examples: int, test_examples: int,

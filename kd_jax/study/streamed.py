@@ -255,6 +255,7 @@ def run(config, workdir: str) -> dict:
   phases.distillation_policy(config)
   student_lib.distill_method(config, steps_per_epoch=1)  # its options, before the workdir
   source = stream_lib.open_source(config.data)
+  phases.check_classes(source.num_classes)
   crop = config.data.stream.crop_size
   image_shape = (crop, crop, source.channels)
   compute_dtype = phases.compute_dtype(config)
@@ -266,7 +267,7 @@ def run(config, workdir: str) -> dict:
     teacher_variables = teachers_lib.load_teachers(teacher, config.teacher.load_from,
                                                    config.teacher.ensemble_size, image_shape, mesh)
   num_train, num_test = len(source.train), len(source.test)
-  test_examples = min(config.evaluation.test_size or num_test, num_test)
+  test_examples = phases.test_examples(config, num_test)
   phases.check_sizes(config, num_train, num_train, test_examples, mesh)
   for phase in ("teacher", "student"):
     if config[phase].batch_size % jax.process_count():
