@@ -401,6 +401,7 @@ def _study_config(data_fields):
     phase.batch_size = 8
     phase.optimizer.learning_rate = 0.5
   config.eval_batch_size = 10
+  config.evaluation.compression = False  # timings differ between runs; tests/test_compression.py
   config.evaluation.augmented_batches = 0
   config.log_every_steps = 10
   config.checkpoint_every_steps = 10
