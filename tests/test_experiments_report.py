@@ -327,3 +327,36 @@ def test_ensemble_size_plot_shows_the_mean_over_seeds_per_m(grid):
                              ["student"]["test_agreement"] for s in range(3)]) for m in (1, 3)]
   np.testing.assert_allclose(line.get_ydata(), expected, rtol=1e-6)
   plt._plt.close("all")
+
+
+def _with_compression(results, student_flops, student_params):
+  figures = lambda flops, params: {"params": params, "flops_per_image": flops,  # noqa: E731
+                                   "latency_batch1_s": 1e-4}
+  results["compression"] = {
+      "teachers": [figures(3e6, 300) for _ in results["teachers"]],
+      "ensemble": figures(9e6, 900), "student": figures(student_flops, student_params),
+      "student_vs_ensemble": {"params": student_params / 900, "flops_per_image": student_flops / 9e6,
+                              "accuracy_kept": results["student"]["test_accuracy"] / 0.72}}
+  return results
+
+
+def test_compression_columns_and_the_accuracy_against_flops_plot(tmp_path):
+  rng = np.random.default_rng(0)
+  for name, flops, params in (("small", 1e6, 100), ("large", 2e6, 200)):
+    for seed in range(2):
+      write_run(tmp_path / "runs" / f"{name}{seed}", seed=seed, variant={"variant": name},
+                results=_with_compression(fake_results(rng, 3), flops, params))
+  report.write_report([str(tmp_path / "runs")], str(tmp_path / "out"))
+  rows = {row["variant"]: row for row in read_csv(tmp_path / "out" / "results.csv")}
+  assert float(rows["small"]["student_flops_per_image_mean"]) == 1e6
+  assert float(rows["large"]["student_params_mean"]) == 200
+  assert float(rows["large"]["teacher_flops_per_image_mean"]) == 3e6  # teachers.0 of the list
+  assert abs(float(rows["small"]["student_vs_ensemble_params_mean"]) - 100 / 900) < 1e-6  # %g
+  assert "accuracy_vs_flops.png" in os.listdir(tmp_path / "out")
+  assert "student FLOPs/img" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_runs_without_compression_have_neither_its_columns_nor_its_plot(grid):
+  report.write_report([str(grid / "runs")], str(grid / "out"))
+  assert "accuracy_vs_flops.png" not in os.listdir(grid / "out")
+  assert "FLOPs" not in (grid / "out" / "results.md").read_text()

@@ -138,6 +138,42 @@ def _scatter(plt, variants, x_key: str, y_key: str, path: str, *, xlabel: str, y
   return True
 
 
+def _mean(variant, key: str) -> float:
+  values = variant.values(runs_lib.paper_metric(key))
+  return float(np.mean(values)) if values.size else math.nan
+
+
+def plot_accuracy_vs_flops(plt, variants, path: str) -> bool:
+  """The compression picture: student test accuracy and agreement (mean ± std over seeds) against
+  the student's FLOPs per image, one point per variant, with each variant's single teacher and
+  ensemble marked at their FLOPs; False when no run measured FLOPs."""
+  points = [(v, _mean(v, "student_flops_per_image")) for v in variants]
+  points = [(v, flops) for v, flops in points if math.isfinite(flops)]
+  if not points:
+    return False
+  fig, ax = plt.subplots(figsize=(7, 5.5))
+  for (variant, flops), color in zip(points, _colors(plt, len(points))):
+    (accuracy, accuracy_err), (agreement, agreement_err) = (
+        _percent(variant, "student_test_accuracy"), _percent(variant, "test_agreement"))
+    ax.errorbar(flops, accuracy, yerr=accuracy_err, fmt="o", color=color, capsize=3,
+                label=_legend_label(f"{variant.name}: student accuracy"))
+    ax.errorbar(flops, agreement, yerr=agreement_err, fmt="^", color=color, capsize=3, alpha=0.6,
+                label=_legend_label(f"{variant.name}: agreement"))
+    for key, accuracy_key, marker, role in (
+        ("teacher_flops_per_image", "teacher_mean_test_accuracy", "s", "teacher"),
+        ("ensemble_flops_per_image", "ensemble_test_accuracy", "*", "ensemble")):
+      x, (y, _) = _mean(variant, key), _percent(variant, accuracy_key)
+      if math.isfinite(x) and math.isfinite(y):
+        ax.plot(x, y, marker, color=color, markersize=10, markerfacecolor="none")
+        ax.annotate(role, (x, y), textcoords="offset points", xytext=(5, -10), fontsize=8)
+  ax.set_xscale("log")
+  ax.set(xlabel="FLOPs per image (forward pass, log scale)", ylabel="test accuracy / agreement (%)",
+         title="What distillation kept against what it costs")
+  ax.grid(alpha=0.3)
+  _finish(plt, fig, ax, path)
+  return True
+
+
 ENSEMBLE_SIZE_KEY = "teacher.ensemble_size"
 _ENSEMBLE_SIZE_METRICS = ("test_agreement", "student_test_accuracy", "ensemble_test_accuracy")
 
@@ -231,6 +267,7 @@ def write_report_plots(variants, out_dir: str) -> list:
           xlabel="test agreement (%)", ylabel="train agreement (%)",
           title="Agreement on the distillation (train) set vs the test set", diagonal=True),
       "training_curves.png": lambda path: plot_training_curves(plt, variants, path),
+      "accuracy_vs_flops.png": lambda path: plot_accuracy_vs_flops(plt, variants, path),
       # The paper's Fig. 6 (initialization interpolation) and Fig. 5 (training length).
       "agreement_vs_init_lambda.png": lambda path: plot_against_key(
           plt, variants, "student.init_lambda", path,

@@ -26,15 +26,17 @@ from kd_jax.results import flatten_results
 # Tables
 
 
-def _format_cell(values, percent: bool) -> str:
-  scale, digits = (100.0, 2) if percent else (1.0, 4)
-  return mean_std_text(values, scale, digits) or "-"
+def _format_cell(values, metric) -> str:
+  if metric.percent:
+    return mean_std_text(values, 100.0, 2) or "-"
+  # Counts (parameters, FLOPs) and seconds read better in significant figures than in 4 decimals.
+  return mean_std_text(values, 1.0, 4, metric in runs_lib.COMPRESSION_METRICS) or "-"
 
 
 def markdown_table(variants, metrics) -> str:
   header = ["variant", "n"] + [metric.title for metric in metrics]
   rows = [[variant.name.replace("|", "\\|"), str(len(variant.runs))] +
-          [_format_cell(variant.values(metric), metric.percent) for metric in metrics]
+          [_format_cell(variant.values(metric), metric) for metric in metrics]
           for variant in variants]
   lines = ["| " + " | ".join(header) + " |",
            "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]

@@ -127,6 +127,14 @@ def result_value(results: dict, name: str):
   or 'teachers.test_accuracy' (the mean over the members); None where it is absent or not a number.
   """
   role, key = name.split(".", 1)
+  if role == "compression":  # nested: 'compression.student.flops_per_image'
+    value = results.get("compression")
+    for part in key.split("."):
+      if isinstance(value, list) and part.isdigit() and int(part) < len(value):
+        value = value[int(part)]  # a teacher's entry
+      else:
+        value = value.get(part) if isinstance(value, dict) else None
+    return float(value) if is_number(value) else None
   if role == "teachers":
     values = [entry.get(key) for entry in results.get("teachers", [])]
     if not values or not all(is_number(v) for v in values):
@@ -163,17 +171,39 @@ _KNOWN_STUDENT_KEYS = {f"{split}_{name}" for split in ("test", "train")
                        for name in ("accuracy", "nll", "ece", "agreement", "kl")}
 
 
+# What distillation saved (results.json's "compression", kd_jax/compression.py), where runs have it.
+COMPRESSION_METRICS = (
+    Metric("student_params", "student params", False, "compression.student.params"),
+    Metric("student_flops_per_image", "student FLOPs/img", False,
+           "compression.student.flops_per_image"),
+    Metric("student_latency_batch1_s", "student latency b1 s", False,
+           "compression.student.latency_batch1_s"),
+    Metric("ensemble_flops_per_image", "ensemble FLOPs/img", False,
+           "compression.ensemble.flops_per_image"),
+    Metric("teacher_flops_per_image", "teacher FLOPs/img", False,
+           "compression.teachers.0.flops_per_image"),
+    Metric("student_vs_ensemble_params", "params / ensemble", False,
+           "compression.student_vs_ensemble.params"),
+    Metric("student_vs_ensemble_flops", "FLOPs / ensemble", False,
+           "compression.student_vs_ensemble.flops_per_image"),
+    Metric("accuracy_kept", "acc kept %", True, "compression.student_vs_ensemble.accuracy_kept"),
+)
+
+
 def paper_metric(key: str) -> Metric:
-  """The PAPER_METRICS entry of results.csv column `key`."""
-  return next(m for m in PAPER_METRICS if m.key == key)
+  """The PAPER_METRICS (or COMPRESSION_METRICS) entry of results.csv column `key`."""
+  return next(m for m in PAPER_METRICS + COMPRESSION_METRICS if m.key == key)
 
 
 def report_metrics(runs) -> list:
-  """PAPER_METRICS plus a column per other numeric student result (augmented agreement, CKA, ...)."""
+  """PAPER_METRICS, the COMPRESSION_METRICS some run has, and a column per other numeric student
+  result (augmented agreement, CKA, ...)."""
   extra = sorted({key for run in runs for key, value in run.results.get("student", {}).items()
                   if key not in _KNOWN_STUDENT_KEYS and is_number(value)})
   percent_words = ("accuracy", "agreement", "ece")
-  return list(PAPER_METRICS) + [
+  compression = [m for m in COMPRESSION_METRICS
+                 if any(result_value(run.results, m.name) is not None for run in runs)]
+  return list(PAPER_METRICS) + compression + [
       Metric(f"student_{key}", f"student {key}" + (" %" if any(w in key for w in percent_words)
                                                    else ""),
              any(w in key for w in percent_words), f"student.{key}")

@@ -24,15 +24,16 @@ def mean_std(values) -> tuple:
   return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else math.nan
 
 
-def mean_std_text(values, scale: float, digits: int) -> str:
-  """'mean ± std' of scale * values with `digits` decimals, just 'mean' for one value (no spread);
-  '' for none."""
+def mean_std_text(values, scale: float, digits: int, significant: bool = False) -> str:
+  """'mean ± std' of scale * values with `digits` decimals (`significant`: digits significant
+  figures, for counts and seconds), just 'mean' for one value (no spread); '' for none."""
   values = np.asarray(values, dtype=np.float64)
   if values.size == 0:
     return ""
   mean, std = mean_std(values)
-  text = f"{scale * mean:.{digits}f}"
-  return text if math.isnan(std) else f"{text} ± {scale * std:.{digits}f}"
+  form = f".{digits}{'g' if significant else 'f'}"
+  text = f"{scale * mean:{form}}"
+  return text if math.isnan(std) else f"{text} ± {scale * std:{form}}"
 
 
 def error_bar(values, scale: float = 100.0) -> tuple:
