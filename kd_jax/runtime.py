@@ -69,11 +69,15 @@ def initialize_distributed(coordinator_address=None, num_processes=None, process
   That service's notifier catches SIGTERM itself, in place of our handler, and then only answers
   `multihost_utils.reached_preemption_sync_point`: the signal would stop nothing, and SIGINT is not
   covered at all. The processes vote on stopping instead (see the module docstring). Our handlers,
-  if installed, are installed again afterwards, should initialize have taken a signal anyway.
+  if installed, are installed again afterwards, should initialize have taken a signal anyway (a JAX
+  without that option, say).
   """
   import jax  # pylint: disable=g-import-not-at-top
   ours = signal.getsignal(signal.SIGTERM) is _handle
-  jax.config.update("jax_enable_preemption_service", False)
+  try:
+    jax.config.update("jax_enable_preemption_service", False)
+  except AttributeError:  # A JAX that no longer has the option: the handlers are reinstalled below.
+    pass
   jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
                              process_id=process_id)
   if ours:
