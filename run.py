@@ -58,11 +58,11 @@ def main(argv) -> None:
       raise KdJaxError("no workdir given; pass --workdir=runs/<name> (an empty or new folder, or a "
                        "run to resume).")
     runtime.setup_process()
-    import jax  # pylint: disable=g-import-not-at-top (after setup_process: XLA flags, cache)
+    # Imported after setup_process (XLA flags, compilation cache), as JAX reads them on import.
     from kd_jax import study  # pylint: disable=g-import-not-at-top
     if args.distributed:
-      jax.distributed.initialize(coordinator_address=args.coordinator_address,
-                                 num_processes=args.num_processes, process_id=args.process_id)
+      runtime.initialize_distributed(args.coordinator_address, args.num_processes,
+                                     args.process_id)
     study.run(config, args.workdir, args.force_evaluation)  # validates the config
 
 

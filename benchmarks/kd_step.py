@@ -36,11 +36,12 @@ max_pool_impl 'reduce_window') instead of kd_jax's reshape-max.
 
 Side by side (`--side-by-side`, benchmarks/side_by_side.py): for each model, the teacher step (3
 stacked members, batch 256) and the distillation step (3 teachers, batch 128) of kd_jax and of
-benchmarks/torch_reference.py (PyTorch eager, the same networks, data shapes and optimizers), timed
-in `--rounds` alternating rounds of `--steps` steps, so that load from other processes falls on
-both; for LeNet-5, whose distillation data is not augmented, a third row, `cached`: the step a run
-runs there (teacher logits computed once per run on the train set), with `cache_s`, the table's
-one-time cost, and `ratio_one_epoch`, the ratio with that cost spread over a single epoch's steps.
+benchmarks/torch_reference.py (PyTorch eager, the same networks, data shapes and optimizers; on the
+GPU where kd_jax runs on one), timed in `--rounds` alternating rounds of `--steps` steps, so that
+load from other processes falls on both; PreResNet of `--depth` (default 20). For LeNet-5, whose
+distillation data is not augmented, a third row, `cached`: the step a run runs there (teacher
+logits computed once per run on the train set), with `cache_s`, the table's one-time cost, and
+`ratio_one_epoch`, the ratio with that cost spread over a single epoch's steps.
 Without torch installed, only the kd_jax columns are filled.
 
 The study estimate (`--estimate-study`, benchmarks/estimate.py) measures the steps of the paper's
@@ -55,6 +56,7 @@ import sys
 from benchmarks import cases as cases_lib
 from benchmarks import estimate, harness, measure, profiles
 from kd_jax import ensemble, parallel, runtime
+from kd_jax.errors import KdJaxError
 from kd_jax.experiments import cli
 
 
@@ -151,8 +153,10 @@ def run_side_by_side(args):
   # PyTorch is imported only when a comparison with it is asked for.
   from benchmarks import side_by_side  # pylint: disable=import-outside-toplevel
   side_by_side.set_torch_threads(args.torch_threads)
+  if len(args.depth) > 1:
+    raise KdJaxError("--side-by-side times one PreResNet depth; give one --depth.")
   cases = side_by_side.side_by_side_cases(args.model or ["lenet5"], args.steps, args.warmup,
-                                          args.lenet_pooling, args.max_pool)
+                                          args.lenet_pooling, args.max_pool, depth=args.depth[0])
   records = side_by_side.side_by_side(cases, args.rounds,
                                       torch_channels_last=args.torch_channels_last)
   for record in records:

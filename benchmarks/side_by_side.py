@@ -14,7 +14,8 @@ computed once per run on the train set), against the same PyTorch distillation s
 teachers every step as a plain loop (and the original code) does; its record adds `cache_s`, the
 table's one-time cost, and `ratio_one_epoch`, the ratio with that cost spread over a single epoch's
 steps (the worst case: a run of E epochs spreads it over E times as many). Without torch
-installed, only the kd_jax columns are filled.
+installed, only the kd_jax columns are filled. PyTorch runs where kd_jax does: on a CUDA GPU when
+JAX's backend is a GPU and torch sees one (`torch_device`), else on the CPU.
 """
 
 import dataclasses
@@ -22,20 +23,23 @@ import itertools
 import statistics
 import time
 
+import jax
+
 from benchmarks import cases as cases_lib
 from benchmarks import harness, torch_reference
 from kd_jax import parallel
 
 
 def side_by_side_cases(models, steps: int, warmup: int, lenet_pooling: str = "",
-                       max_pool: str = "kd_jax") -> list:
+                       max_pool: str = "kd_jax", depth: int = 20) -> list:
   """Per model: the teacher step (3 stacked members, batch 256), the distill step (3 teachers, 128)
-  and, where a run caches the teachers' logits, the distill step that reads them."""
+  and, where a run caches the teachers' logits, the distill step that reads them. PreResNet's depth
+  is `depth`."""
   cases = []
   for model in models:
     common = dict(model=model, classes=10 if model == "lenet5" else 100, steps=steps,
                   warmup=warmup, train_size=cases_lib.MODEL_TRAIN_SIZE[model],
-                  lenet_pooling=lenet_pooling, max_pool=max_pool)
+                  lenet_pooling=lenet_pooling, max_pool=max_pool, depth=depth)
     cases.append(cases_lib.Case(kind="teacher", members=3, batch=256, **common))
     distill = cases_lib.Case(kind="distill", m=3, batch=128, **common)
     cases.append(distill)
@@ -56,6 +60,12 @@ class Contender:
   torch_rounds: list = dataclasses.field(default_factory=list)
 
 
+def torch_device() -> str:
+  """'cuda' when JAX runs on a GPU and torch sees a CUDA GPU, else 'cpu': PyTorch is timed on the
+  kind of device kd_jax is."""
+  return "cuda" if jax.default_backend() == "gpu" and torch_reference.cuda_available() else "cpu"
+
+
 def prepare_contender(case: cases_lib.Case, mesh, data, use_torch: bool,
                       torch_channels_last: bool) -> Contender:
   """Builds, compiles and warms up the case's kd_jax step, and its PyTorch step if `use_torch`."""
@@ -69,7 +79,8 @@ def prepare_contender(case: cases_lib.Case, mesh, data, use_torch: bool,
   if use_torch:
     contender.torch_step, _ = torch_reference.build(
         case.kind, case.model, case.depth, case.m, case.members, case.batch, case.classes,
-        torch_channels_last, cases_lib.pooling(case) or "max", case.train_size)
+        torch_channels_last, cases_lib.pooling(case) or "max", case.train_size,
+        device=torch_device())
     harness.call_seconds(contender.torch_step, max(case.warmup, 1))
   return contender
 
@@ -97,7 +108,7 @@ def _torch_fields(c: Contender, images: int, jax_s: float, jax_one_epoch_s,
                   torch_channels_last: bool) -> dict:
   torch_s = statistics.median(itertools.chain(*c.torch_rounds))
   torch = torch_reference.torch
-  fields = {"torch": f"{torch.__version__}, {torch.get_num_threads()} threads, "
+  fields = {"torch": f"{torch.__version__}, {torch_device()}, {torch.get_num_threads()} threads, "
                      f"{'channels_last' if torch_channels_last else 'NCHW'}",
             "torch_step_ms": round(torch_s * 1e3, 2),
             "torch_round_ms": _round_medians_ms(c.torch_rounds),
@@ -177,6 +188,6 @@ def torch_record(case: cases_lib.Case) -> dict:
   if not torch_reference.available():
     return {"kind": "torch_reference", "skipped": "torch is not installed"}
   record = torch_reference.benchmark(case.depth, case.m, case.batch, case.classes, case.steps,
-                                     case.warmup)
+                                     case.warmup, device=torch_device())
   record.update(kind="torch_reference", compile_s=None)  # eager: nothing to compile
   return record

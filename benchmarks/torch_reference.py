@@ -1,4 +1,4 @@
-"""Plain PyTorch (eager, CPU) versions of kd_jax's distillation and teacher steps, to compare with.
+"""Plain PyTorch (eager) versions of kd_jax's distillation and teacher steps, to compare with.
 
   python -m benchmarks.torch_reference --depth 20 --m 3 --batch 128 --classes 100 --steps 20
   python -m benchmarks.torch_reference --model lenet5 --m 3 --batch 128 --classes 10
@@ -19,6 +19,10 @@ kd_jax's). Its data are used as the Fashion-MNIST config uses them: no augmentat
 normalization. The teacher step (`--kind teacher`) trains `members` networks one after the other,
 each on its own batch (cross-entropy, SGD momentum 0.9, weight decay 5e-4), so that a step processes
 members x batch images as kd_jax's stacked teacher step does.
+
+The steps run on the CPU, or on a CUDA GPU with `device="cuda"` (`--device cuda`; the side-by-side
+benchmark picks it when JAX runs on a GPU too): data, random draws and networks then live on the GPU
+and each step ends with `torch.cuda.synchronize()`, so that its time is the GPU's.
 
 Optional: torch is not a dependency of kd_jax. `available()` says whether it can be imported, and
 the harness (benchmarks/kd_step.py --torch, --side-by-side) skips this reference cleanly when it
@@ -52,6 +56,24 @@ POOLINGS = ("max", "avg")
 
 def available() -> bool:
   return torch is not None
+
+
+def cuda_available() -> bool:
+  return torch is not None and torch.cuda.is_available()
+
+
+def _synchronized(step, device):
+  """step, made to wait for the GPU's work when `device` is a CUDA device (eager CPU work is
+  synchronous)."""
+  if torch.device(device).type != "cuda":
+    return step
+
+  def synchronized_step():
+    result = step()
+    torch.cuda.synchronize(device)
+    return result
+
+  return synchronized_step
 
 
 def _conv(in_planes, out_planes, kernel, stride=1):
@@ -161,15 +183,16 @@ def _augment(images, generator):
   batch, height, width, _ = images.shape
   x = images.permute(0, 3, 1, 2).float().div_(255.0)
   padded = F.pad(x, (4, 4, 4, 4))
-  offsets = torch.randint(0, 9, (batch, 2), generator=generator)
-  rows = offsets[:, 0, None] + torch.arange(height)[None, :]  # (B, H)
-  cols = offsets[:, 1, None] + torch.arange(width)[None, :]  # (B, W)
-  flip = torch.rand(batch, generator=generator) < 0.5
+  device = images.device
+  offsets = torch.randint(0, 9, (batch, 2), generator=generator, device=device)
+  rows = offsets[:, 0, None] + torch.arange(height, device=device)[None, :]  # (B, H)
+  cols = offsets[:, 1, None] + torch.arange(width, device=device)[None, :]  # (B, W)
+  flip = torch.rand(batch, generator=generator, device=device) < 0.5
   cols = torch.where(flip[:, None], cols.flip(1), cols)
-  batch_index = torch.arange(batch)[:, None, None]
+  batch_index = torch.arange(batch, device=device)[:, None, None]
   x = padded.permute(0, 2, 3, 1)[batch_index, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
-  mean = torch.tensor(_MEAN).view(1, 1, 1, 3)
-  std = torch.tensor(_STD).view(1, 1, 1, 3)
+  mean = torch.tensor(_MEAN, device=device).view(1, 1, 1, 3)
+  std = torch.tensor(_STD, device=device).view(1, 1, 1, 3)
   return ((x - mean) / std).permute(0, 3, 1, 2).contiguous()
 
 
@@ -188,28 +211,28 @@ def _kd_loss(student_logits, teacher_logits, temperature):
 
 def _train_images(model, train_size, generator):
   return torch.randint(0, 256, (train_size, *cases_lib.MODEL_IMAGE_SHAPE[model]), dtype=torch.uint8,
-                       generator=generator)
+                       generator=generator, device=generator.device)
 
 
 def make_step(depth=20, m=3, batch=128, classes=100, temperature=4.0, train_size=50_000,
-              channels_last=False, seed=0, model="preresnet", pooling="max"):
+              channels_last=False, seed=0, model="preresnet", pooling="max", device="cpu"):
   """Returns the distillation step() -> loss (the loss is not fetched as a Python float)."""
   torch.manual_seed(seed)
-  generator = torch.Generator().manual_seed(seed)
+  generator = torch.Generator(device=device).manual_seed(seed)
   images = _train_images(model, train_size, generator)
   student = _network(model, depth, classes, pooling).train()
   teachers = [_network(model, depth, classes, pooling).eval() for _ in range(m)]
   memory_format = torch.channels_last if channels_last else torch.contiguous_format
   make_input = _make_input(model, memory_format)
   for net in (student, *teachers):
-    net.to(memory_format=memory_format)
+    net.to(device=device, memory_format=memory_format)
   for teacher in teachers:
     teacher.requires_grad_(False)
   optimizer = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, nesterov=True,
                               weight_decay=1e-4)
 
   def step():
-    indices = torch.randint(0, train_size, (batch,), generator=generator)
+    indices = torch.randint(0, train_size, (batch,), generator=generator, device=device)
     x = make_input(images[indices], generator)
     with torch.no_grad():
       teacher_logits = _ensemble_log_probs([teacher(x) for teacher in teachers])
@@ -219,19 +242,20 @@ def make_step(depth=20, m=3, batch=128, classes=100, temperature=4.0, train_size
     optimizer.step()
     return loss
 
-  return step
+  return _synchronized(step, device)
 
 
 def make_teacher_step(depth=20, members=3, batch=256, classes=100, train_size=50_000,
-                      channels_last=False, seed=0, model="preresnet", pooling="max"):
+                      channels_last=False, seed=0, model="preresnet", pooling="max", device="cpu"):
   """Returns step(): one cross-entropy SGD step of each of `members` networks, each on its batch."""
   torch.manual_seed(seed)
-  generator = torch.Generator().manual_seed(seed)
+  generator = torch.Generator(device=device).manual_seed(seed)
   images = _train_images(model, train_size, generator)
-  labels = torch.randint(0, classes, (train_size,), generator=generator)
+  labels = torch.randint(0, classes, (train_size,), generator=generator, device=device)
   memory_format = torch.channels_last if channels_last else torch.contiguous_format
   make_input = _make_input(model, memory_format)
-  nets = [_network(model, depth, classes, pooling).train().to(memory_format=memory_format)
+  nets = [_network(model, depth, classes, pooling).train().to(device=device,
+                                                              memory_format=memory_format)
           for _ in range(members)]
   learning_rate, weight_decay = (0.05, 5e-4) if model == "lenet5" else (0.1, 1e-4)
   optimizers = [torch.optim.SGD(net.parameters(), lr=learning_rate, momentum=0.9,
@@ -239,24 +263,25 @@ def make_teacher_step(depth=20, members=3, batch=256, classes=100, train_size=50
 
   def step():
     for net, optimizer in zip(nets, optimizers):
-      indices = torch.randint(0, train_size, (batch,), generator=generator)
+      indices = torch.randint(0, train_size, (batch,), generator=generator, device=device)
       loss = F.cross_entropy(net(make_input(images[indices], generator)), labels[indices])
       optimizer.zero_grad(set_to_none=True)
       loss.backward()
       optimizer.step()
 
-  return step
+  return _synchronized(step, device)
 
 
 def build(kind="distill", model="preresnet", depth=20, m=3, members=1, batch=128, classes=100,
-          channels_last=False, pooling="max", train_size=None):
-  """(step function, images per step) for one case; train_size defaults to the model's data set."""
+          channels_last=False, pooling="max", train_size=None, device="cpu"):
+  """(step function, images per step) for one case on `device` ('cpu' | 'cuda'); train_size
+  defaults to the model's data set."""
   if kind not in KINDS or model not in cases_lib.MODELS:
     raise ValueError(f"kind {kind!r} / model {model!r}: kinds are {KINDS}, "
                      f"models {cases_lib.MODELS}")
   train_size = train_size or cases_lib.MODEL_TRAIN_SIZE[model]
   common = dict(depth=depth, batch=batch, classes=classes, train_size=train_size,
-                channels_last=channels_last, model=model, pooling=pooling)
+                channels_last=channels_last, model=model, pooling=pooling, device=device)
   if kind == "teacher":
     return make_teacher_step(members=members, **common), members * batch
   return make_step(m=m, **common), batch
@@ -264,16 +289,17 @@ def build(kind="distill", model="preresnet", depth=20, m=3, members=1, batch=128
 
 def benchmark(depth=20, m=3, batch=128, classes=100, steps=20, warmup=3, threads=0,
               channels_last=False, kind="distill", model="preresnet", members=1,
-              pooling="max") -> dict:
+              pooling="max", device="cpu") -> dict:
   """Times the eager step: median of `steps` steps after `warmup`."""
   if threads:
     torch.set_num_threads(threads)
   step, images_per_step = build(kind, model, depth, m, members, batch, classes, channels_last,
-                                pooling)
-  harness.call_seconds(step, warmup)  # (eager CPU work is synchronous: no waiting needed)
+                                pooling, device=device)
+  harness.call_seconds(step, warmup)  # (a CUDA step waits for the GPU itself: _synchronized)
   times = harness.call_seconds(step, steps)
   step_s = statistics.median(times)
-  return {"backend": "torch-cpu", "device": f"torch {torch.__version__}", "kind": kind,
+  return {"backend": f"torch-{torch.device(device).type}", "device": f"torch {torch.__version__}",
+          "kind": kind,
           "model": model, "depth": depth if model == "preresnet" else None,
           "pooling": pooling if model == "lenet5" else None,
           "m": m if kind == "distill" else None, "members": members if kind == "teacher" else None,
@@ -298,13 +324,14 @@ def main(argv=None):
   parser.add_argument("--warmup", type=int, default=3)
   parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
   parser.add_argument("--channels-last", action="store_true")
+  parser.add_argument("--device", default="cpu", help="cpu | cuda (a CUDA GPU)")
   args = parser.parse_args(argv)
   if not available():
     print(json.dumps({"skipped": "torch is not installed"}))
     return
   print(json.dumps(benchmark(args.depth, args.m, args.batch, args.classes, args.steps, args.warmup,
                              args.threads, args.channels_last, args.kind, args.model, args.members,
-                             args.pooling)))
+                             args.pooling, args.device)))
 
 
 if __name__ == "__main__":

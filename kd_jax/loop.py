@@ -19,6 +19,17 @@
 - optionally traces `profile_steps` steps after the first (compiling) one with jax.profiler;
 - between steps, honours a stop signal (kd_jax/runtime.py): it saves a checkpoint, prints one line
   and raises Interrupted.
+
+Several processes (JAX's multi-process runtime): a signal may reach one process only, and all must
+stop at the same step (each step and each checkpoint save is a collective). Every
+`STOP_VOTE_EVERY` steps the loop starts a vote of all processes (`runtime.stop_vote`) right after
+the step, and reads it with that step's metrics, when the run-ahead bound or a log line or save
+fetches them anyway: no extra wait for the host. Every process starts and reads the same votes at
+the same steps, so when one says "stop", all save the same step and raise Interrupted; the signal
+is honoured at most STOP_VOTE_EVERY + max_steps_ahead steps after it arrived. A vote every step
+would cost each step a small dispatch and collective (noticeable next to a millisecond step); every
+few steps keeps that under the noise. One process runs no votes: it reads its own flag before each
+step, as before.
 """
 
 import dataclasses
@@ -34,6 +45,8 @@ from kd_jax.study_plan import StudyPlan
 
 # Steps the host may dispatch before it waits for the oldest one (see the module docstring).
 MAX_STEPS_AHEAD = 4
+# Multi-process runs: steps between two votes on stopping (see the module docstring).
+STOP_VOTE_EVERY = 4
 # Between log lines, a short progress line (no metrics) every progress.PROGRESS_SECONDS, so that a
 # phase whose log_every_steps is far away still shows that it runs and when it will end.
 
@@ -106,16 +119,22 @@ def fit(step_fn: Callable, state, *, phase: Phase, manager, start: int, log, set
   profile_steps, max_steps_ahead = settings.profile_steps, settings.max_steps_ahead
   step = start
   saved_step = start if start else None  # the checkpoint on disk that `state` was restored from
-  in_flight = []  # (step number, metrics on device), oldest first
+  in_flight = []  # (step number, metrics on device, stop vote on device or None), oldest first
+  votes = runtime.multiprocess()  # several processes decide together when to stop
+  voted_stop = False  # a vote said that a signal reached some process
   profile_until = None  # the step that ends a running profiler trace
   last_progress = time.time()
   window = _Window(start)
 
   def check(keep: int) -> None:
-    """Fetches and checks the metrics of all but the newest `keep` steps in flight."""
+    """Fetches and checks the metrics (and reads the votes) of all but the newest `keep` steps in
+    flight."""
+    nonlocal voted_stop
     while len(in_flight) > keep:
-      number, metrics = in_flight.pop(0)
+      number, metrics, vote = in_flight.pop(0)
       fetched = jax.device_get(metrics)
+      if vote is not None and runtime.stop_agreed(vote):
+        voted_stop = True
       bad = _non_finite(fetched)
       if bad is not None:
         last = f"step {saved_step}" if saved_step else "none (the phase restarts)"
@@ -159,13 +178,17 @@ def fit(step_fn: Callable, state, *, phase: Phase, manager, start: int, log, set
                "images_per_second": round(rate * phase.images_per_step, 1)})
     window = _Window(step)
 
+  def stopping() -> bool:
+    return voted_stop if votes else runtime.stop_requested()
+
   with runtime.deferred_signals():
     while step < phase.total:
-      if runtime.stop_requested():
+      if stopping():
         _stop(phase, step, save)
       state, metrics = step_fn(state)
       step += 1
-      in_flight.append((step, metrics))
+      vote = runtime.stop_vote() if votes and step % STOP_VOTE_EVERY == 0 else None
+      in_flight.append((step, metrics, vote))
       if step == start + 1:
         check(keep=0)
         compile_s = time.time() - window.start_time
@@ -205,7 +228,9 @@ def fit(step_fn: Callable, state, *, phase: Phase, manager, start: int, log, set
                    **values})
       if step % checkpoint_every == 0 or step == phase.total:
         save()
-    if runtime.stop_requested():
+    if votes and not voted_stop:
+      voted_stop = runtime.stop_agreed(runtime.stop_vote())  # once per phase: a wait is cheap
+    if stopping():
       # The signal came during the last steps or the final save: the phase is complete and saved.
       _stop(phase, step, save)
   return state

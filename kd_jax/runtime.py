@@ -22,9 +22,18 @@ line is printed, its output flushed and its workdir locks released: a signal can
 thread inside a JAX compilation, and Python's finalization with XLA's threads still about then
 crashed (a segmentation fault, exit 139 instead of 130). By then there is nothing left to save:
 the training loop has saved its checkpoint and every checkpoint manager is closed.
+
+Several processes (JAX's multi-process runtime, `run.py --distributed`). A signal often reaches one
+process only (a `kill`, one host preempted), and a process that stopped on its own would leave the
+others waiting at their next collective for ever. So there a signal never raises at once (every
+block defers it), and the processes decide together: at points that every process reaches in the
+same order, a vote (`stop_vote`, a maximum of every process's flag over all devices) says whether a
+signal reached any of them, and all stop there if one did. The training loop starts a vote every
+few steps without waiting for it (kd_jax/loop.py), `raise_if_stopped` votes and waits.
 """
 
 import contextlib
+import functools
 import importlib.metadata
 import os
 import signal
@@ -57,7 +66,7 @@ def _handle(signum, frame):  # pylint: disable=unused-argument
                 "command to resume from the last checkpoint\n".encode())
     os._exit(INTERRUPTED_EXIT)  # pylint: disable=protected-access
   _STATE.received = signum
-  if not _STATE.deferring:
+  if not _STATE.deferring and not _distributed():
     raise Interrupted(_signal_name(signum))
 
 
@@ -77,14 +86,87 @@ def install_signal_handlers() -> None:
     _STATE.unraisablehook, sys.unraisablehook = sys.unraisablehook, _unraisable
 
 
+def initialize_distributed(coordinator_address=None, num_processes=None, process_id=None) -> None:
+  """jax.distributed.initialize (run.py --distributed) with JAX's preemption service off.
+
+  That service's notifier catches SIGTERM itself, in place of our handler, and then only answers
+  `multihost_utils.reached_preemption_sync_point`: the signal would stop nothing, and SIGINT is not
+  covered at all. The processes vote on stopping instead (see the module docstring). Our handlers,
+  if installed, are installed again afterwards, should initialize have taken a signal anyway (a JAX
+  without that option, say).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  ours = signal.getsignal(signal.SIGTERM) is _handle
+  try:
+    jax.config.update("jax_enable_preemption_service", False)
+  except AttributeError:  # A JAX that no longer has the option: the handlers are reinstalled below.
+    pass
+  jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                             process_id=process_id)
+  if ours:
+    install_signal_handlers()
+
+
 def stop_requested() -> bool:
+  """Whether a signal reached this process (in a multi-process run: this one, not any)."""
   return _STATE.received is not None
 
 
 def raise_if_stopped() -> None:
-  """Raises Interrupted if a signal arrived (a loop's check between steps, and at phase boundaries)."""
-  if _STATE.received is not None:
+  """Raises Interrupted if a signal arrived (at phase boundaries). In a multi-process run every
+  process must call it at the same point: all raise if a signal reached any of them."""
+  if multiprocess():
+    if stop_agreed(stop_vote()):
+      raise Interrupted(_signal_name(_STATE.received) if _STATE.received is not None
+                        else "a signal to another process")
+  elif _STATE.received is not None:
     raise Interrupted(_signal_name(_STATE.received))
+
+
+def _distributed() -> bool:
+  """Whether jax.distributed is initialized; safe in a signal handler (it starts nothing)."""
+  jax = sys.modules.get("jax")
+  return jax is not None and jax.distributed.is_initialized()
+
+
+def multiprocess() -> bool:
+  """Whether this process is one of several of JAX's multi-process runtime."""
+  if not _distributed():
+    return False
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.process_count() > 1
+
+
+@functools.lru_cache(maxsize=None)
+def _vote_program():
+  """(the sharding of one flag per device, the jitted maximum of them, replicated everywhere)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), ("devices",))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  maximum = jax.jit(lambda flags: flags.max(), out_shardings=replicated)
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("devices")), maximum
+
+
+def stop_vote():
+  """Starts a vote of all processes on stopping; returns its outcome on the devices, not fetched.
+
+  Each process contributes its flag (`stop_requested`) on each of its devices, and one compiled
+  maximum over all devices of all processes (a collective: every process must start the same votes
+  in the same order) gives each process the same value: 1 where a signal reached any of them.
+  Dispatched like a step, it costs the host no wait; `stop_agreed` reads it.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  sharding, maximum = _vote_program()
+  flags = np.full((jax.local_device_count(),), int(stop_requested()), np.int32)
+  return maximum(jax.make_array_from_process_local_data(sharding, flags, (jax.device_count(),)))
+
+
+def stop_agreed(vote) -> bool:
+  """The outcome of a `stop_vote` (waits for it): whether a signal reached any process."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return bool(jax.device_get(vote))
 
 
 def reset() -> None:
