@@ -7,6 +7,7 @@ loop's side of it: with votes, the votes decide where it stops, not the process'
 """
 
 import json
+import os
 import signal
 import socket
 import threading
