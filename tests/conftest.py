@@ -24,6 +24,11 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+# Tests that repeat what a faster test already covers, kept for a thorough local run:
+# KD_JAX_SLOW_TESTS=1 python -m pytest -q tests
+SLOW = pytest.mark.skipif(os.environ.get("KD_JAX_SLOW_TESTS") != "1",
+                          reason="covered by a faster test; KD_JAX_SLOW_TESTS=1 runs it")
+
 TEST_COMPILATION_CACHE = os.path.join(tempfile.gettempdir(), "kd_jax_test_xla")
 
 
