@@ -63,9 +63,7 @@ def _tiny(config, in_folder, ood_folder):
     config[phase].batch_size = 8
   config.teacher.ensemble_size = 1  # stacked ensembles are exercised by test_pipeline.py
   config.eval_batch_size = 16
-  # The augmented-stream and CKA evaluations compile programs of their own: kept where a variant
-  # asks for CKA (table1), left out elsewhere (kd_jax's evaluation tests cover them).
-  config.evaluation.augmented_batches = 1 if config.evaluation.cka_examples else 0
+  config.evaluation.augmented_batches = 1
   config.evaluation.cka_examples = min(config.evaluation.cka_examples, 16)
   config.evaluation.compression = False
   return config
