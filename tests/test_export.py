@@ -1,6 +1,7 @@
-"""Exported models (kd_jax/export.py, kd_jax/predict.py): three tiny trained runs, a PreResNet
+"""Exported models (kd_jax/export.py, kd_jax/predict.py): four tiny trained runs, a PreResNet
 student with BatchNorm on digits, a digits CNN student of the same teachers (config.teacher.load_from;
-exported with its teacher ensemble) and a BiLSTM student on a generated review corpus, exported and
+exported with its teacher ensemble), a LeNet-5 student on digits resized to 28x28 and a BiLSTM
+student on a generated review corpus, exported and
 run again in a fresh process that never imports
 kd_jax's models (nor flax), against the workdir's student computed here from its checkpoint with a
 NumPy transcription of the run's standardization; and the one-line errors of bad inputs.
@@ -30,6 +31,9 @@ FAST = ["--config.evaluation.augmented_batches=0", "--config.teacher.steps=8",
 PRERESNET = ["--config.student.model.name=preresnet", "--config.student.model.depth=8",
              "--config.student.model.width=4"]
 CNN = ["--config.student.model.name=digits_cnn", "--config.student.model.width=4"]
+LENET5 = ["--config.data.image_size=28", "--config.teacher.model.name=lenet5",
+          "--config.student.model.name=lenet5", "--config.teacher.ensemble_size=1",
+          "--config.teacher.model.width=0", "--config.student.model.width=0"]
 _WORDS = (("bad", "awful", "dull"), ("good", "great", "fine"))
 _FILLER = ("the", "film", "plot", "was", "and")
 
@@ -60,12 +64,12 @@ def _text_run(corpus):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-  """{name: workdir} of the three finished tiny runs."""
+  """{name: workdir} of the finished tiny runs."""
   root = tmp_path_factory.mktemp("export_runs")
   corpus = _write_reviews(root / "corpus")
   workdirs = {}
   runs = {"preresnet": PRERESNET, "cnn": CNN + [f"--config.teacher.load_from={root / 'preresnet'}"],
-          "bilstm": _text_run(corpus)}
+          "bilstm": _text_run(corpus), "lenet5": LENET5}
   for name, overrides in runs.items():
     workdirs[name] = root / name
     result = run_cli([CONFIG, f"--workdir={workdirs[name]}", *FAST, *overrides])
@@ -161,7 +165,8 @@ def exported(runs, tmp_path_factory):
 
 
 @pytest.mark.parametrize("name,role", [("cnn", "student"), ("cnn", "ensemble"),
-                                       ("preresnet", "student"), ("bilstm", "student")])
+                                       ("preresnet", "student"), ("bilstm", "student"),
+                                       ("lenet5", "student")])
 @pytest.mark.e2e
 def test_exported_model_gives_the_workdirs_outputs(runs, exported, name, role):
   folder, inputs, outputs, tops = exported[(name, role)]
