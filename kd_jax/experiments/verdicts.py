@@ -76,15 +76,21 @@ def load_cell(root: str, experiment: str, variant: str, seeds, metric: str) -> C
       problem = "unfinished" if started else "not run"
     else:
       value = result_value(results, metric)
-      if value is None:
-        problem = f"has no {metric}"
-      elif not math.isfinite(value):
-        problem = f"diverged ({metric} is not finite)"
-      else:
+      problem = metric_problem(value, metric)
+      if problem is None:
         cell.values[seed] = value
     if problem:
       cell.problems[seed] = f"{label}/seed{seed}: {problem}"
   return cell
+
+
+def metric_problem(value, metric: str):
+  """Why a finished run's `metric` cannot enter a cell (absent, or not finite: diverged), or None."""
+  if value is None:
+    return f"has no {metric}"
+  if not math.isfinite(value):
+    return f"diverged ({metric} is not finite)"
+  return None
 
 
 def combine_cells(fn: Callable, *cells: Cell) -> Cell:
@@ -130,14 +136,9 @@ def table_cell(rows, experiment: str, variant: str, metric: str) -> Cell:
   if not mine:
     cell.problems[-1] = f"{label}: not in the runs table"
   for row in mine:
-    seed, value, problem = row["seed"], row["metrics"].get(metric), None
-    if row["status"] != "finished":
-      problem = row["status"]
-    elif value is None:
-      problem = f"has no {metric}"
-    elif not math.isfinite(value):
-      problem = f"diverged ({metric} is not finite)"
-    else:
+    seed, value = row["seed"], row["metrics"].get(metric)
+    problem = row["status"] if row["status"] != "finished" else metric_problem(value, metric)
+    if problem is None:
       cell.values[seed] = value
     if problem:
       cell.problems[seed] = f"{label}/seed{seed}: {problem}"
