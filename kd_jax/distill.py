@@ -25,6 +25,7 @@ from typing import Any, Callable, ClassVar, Optional, Union
 import jax.numpy as jnp
 
 from kd_jax import losses
+from kd_jax.methods import common
 
 TEACHERS_IN_STEP = "in_step"
 CACHED_LOGITS = "cached_logits"
@@ -48,9 +49,7 @@ class LogitKD:
   alpha: float = 0.0
   kind: str = "forward_kl"
 
-  def init(self, rng, inputs):
-    del rng, inputs
-    return {}, {}  # no parameters, no state
+  init = common.no_parameters  # no parameters, no state
 
   def objective(self, student_logits, teacher_logits, labels, rng, temperature=None):
     """The batch-mean objective; `temperature` overrides tau (synthetic rows have their own)."""

@@ -220,6 +220,12 @@ def init_params(module, rng, *args):
   return jax.jit(module.init)(rng, *args)["params"]
 
 
+def no_parameters(method, rng, inputs):
+  """`init` of a method with no parameters and no state (the logit methods): ({}, {})."""
+  del method, rng, inputs
+  return {}, {}
+
+
 def method_from_config(cls, cfg):
   """cls(**cfg) for a frozen method dataclass, without the 'name' key; unknown keys are an error."""
   values = dict(cfg)

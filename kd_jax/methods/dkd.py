@@ -80,9 +80,7 @@ class DKD:
 
   from_config = classmethod(common.method_from_config)
 
-  def init(self, rng, inputs):
-    del rng, inputs
-    return {}, {}
+  init = common.no_parameters
 
   def loss(self, params, state, inputs, rng):
     del params, rng
