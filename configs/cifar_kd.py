@@ -2,7 +2,9 @@
 
 The paper's recipes: teachers 200 epochs, batch 256, SGD momentum 0.9, weight decay 1e-4, cosine lr
 0.1 -> 0; student 300 epochs, batch 128, SGD Nesterov 0.9, weight decay 1e-4, cosine lr 5e-2 -> 1e-6;
-random crop (pad 4) + horizontal flip; tau = 4, alpha = 0 (pure distillation).
+random crop (pad 4) + horizontal flip; tau = 4, alpha = 0 (pure distillation). Inputs are mapped to
+[-1, 1] as the original code's 'unitcube' transform does (data.normalization; kd_jax's own default
+z-scores each channel: --config.data.normalization=standardize).
 
 Sources: the teacher numbers (200 epochs, batch 256, lr 0.1) follow the paper's text and the archived
 teacher run of the original code; gnosis at HEAD trains teachers with its student block (300 epochs,
@@ -32,6 +34,7 @@ def get_config():
   config.data.name = "cifar100"
   config.data.source = "auto"  # the copy on disk, else downloaded once
   config.data.augment = "crop_flip"
+  config.data.normalization = "unitcube"  # the original code's 2 x - 1
 
   config.teacher.model = kd_config.model_config(name="preresnet", depth=56)
   config.teacher.ensemble_size = 3

@@ -102,7 +102,7 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
       download_dir="",
       train_size=0,  # keep only the first N training examples (0 = all)
       # How images in [0, 1] reach the models: standardize (ours: per-channel z-scores with the train
-      # set's statistics) | unitcube (the original code's: 2 x - 1, into [-1, 1]; in-memory runs).
+      # set's statistics) | unitcube (the original code's: 2 x - 1, into [-1, 1]; the paper configs').
       normalization="standardize",
       # False: every split draw (D0 / D1 halves, teacher.train_examples, distill.train_examples, the
       # appended OOD images) uses data.split_seed alone, the same for every config.seed. True: it
@@ -437,9 +437,6 @@ def _check_data(config) -> None:
     raise KdJaxError(f"config.distill.train_examples={config.distill.train_examples} must be >= 0 "
                      "(0 = the student's whole data split).")
   _check_choice(config.data.normalization, NORMALIZATIONS, "data.normalization")
-  if config.data.normalization != NORMALIZATIONS[0] and config.data.pipeline == "stream":
-    raise KdJaxError(f"config.data.normalization={config.data.normalization!r} is implemented for "
-                     "in-memory runs; use data.pipeline='memory' or normalization='standardize'.")
   for key, cfg in (("data", config.data), ("distill.ood_data", config.distill.ood_data)):
     if cfg.source == "auto" and not cfg.name:
       raise KdJaxError(f"config.{key}.source='auto' finds or downloads the dataset {key}.name "

@@ -172,3 +172,20 @@ def test_imagenet_config_is_the_papers_recipe_and_streams():
       assert (cfg.epochs, cfg.batch_size, cfg.model.name) == (90, 1024, "resnet50")
       assert (cfg.optimizer.learning_rate, cfg.optimizer.warmup_epochs) == (0.1, 5.0)
     assert config.student.optimizer.weight_decay == 0.0 < config.teacher.optimizer.weight_decay
+
+
+def test_unitcube_normalization_maps_streamed_images_to_minus_one_one(layouts):
+  """data.normalization='unitcube' (the original code's 2 x - 1) holds for streamed input as for
+  in-memory runs: mean and std 0.5 per channel instead of measured statistics."""
+  from kd_jax import parallel
+  from kd_jax.study import streamed
+  config = kd_config.default_config()
+  config.data = stream_data_cfg(layouts["image_folder"])
+  config.data.stream.crop_size = 16
+  config.data.normalization = "unitcube"
+  data = streamed.StreamedData(config, stream.open_source(config.data), parallel.make_mesh())
+  for values in data.statistics:
+    np.testing.assert_array_equal(values, [0.5, 0.5, 0.5])
+  config.data.normalization = "standardize"
+  measured = streamed.StreamedData(config, stream.open_source(config.data), parallel.make_mesh())
+  assert not np.allclose(measured.statistics[0], 0.5)

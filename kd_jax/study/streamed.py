@@ -134,9 +134,12 @@ class StreamedData:
   def __init__(self, config, source: stream_lib.StreamDataset, mesh):
     self.config, self.source, self.mesh = config, source, mesh
     self.augment = host_augment(config)
-    mean, std = stream_lib.channel_statistics(
-        source.train, self.augment, config.data.stream.statistics_examples,
-        stream_lib.stream_seeds(config.seed, STATISTICS_STREAM)[0], config.data.stream.threads)
+    if config.data.normalization == "unitcube":  # the original's [-1, 1], as placement's
+      mean = std = np.full(3 if not config.data.grayscale else 1, 0.5)
+    else:
+      mean, std = stream_lib.channel_statistics(
+          source.train, self.augment, config.data.stream.statistics_examples,
+          stream_lib.stream_seeds(config.seed, STATISTICS_STREAM)[0], config.data.stream.threads)
     self.statistics = (mean, std)  # channel statistics, for normalization.json
     self.mean, self.std = parallel.replicate(placement.standardization(mean, std), mesh)
 
