@@ -18,6 +18,9 @@ from kd_jax.errors import KdJaxError
 
 PRECISIONS = ("fp32", "bf16")
 OPTIMIZERS = ("sgd", "adam")
+# Learning-rate schedules (kd_jax/train.py learning_rate_schedule): cosine (the paper's) | step
+# (multi-step, the CIFAR-100 distillation benchmark's).
+LR_SCHEDULES = ("cosine", "step")
 DATA_SPLITS = ("all", "d0", "d1")
 STUDENT_INITS = ("random", "interpolate", "teacher_initial")
 BATCH_STATS_INITS = ("reestimate", "interpolate")
@@ -50,8 +53,15 @@ def optimizer_config(**overrides) -> ml_collections.ConfigDict:
   cfg = ml_collections.ConfigDict(dict(
       name="sgd",  # 'sgd' or 'adam'
       learning_rate=0.1,
+      # cosine: from learning_rate to final_learning_rate over the phase | step: learning_rate times
+      # decay_factor at each of decay_epochs (the rate of epoch e, counted from 1, is learning_rate *
+      # decay_factor^(number of decay_epochs < e); CRD / RepDistiller / mdistiller's CIFAR-100 recipe:
+      # 0.1 at 150, 180, 210 of 240 epochs). Both after the optional linear warm-up.
+      schedule="cosine",
       final_learning_rate=0.0,  # cosine schedule floor
-      warmup_epochs=0.0,  # linear warm-up before the cosine
+      decay_epochs=(150, 180, 210),  # step schedule: increasing epochs inside the phase
+      decay_factor=0.1,  # step schedule: the factor at each of decay_epochs, in (0, 1]
+      warmup_epochs=0.0,  # linear warm-up from 0 to learning_rate, before the schedule
       momentum=0.9,
       nesterov=False,
       weight_decay=1e-4,  # coupled (PyTorch-style) L2 on all parameters
@@ -342,6 +352,7 @@ def _check_phases(config) -> None:
                        f"config.{phase}.epochs).")
     if cfg.steps == 0:
       _check_positive(cfg.epochs, f"{phase}.epochs")
+    _check_schedule(cfg, phase)
   _check_positive(config.teacher.ensemble_size, "teacher.ensemble_size")
   _check_positive(config.distill.temperature, "distill.temperature")
   _check_positive(config.eval_batch_size, "eval_batch_size")
@@ -351,6 +362,26 @@ def _check_phases(config) -> None:
     raise KdJaxError(f"config.profile_steps={config.profile_steps} must be >= 0 (0 = no trace).")
   if not 0.0 <= config.distill.alpha <= 1.0:
     raise KdJaxError(f"config.distill.alpha={config.distill.alpha} must lie in [0, 1].")
+
+
+def _check_schedule(cfg, phase: str) -> None:
+  """A phase's learning-rate schedule: its name, and a step schedule's decay epochs and factor."""
+  optimizer, key = cfg.optimizer, f"{phase}.optimizer"
+  _check_choice(optimizer.schedule, LR_SCHEDULES, f"{key}.schedule")
+  if optimizer.warmup_epochs < 0:
+    raise KdJaxError(f"config.{key}.warmup_epochs={optimizer.warmup_epochs} must be >= 0.")
+  if optimizer.schedule != "step":
+    return
+  epochs = tuple(optimizer.decay_epochs)
+  if not epochs or any(not isinstance(e, (int, float)) or isinstance(e, bool) or not e > 0
+                       for e in epochs) or list(epochs) != sorted(set(epochs)):
+    raise KdJaxError(f"config.{key}.decay_epochs={epochs!r} must be increasing epochs > 0, e.g. "
+                     "(150, 180, 210).")
+  if cfg.steps == 0 and epochs[-1] >= cfg.epochs:
+    raise KdJaxError(f"config.{key}.decay_epochs={epochs!r} must end before config.{phase}.epochs="
+                     f"{cfg.epochs}; a later decay never takes effect.")
+  if not 0.0 < optimizer.decay_factor <= 1.0:
+    raise KdJaxError(f"config.{key}.decay_factor={optimizer.decay_factor} must lie in (0, 1].")
 
 
 def _check_student_init(config) -> None:

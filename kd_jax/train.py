@@ -38,9 +38,38 @@ def model_variables(state: TrainState) -> dict:
   return variables
 
 
+def decay_boundaries(cfg, steps_per_epoch: int) -> tuple:
+  """The step schedule's boundaries: the optimizer count at which each of cfg.decay_epochs starts
+  (epoch e, counted from 0, holds counts [e * steps_per_epoch, (e + 1) * steps_per_epoch))."""
+  return tuple(int(epoch * steps_per_epoch) for epoch in cfg.decay_epochs)
+
+
+def step_decay_schedule(learning_rate: float, boundaries, factor: float) -> optax.Schedule:
+  """learning_rate * factor^(number of boundaries <= count): the multi-step schedule of the
+  CIFAR-100 distillation recipe (PyTorch's MultiStepLR, stepped per epoch)."""
+  bounds = jnp.asarray(boundaries, jnp.int32)
+
+  def schedule(count):
+    decays = jnp.sum(jnp.asarray(count, jnp.int32) >= bounds)
+    return learning_rate * jnp.power(jnp.float32(factor), decays.astype(jnp.float32))
+
+  return schedule
+
+
 def learning_rate_schedule(cfg, total_steps: int, steps_per_epoch: int) -> optax.Schedule:
-  """Cosine from cfg.learning_rate to cfg.final_learning_rate, after an optional linear warm-up."""
+  """cfg.schedule after an optional linear warm-up from 0 over cfg.warmup_epochs: 'cosine' from
+  cfg.learning_rate to cfg.final_learning_rate over the phase, or 'step', cfg.learning_rate times
+  cfg.decay_factor at each of cfg.decay_epochs (counted from the phase's start, warm-up included).
+
+  A schedule is evaluated at the optimizer's count, the number of updates before the step."""
   warmup_steps = int(cfg.warmup_epochs * steps_per_epoch)
+  if cfg.schedule == "step":
+    decayed = step_decay_schedule(cfg.learning_rate, decay_boundaries(cfg, steps_per_epoch),
+                                  cfg.decay_factor)
+    if not warmup_steps:
+      return decayed
+    warmup = optax.linear_schedule(0.0, cfg.learning_rate, warmup_steps)
+    return lambda count: jnp.where(count < warmup_steps, warmup(count), decayed(count))
   if warmup_steps:
     return optax.warmup_cosine_decay_schedule(
         0.0, cfg.learning_rate, warmup_steps, max(total_steps, warmup_steps + 1),

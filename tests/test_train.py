@@ -199,3 +199,70 @@ def test_too_few_examples_is_an_error():
   ids = jnp.arange(10)
   with pytest.raises(ValueError, match="fewer than the batch size"):
     train.sample_batch(jax.random.PRNGKey(0), 0, ids, ids, 16)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Learning-rate schedules
+
+
+def _step_optimizer_config(**overrides):
+  from kd_jax import config as kd_config
+  return kd_config.optimizer_config(schedule="step", learning_rate=0.05, decay_epochs=(3, 5, 7),
+                                    decay_factor=0.1, **overrides)
+
+
+def test_step_schedule_matches_a_hand_computation_per_epoch():
+  """The rate of epoch e (counted from 1) is lr * factor^(number of decay epochs < e), as
+  RepDistiller's adjust_learning_rate computes it before each epoch."""
+  steps_per_epoch, epochs = 4, 9
+  schedule = train.learning_rate_schedule(_step_optimizer_config(), epochs * steps_per_epoch,
+                                          steps_per_epoch)
+  expected = []
+  for count in range(epochs * steps_per_epoch):
+    epoch = count // steps_per_epoch + 1
+    expected.append(0.05 * 0.1 ** sum(1 for d in (3, 5, 7) if epoch > d))
+  got = [float(schedule(count)) for count in range(epochs * steps_per_epoch)]
+  np.testing.assert_allclose(got, expected, rtol=1e-6)
+  assert got[11] == pytest.approx(0.05) and got[12] == pytest.approx(0.005)
+
+
+def test_step_schedule_boundaries_fall_where_decay_epochs_start():
+  steps_per_epoch = 7
+  cfg = _step_optimizer_config()
+  assert train.decay_boundaries(cfg, steps_per_epoch) == (21, 35, 49)
+  schedule = train.learning_rate_schedule(cfg, 70, steps_per_epoch)
+  values = np.array([float(schedule(count)) for count in range(70)])
+  changes = [count for count in range(1, 70) if values[count] != values[count - 1]]
+  assert changes == [21, 35, 49]
+
+
+def test_sgd_applies_the_step_schedule_at_the_optimizer_count():
+  """Plain SGD without weight decay or momentum moves a parameter by -lr(count) * grad: the update
+  of the k-th step (count k - 1 before it) uses the rate of count k - 1."""
+  cfg = _step_optimizer_config(momentum=0.0, weight_decay=0.0)
+  tx = train.make_optimizer(cfg, total_steps=12, steps_per_epoch=1)
+  params = {"w": jnp.zeros(())}
+  opt_state = tx.init(params)
+  moves = []
+  for _ in range(9):
+    updates, opt_state = tx.update({"w": jnp.ones(())}, opt_state, params)
+    moves.append(-float(updates["w"]))
+  np.testing.assert_allclose(moves, [0.05] * 3 + [0.005] * 2 + [5e-4] * 2 + [5e-5] * 2, rtol=1e-6)
+
+
+def test_step_schedule_after_a_linear_warmup():
+  cfg = _step_optimizer_config(warmup_epochs=2.0)
+  schedule = train.learning_rate_schedule(cfg, 36, steps_per_epoch=4)
+  got = [float(schedule(count)) for count in range(16)]
+  np.testing.assert_allclose(got[:8], [0.05 * count / 8 for count in range(8)], rtol=1e-6)
+  np.testing.assert_allclose(got[8:12], [0.05] * 4, rtol=1e-6)
+  np.testing.assert_allclose(got[12:], [0.005] * 4, rtol=1e-6)
+
+
+def test_the_default_schedule_is_the_cosine():
+  from kd_jax import config as kd_config
+  cfg = kd_config.optimizer_config(learning_rate=0.1, final_learning_rate=0.001)
+  assert cfg.schedule == "cosine"
+  schedule = train.learning_rate_schedule(cfg, 100, 10)
+  expected = [0.001 + 0.5 * (0.1 - 0.001) * (1 + np.cos(np.pi * t / 100)) for t in (0, 30, 100)]
+  np.testing.assert_allclose([float(schedule(t)) for t in (0, 30, 100)], expected, rtol=1e-5)
