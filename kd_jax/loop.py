@@ -224,8 +224,8 @@ def fit(step_fn: Callable, state, *, phase: Phase, manager, start: int, log, set
         values = {k: float(v) for k, v in phase.evaluate(state).items()}
         print(f"[{phase.name}] step {step}/{phase.total} evaluation | " +
               " ".join(f"{k} {v:.4f}" for k, v in values.items()), flush=True)
-        log.write({"phase": phase.name, **phase.log_fields, "step": step, "evaluation": True,
-                   **values})
+        log.write({"phase": phase.name, **phase.log_fields, "step": step,
+                   "epoch": round(step / phase.steps_per_epoch, 4), "evaluation": True, **values})
       if step % checkpoint_every == 0 or step == phase.total:
         save()
     if votes and not voted_stop:

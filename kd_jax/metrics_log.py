@@ -10,6 +10,12 @@ needs only NumPy and protobuf (already here through tensorflow-datasets), where 
 bring in TensorFlow. Without tensorboardX installed the run goes on with metrics.jsonl alone (one note).
 Tags are `<phase>/<metric>`, e.g. `student/loss`, `teachers_1-3_of_3/grad_norm`, with the step as the
 x-axis; the final evaluation's numbers are `evaluation/<role>_<metric>` at step 0.
+
+The periodic evaluations of a phase (config.evaluation.every_steps: records with "evaluation": true)
+are also its history: `evaluation_records` reads them back, one per step, and `best_evaluation`
+picks the best test accuracy among them (the figure the CIFAR-100 distillation benchmark's papers
+report beside the last epoch's). A run resumed from a checkpoint evaluates the steps after it again
+and logs them again: the later record of a step wins, so the history is the uninterrupted run's.
 """
 
 import json
@@ -18,6 +24,7 @@ import os
 import re
 import time
 
+from kd_jax import files
 from kd_jax import workdir as workdir_lib
 
 
@@ -128,3 +135,46 @@ class MetricsLog:
       f.write(line + "\n")
     if self.events is not None:
       self.events.write(record)
+
+
+def evaluation_records(path: str, phase: str) -> list:
+  """The periodic evaluation records of `phase` in the metrics file at `path` (none if it does not
+  exist), one per step in step order; where a resumed run logged a step twice the later record wins.
+  """
+  if not os.path.isfile(path):
+    return []
+  by_step = {}
+  for record in files.read_jsonl(path):
+    if record.get("evaluation") is True and record.get("phase") == phase and "step" in record:
+      by_step[record["step"]] = record
+  return [by_step[step] for step in sorted(by_step)]
+
+
+def _finite(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def best_evaluation(records, steps_per_epoch: int) -> dict:
+  """The best test accuracy over evaluation `records` (dicts with 'step', 'test_accuracy' and
+  'test_agreement', in step order) and where it was reached: {'best_test_accuracy',
+  'best_test_accuracy_step', 'best_test_accuracy_epoch' (step / steps_per_epoch),
+  'best_test_agreement' (at that step), 'test_evaluations' (how many records the best is over),
+  'last_test_accuracy' and 'last_epoch' (the last record's)}.
+
+  Ties go to the earliest step, as `if acc > best_acc` in the references' training loops; records
+  without a finite accuracy (a null: non-finite when logged) do not count. {} without any.
+  """
+  scored = [r for r in records if _finite(r.get("test_accuracy"))]
+  if not scored:
+    return {}
+  best = scored[0]
+  for record in scored[1:]:
+    if record["test_accuracy"] > best["test_accuracy"]:
+      best = record
+  return {"best_test_accuracy": best["test_accuracy"],
+          "best_test_accuracy_step": int(best["step"]),
+          "best_test_accuracy_epoch": round(best["step"] / steps_per_epoch, 4),
+          "best_test_agreement": best.get("test_agreement"),
+          "test_evaluations": len(scored),
+          "last_test_accuracy": scored[-1]["test_accuracy"],
+          "last_epoch": round(scored[-1]["step"] / steps_per_epoch, 4)}

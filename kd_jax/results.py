@@ -1,5 +1,10 @@
 """One run's results.json: its flat form (metrics.jsonl, the report) and the table a run prints.
 
+The student's test_accuracy is its last epoch's (the final evaluation); with periodic evaluations
+(config.evaluation.every_steps) results["student"] also has best_test_accuracy, the step and epoch
+of that evaluation, the test agreement there, and last_test_accuracy / last_epoch to read it
+against (kd_jax/metrics_log.py best_evaluation).
+
 Kept apart from kd_jax/experiments/report.py, which reads and compares many runs, so that a run
 imports only this.
 """
@@ -74,6 +79,16 @@ def compression_summary(compression: dict) -> str:
           f"{_percent(versus.get('test_agreement'))} test agreement")
 
 
+def best_epoch_summary(student: dict) -> str:
+  """One line: the student's test accuracy at the last epoch and the best over its periodic
+  evaluations (results of config.evaluation.every_steps), with where the best was reached."""
+  return (f"student test accuracy: {100 * student['last_test_accuracy']:.2f}% at the last epoch "
+          f"({student['last_epoch']:g}), best {100 * student['best_test_accuracy']:.2f}% at epoch "
+          f"{student['best_test_accuracy_epoch']:g} (step {student['best_test_accuracy_step']}, "
+          f"test agreement {100 * student['best_test_agreement']:.2f}%), over "
+          f"{student['test_evaluations']} evaluations")
+
+
 def results_table(results: dict) -> str:
   """The table a run prints: a row per teacher, the ensemble and the student; with a "compression"
   section, its columns and a summary line (compression_summary) too."""
@@ -99,6 +114,8 @@ def results_table(results: dict) -> str:
   text = ["  ".join(cell.rjust(w) if j else cell.ljust(w) for j, (cell, w) in
                     enumerate(zip(line, widths))) for line in lines]
   text.insert(1, "  ".join("-" * w for w in widths))
+  if "best_test_accuracy" in results["student"]:
+    text.append(best_epoch_summary(results["student"]))
   if compression:
     text.append(compression_summary(compression))
   return "\n".join(text)

@@ -32,10 +32,11 @@ RESULTS_FILE = "results.json"
 DIVERGED_FILE = "diverged.json"
 LOCK_FILE = ".lock"
 # Keys that change how a run reports or saves progress, or whether and where it downloads data, not
-# what it computes: they may differ on resume.
+# what it computes: they may differ on resume. (evaluation.every_steps is not one of them: the
+# student's best test accuracy in results.json is the best over those evaluations.)
 OPERATIONAL_KEYS = (
     "log_every_steps", "checkpoint_every_steps", "eval_batch_size", "profile_steps",
-    "evaluation.every_steps", "data.download", "data.download_dir", "distill.ood_data.download",
+    "data.download", "data.download_dir", "distill.ood_data.download",
     "distill.ood_data.download_dir", "evaluation.compression")
 
 

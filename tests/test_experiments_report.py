@@ -360,3 +360,36 @@ def test_runs_without_compression_have_neither_its_columns_nor_its_plot(grid):
   report.write_report([str(grid / "runs")], str(grid / "out"))
   assert "accuracy_vs_flops.png" not in os.listdir(grid / "out")
   assert "FLOPs" not in (grid / "out" / "results.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Best and last epoch
+
+
+def _best_epoch_fields(rng):
+  best = float(rng.uniform(0.75, 0.8))
+  return {"best_test_accuracy": best, "best_test_accuracy_step": 450,
+          "best_test_accuracy_epoch": float(rng.integers(1, 9)), "best_test_agreement": 0.8,
+          "test_evaluations": 8, "last_test_accuracy": 0.7, "last_epoch": 8.0}
+
+
+def test_best_epoch_columns_beside_the_last_epochs_accuracy(tmp_path):
+  rng = np.random.default_rng(3)
+  best = []
+  for seed in range(3):
+    fields = _best_epoch_fields(rng)
+    best.append(fields["best_test_accuracy"])
+    write_run(tmp_path / f"s{seed}", seed=seed, results=fake_results(rng, 3, extra=fields))
+  table = report.write_report([str(tmp_path / "s*")], str(tmp_path / "out"), plots=False)
+  header = table.splitlines()[0]
+  assert "student acc % (last epoch)" in header and "student acc % (best epoch)" in header
+  assert "best epoch" in header and "test agree % at best epoch" in header
+  assert "best_test_accuracy_step" not in header and "test_evaluations" not in header
+  row = read_csv(tmp_path / "out" / "results.csv")[0]
+  assert float(row["student_best_test_accuracy_mean"]) == pytest.approx(np.mean(best), rel=1e-5)
+  assert f"{100 * np.mean(best):.2f} ± {100 * np.std(best, ddof=1):.2f}" in table
+
+
+def test_without_periodic_evaluations_the_accuracy_keeps_its_title(grid):
+  table = report.write_report([str(grid / "runs")], str(grid / "out"), plots=False)
+  assert "| student acc % |" in table and "best epoch" not in table

@@ -69,3 +69,37 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, uninterrupted, phase_ch
   assert "resuming at step" in resumed.stdout
   for a, b in zip(_final_params(uninterrupted), _final_params(interrupted)):
     jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def _evaluated_config():
+  config = get_config()
+  config.evaluation.every_steps = 2  # student steps 2, 4, ..., 12; checkpoints at 4, 8, 12
+  return config
+
+
+@pytest.mark.e2e
+def test_a_resumed_run_reports_the_best_evaluation_of_an_uninterrupted_one(tmp_path):
+  """A kill after the student's checkpoint at step 8 and its evaluations at 10 and 12 leaves those
+  records in metrics.jsonl (the last one cut short), which the resumed run logs again from step 8:
+  the history, and the best, must be the uninterrupted run's."""
+  whole, killed = tmp_path / "whole", tmp_path / "killed"
+  expected = study.run(_evaluated_config(), str(whole))["student"]
+  assert expected["test_evaluations"] == 6
+  study.run(_evaluated_config(), str(killed))
+  shutil.rmtree(killed / "student" / "12")
+  (killed / "results.json").unlink()
+  lines = (killed / "metrics.jsonl").read_text().splitlines()
+  kept = []
+  for line in lines:
+    record = json.loads(line)
+    if record.get("phase") == "evaluation":
+      break  # the final evaluation's record: the kill came before it
+    if record.get("evaluation") and record["step"] > 8:
+      record["test_accuracy"] = 1.0  # what the replay must overwrite, were it not the same
+    kept.append(json.dumps(record))
+  (killed / "metrics.jsonl").write_text("\n".join(kept) + '\n{"phase": "student", "st')
+  resumed = study.run(_evaluated_config(), str(killed))["student"]
+  best_keys = ("best_test_accuracy", "best_test_accuracy_step", "best_test_accuracy_epoch",
+               "best_test_agreement", "test_evaluations", "last_test_accuracy", "last_epoch")
+  assert {k: resumed[k] for k in best_keys} == {k: expected[k] for k in best_keys}
+  assert resumed == expected

@@ -166,9 +166,25 @@ PAPER_METRICS = (
     Metric("student_test_nll", "student NLL", False, "student.test_nll"),
     Metric("student_test_ece", "student ECE %", True, "student.test_ece"),
 )
-# Student results the paper's columns already show or that are routine (train accuracy, NLL, ECE).
+# The student's best test accuracy over its periodic evaluations (config.evaluation.every_steps;
+# kd_jax/metrics_log.py best_evaluation), beside student.test_accuracy, its last epoch's: the two
+# figures the CIFAR-100 distillation benchmark's papers report, shown where runs have them.
+BEST_EPOCH_METRICS = (
+    Metric("student_best_test_accuracy", "student acc % (best epoch)", True,
+           "student.best_test_accuracy"),
+    Metric("student_best_test_accuracy_epoch", "best epoch", False,
+           "student.best_test_accuracy_epoch"),
+    Metric("student_best_test_agreement", "test agree % at best epoch", True,
+           "student.best_test_agreement"),
+)
+LAST_EPOCH_TITLE = "student acc % (last epoch)"  # student_test_accuracy's title beside them
+# Student results the paper's columns (and the best-epoch ones) already show or that are routine
+# (train accuracy, NLL, ECE; the best's step, its count of evaluations, the last's duplicate).
 _KNOWN_STUDENT_KEYS = {f"{split}_{name}" for split in ("test", "train")
-                       for name in ("accuracy", "nll", "ece", "agreement", "kl")}
+                       for name in ("accuracy", "nll", "ece", "agreement", "kl")} | {
+                           "best_test_accuracy", "best_test_accuracy_step",
+                           "best_test_accuracy_epoch", "best_test_agreement", "test_evaluations",
+                           "last_test_accuracy", "last_epoch"}
 
 
 # What distillation saved (results.json's "compression", kd_jax/compression.py), where runs have it.
@@ -191,19 +207,31 @@ COMPRESSION_METRICS = (
 
 
 def paper_metric(key: str) -> Metric:
-  """The PAPER_METRICS (or COMPRESSION_METRICS) entry of results.csv column `key`."""
-  return next(m for m in PAPER_METRICS + COMPRESSION_METRICS if m.key == key)
+  """The PAPER_METRICS (or BEST_EPOCH_METRICS, COMPRESSION_METRICS) entry of results.csv column
+  `key`."""
+  return next(m for m in PAPER_METRICS + BEST_EPOCH_METRICS + COMPRESSION_METRICS if m.key == key)
+
+
+def has_best_epoch(runs) -> bool:
+  """Whether some run recorded its best epoch (periodic evaluations)."""
+  return any(result_value(run.results, BEST_EPOCH_METRICS[0].name) is not None for run in runs)
 
 
 def report_metrics(runs) -> list:
-  """PAPER_METRICS, the COMPRESSION_METRICS some run has, and a column per other numeric student
-  result (augmented agreement, CKA, ...)."""
+  """PAPER_METRICS (the student's accuracy titled as its last epoch's, followed by the
+  BEST_EPOCH_METRICS, when some run has those), the COMPRESSION_METRICS some run has, and a column
+  per other numeric student result (augmented agreement, CKA, ...)."""
   extra = sorted({key for run in runs for key, value in run.results.get("student", {}).items()
                   if key not in _KNOWN_STUDENT_KEYS and is_number(value)})
   percent_words = ("accuracy", "agreement", "ece")
   compression = [m for m in COMPRESSION_METRICS
                  if any(result_value(run.results, m.name) is not None for run in runs)]
-  return list(PAPER_METRICS) + compression + [
+  paper = list(PAPER_METRICS)
+  if has_best_epoch(runs):
+    at = [m.key for m in paper].index("student_test_accuracy")
+    paper[at:at + 1] = [dataclasses.replace(paper[at], title=LAST_EPOCH_TITLE),
+                        *BEST_EPOCH_METRICS]
+  return paper + compression + [
       Metric(f"student_{key}", f"student {key}" + (" %" if any(w in key for w in percent_words)
                                                    else ""),
              any(w in key for w in percent_words), f"student.{key}")

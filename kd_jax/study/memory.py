@@ -269,6 +269,7 @@ def run(config, workdir: str) -> dict:
   # The first `labelled` images of the distillation set are labelled; appended OOD ones follow.
   results, test_member_logits = evaluate(ctx, evaluator, teacher_variables, student_variables,
                                          labelled=labelled, train_member_logits=train_member_logits)
+  results["student"].update(student_lib.best_evaluation(ctx, distill_examples, results["student"]))
   if config.evaluation.student_start:
     results["student"].update(start_metrics(
         ctx, evaluator, teacher_variables,

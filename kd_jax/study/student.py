@@ -9,7 +9,7 @@ import jax
 import ml_collections
 import optax
 
-from kd_jax import checkpoint, distill, evaluation, loop, methods, parallel, train
+from kd_jax import checkpoint, distill, evaluation, loop, methods, metrics_log, parallel, train
 from kd_jax.data import augment as augment_lib
 from kd_jax.study import phases, teachers as teachers_lib
 
@@ -148,6 +148,24 @@ def periodic_evaluation(ctx: phases.Context, student, teacher, teacher_variables
     return {f"test_{k}": v for k, v in values.items()}
 
   return evaluate
+
+
+def best_evaluation(ctx: phases.Context, num_examples: int, final: dict,
+                    label: str = "student") -> dict:
+  """The student's best test accuracy over its periodic evaluations (config.evaluation.every_steps),
+  with the step and epoch it was reached and the test agreement there (metrics_log.best_evaluation);
+  {} when there are none. The evaluations are the ones the phase logged to metrics.jsonl before its
+  last step (one per step, also across resumes), and at the last step the run's final evaluation
+  `final` (the student's results: its test_* figures), so the best is never below the last.
+  `num_examples`: the distillation set's size, which fixes the phase's steps per epoch."""
+  config = ctx.config
+  if not config.evaluation.every_steps:
+    return {}
+  total, steps_per_epoch = phases.schedule_length(config.student, num_examples, "student",
+                                                  phases.real_batch_size(config))
+  records = [r for r in metrics_log.evaluation_records(ctx.log.path, label) if r["step"] < total]
+  records.append({"step": total, **{k: v for k, v in final.items() if k.startswith("test_")}})
+  return metrics_log.best_evaluation(records, steps_per_epoch)
 
 
 def start_variables(ctx: phases.Context, student, teacher, teacher_variables, rng):
