@@ -24,7 +24,7 @@ RESNET_X4_STAGES = ((32, 32), (32, 64), (16, 128), (8, 256))
 WRN_2_STAGES = ((32, 16), (32, 32), (16, 64), (8, 128))
 VGG_STAGES = ((32, 64), (16, 128), (8, 256), (4, 512), (4, 512))
 STAGE_SHAPES = {
-    'resnet20': (RESNET_STAGES, 64), 'resnet32': (RESNET_STAGES, 64),
+    'resnet8': (RESNET_STAGES, 64), 'resnet20': (RESNET_STAGES, 64), 'resnet32': (RESNET_STAGES, 64),
     'resnet56': (RESNET_STAGES, 64), 'resnet110': (RESNET_STAGES, 64),
     'resnet8x4': (RESNET_X4_STAGES, 256), 'resnet32x4': (RESNET_X4_STAGES, 256),
     'wrn_16_2': (WRN_2_STAGES, 128), 'wrn_40_1': (RESNET_STAGES, 64),

@@ -4,6 +4,8 @@ mdistiller's `cifar_model_dict` spells them, and the kd_jax model each stands fo
 Parameter counts at 100 classes (weights, biases, BatchNorm scales and shifts; no running
 statistics), PyTorch's `sum(p.numel() for p in model.parameters())` for the reference definitions:
 
+  resnet8       83,892    (RepDistiller's and mdistiller's smallest CIFAR ResNet; the laptop-scale
+                          benchmark's student, configs/benchmark/laptop.py)
   resnet20     278,324    resnet8x4     1,233,540    wrn_16_2   703,284    vgg8   3,965,028
   resnet32     472,756    resnet32x4    7,433,860    wrn_40_1   569,780    vgg13  9,462,180
   resnet56     861,620    ResNet50     23,705,252    wrn_40_2 2,255,156
@@ -25,6 +27,7 @@ from kd_jax.models.shufflenet import ShuffleNetV1, ShuffleNetV2
 from kd_jax.models.wrn import WideResNet
 
 CIFAR_MODELS = {
+    'resnet8': functools.partial(CifarResNet, depth=8, filters=RESNET_FILTERS),
     'resnet20': functools.partial(CifarResNet, depth=20, filters=RESNET_FILTERS),
     'resnet32': functools.partial(CifarResNet, depth=32, filters=RESNET_FILTERS),
     'resnet56': functools.partial(CifarResNet, depth=56, filters=RESNET_FILTERS),
