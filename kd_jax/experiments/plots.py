@@ -174,6 +174,36 @@ def plot_accuracy_vs_flops(plt, variants, path: str) -> bool:
   return True
 
 
+_PAIR_MARKERS = "osD^v<>pP*Xh"
+
+
+def methods_agreement_vs_accuracy(plt, path: str, points) -> None:
+  """The methods benchmark's picture: each method's test agreement with its teacher against its
+  test accuracy (mean ± std over seeds), a colour per method and a marker per teacher -> student
+  pair. `points`: [(method, pair, (accuracy %, std), (agreement %, std))]."""
+  methods = list(dict.fromkeys(p[0] for p in points))
+  pairs = list(dict.fromkeys(p[1] for p in points))
+  colors = dict(zip(methods, _colors(plt, len(methods))))
+  markers = {pair: _PAIR_MARKERS[i % len(_PAIR_MARKERS)] for i, pair in enumerate(pairs)}
+  fig, ax = plt.subplots(figsize=(7.5, 5.5))
+  for method, pair, (x, xerr), (y, yerr) in points:
+    ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt=markers[pair], color=colors[method], capsize=3,
+                elinewidth=1, alpha=0.85)
+    ax.annotate(method, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+  for method in methods:  # legend entries: colours name methods, markers name pairs
+    ax.plot([], [], "o", color=colors[method], label=method)
+  if len(pairs) > 1:
+    for pair in pairs:
+      ax.plot([], [], markers[pair], color="gray", label=pair)
+  ax.margins(0.15)
+  ax.set(xlabel="student test accuracy, last epoch (%)",
+         ylabel="test agreement with the teacher (%)",
+         title="Fidelity vs generalization, per method" + (f" ({pairs[0]})" if len(pairs) == 1
+                                                           else ""))
+  ax.grid(alpha=0.3)
+  _finish(plt, fig, ax, path)
+
+
 ENSEMBLE_SIZE_KEY = "teacher.ensemble_size"
 _ENSEMBLE_SIZE_METRICS = ("test_agreement", "student_test_accuracy", "ensemble_test_accuracy")
 

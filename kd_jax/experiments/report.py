@@ -7,7 +7,8 @@ A report reads finished workdirs (config.json + results.json, metrics.jsonl for 
 groups the runs whose configs agree on everything but the seed into variants
 (kd_jax/experiments/runs.py), and writes results.md, results.csv (one row per variant, mean and std
 over seeds; a single seed has no std: 'nan', kd_jax/experiments/stats.py), runs.csv (one row per run)
-and PNG plots (plots.py).
+and PNG plots (plots.py). Runs that differ in their distillation method (configs/benchmark/) also
+get the methods benchmark's tables and plot (benchmark.py).
 """
 
 import argparse
@@ -16,7 +17,7 @@ import os
 
 from kd_jax import files
 from kd_jax.errors import KdJaxError
-from kd_jax.experiments import cli
+from kd_jax.experiments import benchmark, cli
 from kd_jax.experiments import plots as plots_lib
 from kd_jax.experiments import runs as runs_lib
 from kd_jax.experiments.stats import is_number, mean_std, mean_std_text
@@ -71,7 +72,7 @@ def write_runs_csv(path: str, variants) -> None:
                       [f"{flat[c]:.6g}" if c in flat else "" for c in columns])
 
 
-def _markdown_document(table: str, variants, images) -> str:
+def _markdown_document(table: str, variants, images, methods_benchmark: bool = False) -> str:
   runs = sum(len(v.runs) for v in variants)
   lines = [
       "# Results", "",
@@ -81,6 +82,9 @@ def _markdown_document(table: str, variants, images) -> str:
       "single teacher accuracy averages its members.", "",
       table, "",
   ]
+  if methods_benchmark:
+    lines += [f"The methods benchmark's tables, per teacher -> student pair and method: "
+              f"[{benchmark.TABLE_FILE}]({benchmark.TABLE_FILE}) ({benchmark.CSV_FILE}).", ""]
   duplicated = [(v, run) for v in variants for run in v.duplicates]
   if duplicated:
     lines += ["**Runs left out: same seed as a run already counted in their variant** (pooling them "
@@ -116,15 +120,21 @@ def write_report(paths, out_dir: str, group_by=None, plots: bool = True) -> str:
     raise KdJaxError(f"cannot create --out {out_dir} ({e.strerror or e}); give a folder you can "
                      "write to.") from e
   config_keys = group_by or runs_lib.differing_keys([v.runs[0].config for v in variants])
+  methods_benchmark = benchmark.is_benchmark(variants)
   try:
     write_csv(os.path.join(out_dir, "results.csv"), variants, metrics, config_keys)
     write_runs_csv(os.path.join(out_dir, "runs.csv"), variants)
     images = plots_lib.write_report_plots(variants, out_dir) if plots else []
+    if methods_benchmark:
+      images += [name for name in benchmark.write_benchmark(variants, out_dir, plots)
+                 if name.endswith(".png")]
     files.write_text(os.path.join(out_dir, "results.md"),
-                     _markdown_document(table, variants, images))
+                     _markdown_document(table, variants, images, methods_benchmark))
   except OSError as e:  # a full disk, a folder made read-only meanwhile (no file is half-written)
     raise KdJaxError(f"cannot write the report to {out_dir} ({e.strerror or e}); free disk space "
                      "or give another --out.") from e
+  if methods_benchmark:
+    return f"{table}\n\n{benchmark.markdown_document(variants)}"
   return table
 
 

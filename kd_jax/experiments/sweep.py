@@ -4,6 +4,7 @@ the report over all of them.
   python sweep.py --config=configs/paper/temperature_ensemble.py --workdir=runs/tau_m --seeds=0,1,2
   python sweep.py --config=configs/paper/temperature_ensemble.py --workdir=runs/tau_m --dry-run
   python sweep.py --config=... --workdir=... --variants=tau1_m1,tau4_m1 --config.student.epochs=30
+  python sweep.py --config=... --workdir=... --report-only     # the report alone, over finished runs
 
 An experiment file defines VARIANTS (a tuple of names) and get_config(variant). Every run gets the
 variant's config, the --config.KEY=VALUE overrides (parsed as run.py parses them,
@@ -310,6 +311,16 @@ def execute(runs, overrides=(), dry_run: bool = False, on_finished=None) -> None
       write_variant_file(run, overrides)
 
 
+def report_only(config_file: str, root: str) -> None:
+  """The sweep's report over the finished runs in `root`, running nothing (the experiment file is
+  only checked: it is not asked for configs)."""
+  load_experiment(config_file)
+  out = os.path.join(root, REPORT_DIR)
+  print(f"=== report over the finished runs in {root}", flush=True)
+  print(report.write_report([root], out))
+  print(f"\nreport written to {out}/", flush=True)
+
+
 def run_sweep(config_file: str, root: str, seeds, variants_text: str = "", overrides=(),
               dry_run: bool = False) -> list:
   """Plans, runs (unless dry_run) and reports the sweep; returns the planned runs."""
@@ -345,8 +356,13 @@ def main(argv) -> None:
   parser.add_argument("--seeds", default="0,1,2", help="seeds, comma-separated (default 0,1,2)")
   parser.add_argument("--variants", default="", help="a subset of VARIANTS, comma-separated")
   parser.add_argument("--dry-run", action="store_true", help="list the planned runs and stop")
+  parser.add_argument("--report-only", action="store_true",
+                      help="write the report over the finished runs in --workdir and stop")
   with cli.exit_statuses(RESUME_DETAIL):
     overrides, rest = split_overrides(argv)
     args = parser.parse_args(rest)
+    if args.report_only:
+      report_only(args.config, args.workdir)
+      return
     run_sweep(args.config, args.workdir, parse_seeds(args.seeds), args.variants, overrides,
               args.dry_run)
