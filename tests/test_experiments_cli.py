@@ -128,5 +128,5 @@ def test_a_section_takes_a_dict_with_all_its_keys():
   replacement = kd_config.optimizer_config(name="adam", learning_rate=0.01).to_dict()
   config = cli.apply_overrides(kd_config.default_config(), [("teacher.optimizer", str(replacement))])
   assert config.teacher.optimizer.to_dict() == replacement
-  with pytest.raises(KdJaxError, match="missing: final_learning_rate"):
+  with pytest.raises(KdJaxError, match="missing: decay_epochs, decay_factor, final_learning_rate"):
     cli.apply_overrides(kd_config.default_config(), [("teacher.optimizer", "{'name': 'adam'}")])
