@@ -37,7 +37,7 @@ METRICS = (
     Metric("student_best_test_accuracy", "top-1 % (best epoch)", True,
            "student.best_test_accuracy"),
     Metric("student_best_test_accuracy_epoch", "best epoch", False,
-           "student.best_test_accuracy_epoch"),
+           "student.best_test_accuracy_epoch", digits=1),
     Metric("test_agreement", "test agree %", True, "student.test_agreement"),
     Metric("best_test_agreement", "test agree % (best epoch)", True,
            "student.best_test_agreement"),
@@ -101,11 +101,10 @@ def benchmark_metrics(variants) -> list:
 
 
 def cell(values, metric: Metric) -> str:
-  """'mean ± std' over seeds: percent with 2 decimals, else 4 decimals (epochs: 1); '-' without
-  values."""
-  if metric.key == "student_best_test_accuracy_epoch":
-    return mean_std_text(values, 1.0, 1) or "-"
-  return mean_std_text(values, 100.0 if metric.percent else 1.0, 2 if metric.percent else 4) or "-"
+  """'mean ± std' over seeds: percent with 2 decimals, else 4 decimals (or the metric's digits);
+  '-' without values."""
+  digits = metric.digits if metric.digits is not None else 2 if metric.percent else 4
+  return mean_std_text(values, 100.0 if metric.percent else 1.0, digits) or "-"
 
 
 def _markdown(header, rows, label_columns: int = 1) -> list:

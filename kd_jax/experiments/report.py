@@ -28,6 +28,8 @@ from kd_jax.results import flatten_results
 
 
 def _format_cell(values, metric) -> str:
+  if metric.digits is not None:
+    return mean_std_text(values, 100.0 if metric.percent else 1.0, metric.digits) or "-"
   if metric.percent:
     return mean_std_text(values, 100.0, 2) or "-"
   # Counts (parameters, FLOPs) and seconds read better in significant figures than in 4 decimals.

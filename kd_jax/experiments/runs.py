@@ -153,6 +153,7 @@ class Metric:
   title: str  # column title in results.md
   percent: bool
   name: str  # the number in results.json, as result_value reads it
+  digits: int = None  # decimals shown (None: 2 for percent, 4 otherwise)
 
 
 PAPER_METRICS = (
@@ -173,7 +174,7 @@ BEST_EPOCH_METRICS = (
     Metric("student_best_test_accuracy", "student acc % (best epoch)", True,
            "student.best_test_accuracy"),
     Metric("student_best_test_accuracy_epoch", "best epoch", False,
-           "student.best_test_accuracy_epoch"),
+           "student.best_test_accuracy_epoch", digits=1),
     Metric("student_best_test_agreement", "test agree % at best epoch", True,
            "student.best_test_agreement"),
 )
