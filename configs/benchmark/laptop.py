@@ -25,7 +25,7 @@ from configs.benchmark import cifar100
 from kd_jax import config as kd_config
 
 CIFAR10_JPEG = "../shared/data/cifar10_jpeg_q75.tar.gz"
-TRAIN_EXAMPLES = 5000
+TRAIN_EXAMPLES = 4000
 EPOCHS = 8
 # 150, 180, 210 of 240 epochs: 0.625, 0.75 and 0.875 of training.
 DECAY_EPOCHS = tuple(round(EPOCHS * e / cifar100.EPOCHS) for e in cifar100.DECAY_EPOCHS)
