@@ -167,10 +167,7 @@ def best_evaluation(records, steps_per_epoch: int) -> dict:
   scored = [r for r in records if _finite(r.get("test_accuracy"))]
   if not scored:
     return {}
-  best = scored[0]
-  for record in scored[1:]:
-    if record["test_accuracy"] > best["test_accuracy"]:
-      best = record
+  best = max(scored, key=lambda r: r["test_accuracy"])  # the first of equal maxima
   return {"best_test_accuracy": best["test_accuracy"],
           "best_test_accuracy_step": int(best["step"]),
           "best_test_accuracy_epoch": round(best["step"] / steps_per_epoch, 4),

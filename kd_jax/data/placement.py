@@ -97,9 +97,13 @@ def normalization_statistics(data_cfg, images) -> tuple:
   (data.normalization 'standardize'), or 0.5 and 0.5 ('unitcube', the original's [-1, 1]: (x - 0.5)
   / 0.5 = 2 x - 1 for x in [0, 1], up to standardization's 1e-8 on std)."""
   if data_cfg.get("normalization", "standardize") == "unitcube" and images.dtype == np.uint8:
-    channels = images.shape[-1]
-    return np.full(channels, 0.5), np.full(channels, 0.5)
+    return unitcube_statistics(images.shape[-1])
   return channel_statistics(images)
+
+
+def unitcube_statistics(channels: int) -> tuple:
+  """(mean, std) of 'unitcube' normalization: 0.5 and 0.5 per channel, so (x - 0.5) / 0.5 = 2 x - 1."""
+  return np.full(channels, 0.5), np.full(channels, 0.5)
 
 
 def appended_ood_images(ood_dataset, count: int, seed: int):

@@ -134,8 +134,8 @@ class StreamedData:
   def __init__(self, config, source: stream_lib.StreamDataset, mesh):
     self.config, self.source, self.mesh = config, source, mesh
     self.augment = host_augment(config)
-    if config.data.normalization == "unitcube":  # the original's [-1, 1], as placement's
-      mean = std = np.full(3 if not config.data.grayscale else 1, 0.5)
+    if config.data.normalization == "unitcube":  # the original's [-1, 1], as in-memory runs'
+      mean, std = placement.unitcube_statistics(1 if config.data.grayscale else 3)
     else:
       mean, std = stream_lib.channel_statistics(
           source.train, self.augment, config.data.stream.statistics_examples,

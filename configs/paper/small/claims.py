@@ -59,6 +59,11 @@ def _ensemble_plot(suite, experiment, sizes):
   return plot
 
 
+def _not_planned(label):
+  """An empty cell for a point of a claim's plot that the suite has no run for (left out)."""
+  return verdicts.Cell(label=label, values={}, problems={})
+
+
 def get_claims(suite: verdicts.Suite) -> list:
   """C1-C8 over the runs of this suite in `suite` (its workdir and seeds)."""
   c = suite.cell
@@ -175,7 +180,7 @@ def get_claims(suite: verdicts.Suite) -> list:
       return train[0]
     if lam in fixed:
       return c(ii, f"lam{lam}_fixed", TRAIN_AGREE)
-    return verdicts.Cell(label=f"{ii}/lam{lam}_fixed", values={}, problems={})
+    return _not_planned(f"{ii}/lam{lam}_fixed")
 
   def sharpness(*values):
     """The largest rise between neighbouring lambdas, as a fraction of the rise from lambda = 0 to
@@ -240,7 +245,7 @@ def get_claims(suite: verdicts.Suite) -> list:
           ylabel="% (agreement), CKA x 100")))
 
   sgd_x, adam_x = ("0.5", "1", "2", "4"), ("1", "2", "4")  # training_length.py's multiples
-  no_run = verdicts.Cell(label="training_length/adam_0.5x", values={}, problems={})  # not planned
+  no_run = _not_planned(f"{tl}/adam_0.5x")
   out.append(Claim(
       "C7", "Longer training raises train agreement slowly; Adam does not fix it",
       "Fig. 5, ResNet-20 (LayerNorm) self-distillation: train agreement 78.9 / 81.3 / 83.4 % after "
