@@ -29,7 +29,10 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 SLOW = pytest.mark.skipif(os.environ.get("KD_JAX_SLOW_TESTS") != "1",
                           reason="covered by a faster test; KD_JAX_SLOW_TESTS=1 runs it")
 
-TEST_COMPILATION_CACHE = os.path.join(tempfile.gettempdir(), "kd_jax_test_xla")
+# One cache per pytest-xdist worker: JAX writes cache entries in place, so two workers writing the
+# same program at once could hand a reader a partial file (a recompile and a warning on stderr).
+TEST_COMPILATION_CACHE = os.path.join(
+    tempfile.gettempdir(), "kd_jax_test_xla" + os.environ.get("PYTEST_XDIST_WORKER", ""))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -108,7 +108,8 @@ def test_latencies_are_positive_finite_and_capped_by_time():
 
   start = time.perf_counter()
   assert compression.median_call_seconds(slow, seconds=0.1) >= 0.03
-  assert time.perf_counter() - start < 0.5 and 3 <= len(calls) <= 6  # warm-up + about 0.1 s
+  # warm-up + about 0.1 s of calls; the bound on the wall time is loose for a busy machine
+  assert time.perf_counter() - start < 2.0 and 3 <= len(calls) <= 6
   calls.clear()
   compression.median_call_seconds(lambda: calls.append(1) or jnp.zeros(()), seconds=10,
                                   max_repeats=5)
