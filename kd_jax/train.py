@@ -24,11 +24,21 @@ _SYNTHETIC_STREAM = 3
 
 @flax.struct.dataclass
 class TrainState:
+  """A model's training state; a distillation method's own parameters and state ride along.
+
+  method_params: the distillation method's trainable parameters (connectors, regressors,
+  embeddings; kd_jax/methods/), updated by the student's optimizer with their own optimizer state
+  method_opt_state; method_state: its non-trainable state (CRD's memory bank). All three are {} for
+  the teachers, the logit methods and checkpoints written before they existed.
+  """
   step: jax.Array  # int32 scalar: optimizer steps taken
   params: Any
   batch_stats: Any  # {} for models without BatchNorm
   opt_state: Any
   rng: jax.Array  # raw uint32 key; data order and augmentation derive from it and `step`
+  method_params: Any = flax.struct.field(default_factory=dict)
+  method_opt_state: Any = flax.struct.field(default_factory=dict)
+  method_state: Any = flax.struct.field(default_factory=dict)
 
 
 def model_variables(state: TrainState) -> dict:
