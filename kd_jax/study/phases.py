@@ -18,6 +18,7 @@ from kd_jax import results as results_lib
 from kd_jax import workdir as workdir_lib
 from kd_jax.data import augment as augment_lib
 from kd_jax import augment_policies as policy_lib
+from kd_jax.config import FEATURE_METHODS
 from kd_jax.distill import synthetic_count
 from kd_jax.errors import DivergedError, KdJaxError
 from kd_jax.study_plan import PlannedPhase, StudyPlan
@@ -96,11 +97,13 @@ def distillation_policy(config):
 
 def caches_teacher_logits(config) -> bool:
   """Whether the ensemble's logits on the distillation set are computed once instead of every step:
-  only when the distillation images never change (no augmentation, no per-step OOD draws)."""
+  only when the distillation images never change (no augmentation, no per-step OOD draws) and the
+  method reads nothing but logits."""
   name = config.distill.augment or config.data.augment
   per_step_ood = bool(config.distill.ood_data.source) and config.distill.ood_mode == "replace"
   return (config.distill.cache_teacher_logits and not policy_lib.parse_policy(name)
-          and not per_step_ood and not config.distill.synthetic_workdir)
+          and not per_step_ood and not config.distill.synthetic_workdir
+          and config.distill.method not in FEATURE_METHODS)
 
 
 def real_batch_size(config) -> int:
