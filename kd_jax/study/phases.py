@@ -25,7 +25,8 @@ from kd_jax.study_plan import PlannedPhase, StudyPlan
 
 # fold_in tags under the seed's key (a workdir's batches depend on them: never renumber). Teacher i of
 # the main ensemble uses (TEACHERS, i); the independent baseline's ensemble and student get streams of
-# their own; 4 was a retired stream, kept so that evaluations draw the batches they always did.
+# their own; 4 was a retired stream, kept so that evaluations draw the batches they always did. The
+# student key's own tags (BatchNorm re-estimation, a distillation method's init) are study/student.py's.
 TEACHERS, STUDENT, INDEPENDENT_TEACHERS, INDEPENDENT_STUDENT = range(4)
 EVALUATION = 5
 
