@@ -14,7 +14,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import REPO, kill_when_exists, run_cli, start_run
+from conftest import REPO, SLOW, kill_when_exists, run_cli, start_run
 from kd_jax import config as kd_config
 from kd_jax import distill, methods, parallel, train
 from kd_jax.data import augment, placement
@@ -44,30 +44,45 @@ def _method(name):
   return methods.make_method(options)
 
 
-def _setup(name, tx, mesh=None):
-  """(model, spec, state with the method's params and state, stacked teacher variables, data)."""
+TX = optax.sgd(0.1)
+_NETWORKS = {}  # device count -> (model, ctx, stacked teacher variables, student state)
+
+
+def _networks(mesh):
+  """The teacher and student networks (resnet8) at their start, made once per device count: only
+  the method differs between the tests' steps."""
+  count = mesh.devices.size
+  if count not in _NETWORKS:
+    model = cifar_zoo.cifar_model("resnet8", 10, jnp.float32)
+    config = kd_config.default_config()
+    config.teacher.model.name = "resnet8"
+    ctx = phases.Context(config=config, workdir="", mesh=mesh, log=None, image_shape=IMAGE_SHAPE)
+    init = phases.model_state_init(model, TX, ctx)
+    teacher_state, state = init(jax.random.PRNGKey(1)), init(jax.random.PRNGKey(2))
+    teacher_variables = jax.tree.map(lambda v: v[None], train.model_variables(teacher_state))
+    _NETWORKS[count] = model, ctx, teacher_variables, state
+  return _NETWORKS[count]
+
+
+def _setup(name, mesh=None):
+  """(model, spec, state with the method's params and state, stacked teacher variables, data,
+  mesh), for the optimizer TX."""
   mesh = mesh or parallel.make_mesh()
-  model = cifar_zoo.cifar_model("resnet8", 10, jnp.float32)
-  method = _method(name)
-  spec = distill.DistillSpec(batch_size=BATCH, augment=augment.make_policy("none"), method=method)
-  config = kd_config.default_config()
-  config.teacher.model.name = "resnet8"
-  ctx = phases.Context(config=config, workdir="", mesh=mesh, log=None, image_shape=IMAGE_SHAPE)
-  init = phases.model_state_init(model, tx, ctx)
-  teacher_state, state = init(jax.random.PRNGKey(1)), init(jax.random.PRNGKey(2))
-  teacher_variables = jax.tree.map(lambda v: v[None], train.model_variables(teacher_state))
+  model, ctx, teacher_variables, state = _networks(mesh)
+  spec = distill.DistillSpec(batch_size=BATCH, augment=augment.make_policy("none"),
+                             method=_method(name))
   data = _data()
   params, method_state = study_student.initial_method(
       ctx, spec, model, model, state, teacher_variables, jax.random.PRNGKey(3),
       example_labels=data.train_labels)
-  state = state.replace(method_params=params, method_opt_state=tx.init(params),
+  state = state.replace(method_params=params, method_opt_state=TX.init(params),
                         method_state=method_state)
   return model, spec, parallel.replicate(state, mesh), teacher_variables, data, mesh
 
 
 def test_the_step_is_sgd_on_the_methods_loss_over_student_and_method_parameters():
-  tx = optax.sgd(0.1)
-  model, spec, state, teacher_variables, data, mesh = _setup("fitnet", tx)
+  tx = TX
+  model, spec, state, teacher_variables, data, mesh = _setup("fitnet")
   assert state.method_params  # FitNet's regressor
 
   indices = train.sample_indices(state.rng, state.step, NUM_EXAMPLES, BATCH)
@@ -99,31 +114,50 @@ def test_the_step_is_sgd_on_the_methods_loss_over_student_and_method_parameters(
   assert {"method_ce", "method_distill", "method_grad_norm"} <= set(metrics)
 
 
-def test_every_feature_method_trains_in_the_step():
-  tx = optax.sgd(0.05, momentum=0.9)
+def test_every_feature_methods_step_traces_to_its_state_and_finite_metrics_shapes():
+  # Tracing builds each method's whole step (features, inputs, loss, gradient, update) without
+  # compiling it; the state it returns must keep the method's parameter and state structure.
+  tx = TX
   for name in kd_config.FEATURE_METHODS:
-    model, spec, state, teacher_variables, data, mesh = _setup(name, tx)
-    before = jax.tree.map(np.asarray, (state.method_params, state.method_state))
+    model, spec, state, teacher_variables, data, mesh = _setup(name)
     step = train.make_distill_step(model, model, tx, spec, mesh)
-    for _ in range(2):
-      state, metrics = step(state, teacher_variables, data)
-    assert np.isfinite(float(metrics["loss"])), name
-    assert int(state.step) == 2
-    changed = jax.tree.map(lambda a, b: not np.array_equal(a, np.asarray(b)), before[0],
-                           state.method_params)
-    assert all(jax.tree.leaves(changed)), name  # every parameter of the method trained
-    if name == "crd":  # its memory bank took the batches' embeddings
-      assert not np.array_equal(before[1]["student_memory"], state.method_state["student_memory"])
+    new_state, metrics = jax.eval_shape(step, state, teacher_variables, data)
+    shapes = lambda tree: jax.tree.map(lambda a: (a.shape, a.dtype), tree)  # noqa: E731
+    assert shapes(new_state.method_params) == shapes(state.method_params), name
+    assert shapes(new_state.method_state) == shapes(state.method_state), name
+    assert metrics["loss"].shape == () and {"method_ce", "method_distill"} <= set(metrics), name
+
+
+# One method per path through the step: CRD (stage features, parameters and a memory bank), OFD
+# (pre-ReLU features and the teacher's BatchNorm margins), ReviewKD (pre-ReLU and stage features,
+# a warm-up); FitNet runs in the test above. The others run with KD_JAX_SLOW_TESTS=1.
+@pytest.mark.parametrize("name", [
+    name if name in ("crd", "ofd", "reviewkd") else pytest.param(name, marks=SLOW)
+    for name in kd_config.FEATURE_METHODS])
+def test_a_feature_method_trains_in_the_step(name):
+  tx = TX
+  model, spec, state, teacher_variables, data, mesh = _setup(name)
+  before = jax.tree.map(np.asarray, (state.method_params, state.method_state))
+  step = train.make_distill_step(model, model, tx, spec, mesh)
+  for _ in range(2):
+    state, metrics = step(state, teacher_variables, data)
+  assert np.isfinite(float(metrics["loss"]))
+  assert int(state.step) == 2
+  changed = jax.tree.map(lambda a, b: not np.array_equal(a, np.asarray(b)), before[0],
+                         state.method_params)
+  assert all(jax.tree.leaves(changed))  # every parameter of the method trained
+  if name == "crd":  # its memory bank took the batches' embeddings
+    assert not np.array_equal(before[1]["student_memory"], state.method_state["student_memory"])
 
 
 TWO_DEVICES = """
 import jax, numpy as np, optax
 import test_distill_features as t
 from kd_jax import parallel, train
-tx = optax.sgd(0.1)
+tx = t.TX
 results = []
 for devices in (jax.devices()[:1], jax.devices()):
-  model, spec, state, teachers, data, mesh = t._setup("crd", tx, parallel.make_mesh(devices))
+  model, spec, state, teachers, data, mesh = t._setup("crd", parallel.make_mesh(devices))
   step = train.make_distill_step(model, model, tx, spec, mesh)
   for _ in range(2):
     state, metrics = step(state, teachers, data)
@@ -149,8 +183,10 @@ ZOO = ["--config=tests/tiny_config.py", "--config.teacher.model.name=resnet8",
 
 
 @pytest.mark.e2e
+# CRD has both trainable parameters (its embeddings) and state (the memory bank); FitNet's regressor
+# alone runs with KD_JAX_SLOW_TESTS=1.
 @pytest.mark.parametrize("method, options", [
-    ("fitnet", "{}"), ("crd", "{'nce_k': 16, 'embed_dim': 16}")])
+    pytest.param("fitnet", "{}", marks=SLOW), ("crd", "{'nce_k': 16, 'embed_dim': 16}")])
 def test_a_killed_feature_method_run_resumes_to_the_same_result(tmp_path, method, options):
   args = [*ZOO, f"--config.distill.method={method}",
           f"--config.distill.method_options={options}"]
