@@ -13,6 +13,7 @@ Faults these functions handle, so that any interrupted or damaged workdir resume
 """
 
 import contextlib
+import dataclasses
 import io
 import logging
 import os
@@ -157,6 +158,46 @@ def _move_aside(path: str) -> str:
   return target
 
 
+def _fields_not_on_disk(path: str, template) -> tuple:
+  """The fields of a dataclass `template` that are empty ({}) and absent from the state item at
+  `path`: fields a state gained after the checkpoint was written, which restore as that empty value
+  (kd_jax.train.TrainState's method fields)."""
+  if not dataclasses.is_dataclass(template):
+    return ()
+  empty = [f.name for f in dataclasses.fields(template)
+           if isinstance(getattr(template, f.name), dict) and not getattr(template, f.name)]
+  if not empty:
+    return ()
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)  # the step-level metadata file it looks for first is optional
+  try:
+    saved = ocp.StandardCheckpointer().metadata(path).item_metadata.tree
+  finally:
+    absl_logger.setLevel(level)
+  return tuple(name for name in empty if name not in saved)
+
+
+def _restore_state(reader, step: int, template, data_iterator):
+  """Checkpoint `step`'s state (and streamed input's position, set into `data_iterator`) as
+  `template`; empty fields the checkpoint predates keep their empty value."""
+  item = _STATE_ITEM if data_iterator is not None else "default"
+  absent = _fields_not_on_disk(os.path.join(str(reader.directory), str(step), item), template)
+  target = template
+  if absent:
+    target = {f.name: getattr(template, f.name) for f in dataclasses.fields(template)
+              if f.name not in absent}
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+  data_args = None
+  if data_iterator is not None:
+    import grain  # pylint: disable=g-import-not-at-top
+    data_args = grain.checkpoint.CheckpointRestore(data_iterator)
+  state = reader.restore(step, args=_state_and_data(ocp.args.StandardRestore(abstract), data_args))
+  if data_iterator is not None:
+    state = state[_STATE_ITEM]
+  return template.replace(**state) if absent else state
+
+
 def restore_latest(manager: ocp.CheckpointManager, template, data_iterator=None):
   """Returns (state, step) from the newest readable checkpoint, or (template, 0) when there is none.
 
@@ -167,7 +208,6 @@ def restore_latest(manager: ocp.CheckpointManager, template, data_iterator=None)
   steps = sorted(manager.all_steps(), reverse=True)
   if not steps:
     return template, 0
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
   unreadable = []
   for step in steps:
     # A manager that failed to restore one step can fail on the next for that reason alone (it keeps
@@ -177,14 +217,7 @@ def restore_latest(manager: ocp.CheckpointManager, template, data_iterator=None)
         item_names=None if data_iterator is None else (_STATE_ITEM, _DATA_ITEM))
     try:
       with _quiet_failure():
-        data_args = None
-        if data_iterator is not None:
-          import grain  # pylint: disable=g-import-not-at-top
-          data_args = grain.checkpoint.CheckpointRestore(data_iterator)
-        state = reader.restore(step, args=_state_and_data(ocp.args.StandardRestore(abstract),
-                                                          data_args))
-        if data_iterator is not None:
-          state = state[_STATE_ITEM]
+        state = _restore_state(reader, step, template, data_iterator)
       break
     except Exception as e:  # pylint: disable=broad-except (a damaged checkpoint fails in many ways)
       unreadable.append((step, e))

@@ -38,11 +38,18 @@ TEXT_SOURCES = ("aclimdb", "tfds_text")
 # Data paths (kd_jax/data/stream.py): auto streams when the decoded set is too large.
 PIPELINES = ("auto", "memory", "stream")
 STREAM_TRAIN_AUGMENTS = ("random_resized_crop_flip", "center_crop")
-# Distillation methods the fused step runs (kd_jax/distill.py; kd_jax/methods/): the paper's objective
-# and the benchmark's logit methods. The benchmark's feature methods are implemented in kd_jax/methods/
-# but not yet fed the networks' stage features by the step: asking for one is a one-line error.
-DISTILL_METHODS = ("paper", "kd", "dkd", "dist")
+# Distillation methods the fused step runs (kd_jax/distill.py; kd_jax/methods/): the paper's objective,
+# the benchmark's logit methods, and its feature methods (FEATURE_METHODS), which read both networks'
+# stage features: they need CIFAR-zoo models (CIFAR_ZOO_MODELS) and one teacher.
+LOGIT_METHODS = ("kd", "dkd", "dist")
 FEATURE_METHODS = ("fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "nst", "crd", "ofd", "reviewkd")
+DISTILL_METHODS = ("paper", *LOGIT_METHODS, *FEATURE_METHODS)
+# The CIFAR-100 benchmark's models (kd_jax/models/cifar_zoo.py), the ones with stage features; OFD's
+# teacher also needs a BatchNorm before each stage's ReLU, which the ShuffleNets lack.
+CIFAR_ZOO_MODELS = ("resnet8", "resnet20", "resnet32", "resnet56", "resnet110", "resnet8x4",
+                    "resnet32x4", "wrn_16_2", "wrn_40_1", "wrn_40_2", "vgg8", "vgg13", "MobileNetV2",
+                    "ShuffleV1", "ShuffleV2", "ResNet50")
+NO_BN_BEFORE_RELU = ("ShuffleV1", "ShuffleV2")
 VGG_HEADS = ("dropout_mlp", "linear")  # kd_jax/models/vgg.py
 LENET_POOLINGS = ("avg", "max")  # kd_jax/models/lenet.py
 MODEL_INITS = ("flax", "torch")  # kd_jax/models/layers.py
@@ -214,10 +221,15 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.distill = ml_collections.ConfigDict(dict(
       # The distillation method (DISTILL_METHODS): 'paper' is the paper's objective below
-      # (temperature, alpha, loss); 'kd', 'dkd', 'dist' are the CIFAR-100 benchmark's logit methods
-      # (kd_jax/methods/, each module's docstring gives its formula, source and defaults), with the
-      # reference defaults unless method_options changes them, e.g.
-      # --config.distill.method_options="{'beta': 2.0}" for DKD.
+      # (temperature, alpha, loss); the others are the CIFAR-100 benchmark's methods (kd_jax/methods/,
+      # each module's docstring gives its formula, source and options; docs/methods.md lists them),
+      # with the reference defaults unless method_options changes them, e.g.
+      # --config.distill.method_options="{'beta': 2.0}" for DKD. Logit methods: kd, dkd, dist.
+      # Feature methods (fitnet, at, sp, cc, vid, rkd, pkt, nst, crd, ofd, reviewkd) read both
+      # networks' stage features: CIFAR-zoo models for teacher and student, teacher.ensemble_size=1,
+      # the teacher run in every step (cache_teacher_logits does not apply); their own parameters
+      # train with the student under its optimizer. The run sets dkd's and reviewkd's
+      # steps_per_epoch and crd's num_examples (the distillation set's size).
       method="paper",
       method_options=ml_collections.ConfigDict(),
       temperature=4.0,  # tau, shared by teacher and student (method 'paper')
@@ -246,7 +258,8 @@ def default_config() -> ml_collections.ConfigDict:
       ood_data=data_config(name="", source=""),
       # Without augmentation of the distillation images (and no per-step OOD draws) the teachers'
       # logits never change: compute them once instead of in every step. Same results up to float
-      # rounding; False runs the teachers in every step as with augmented data.
+      # rounding; False runs the teachers in every step as with augmented data. Feature methods
+      # always run the teacher in the step (they read its features).
       cache_teacher_logits=True,
       # Synthetic distillation data (paper Fig. 4): a trained generator's workdir (a study='gan' run).
       # Each batch then holds floor(synthetic_fraction * batch_size) generator samples (0.2 = 1
@@ -401,11 +414,9 @@ def _check_student_init(config) -> None:
 def _check_distill_method(config) -> None:
   """The distillation method and what it can be combined with."""
   method = config.distill.method
-  if method in FEATURE_METHODS:
-    raise KdJaxError(f"config.distill.method={method!r} distils stage features, which the fused step "
-                     "does not feed to a method yet; use one of "
-                     f"{', '.join(DISTILL_METHODS)}.")
   _check_choice(method, DISTILL_METHODS, "distill.method")
+  if method in FEATURE_METHODS:
+    _check_feature_method(config, method)
   if method == "paper" and config.distill.method_options.to_dict():
     raise KdJaxError("config.distill.method_options set the options of a benchmark method; with "
                      "config.distill.method='paper' use distill.temperature, alpha and loss.")
@@ -413,6 +424,27 @@ def _check_distill_method(config) -> None:
     raise KdJaxError(f"synthetic images are distilled at their own temperature by the paper's "
                      f"objective only; use config.distill.method='paper' (not {method!r}) with "
                      "config.distill.synthetic_workdir.")
+
+
+def _check_feature_method(config, method: str) -> None:
+  """What a feature method needs: one teacher, stage features, per-row indices (CRD)."""
+  if config.teacher.ensemble_size > 1:
+    raise KdJaxError(f"config.distill.method={method!r} distils the features of one teacher; set "
+                     "config.teacher.ensemble_size=1 or use a logit method (kd, dkd, dist).")
+  for phase in ("teacher", "student"):
+    name = config[phase].model.name
+    if name not in CIFAR_ZOO_MODELS:
+      raise KdJaxError(f"config.distill.method={method!r} reads stage features, which "
+                       f"config.{phase}.model.name={name!r} does not return; use a CIFAR-zoo model "
+                       f"({', '.join(CIFAR_ZOO_MODELS)}) or a logit method (kd, dkd, dist).")
+  if method == "ofd" and config.teacher.model.name in NO_BN_BEFORE_RELU:
+    raise KdJaxError(f"config.distill.method='ofd' takes its margins from the BatchNorm before "
+                     f"each teacher stage's ReLU, which config.teacher.model.name="
+                     f"{config.teacher.model.name!r} does not have; use another teacher.")
+  if method == "crd" and config.distill.ood_data.source and config.distill.ood_mode == "replace":
+    raise KdJaxError("config.distill.method='crd' keeps a memory row per distillation example; "
+                     "OOD rows drawn by config.distill.ood_mode='replace' have none: use "
+                     "ood_mode='append'.")
 
 
 def _check_extra_distillation_data(config) -> None:

@@ -13,7 +13,11 @@ describes. The spec fixes, once, every choice that changes the step's program:
   kinds cannot be asked for together;
 - the distillation method: the object whose `loss` the step minimizes, with the interface of
   kd_jax/methods/ (`Method`: init, loss(params, state, MethodInputs, rng)): `LogitKD`, the paper's
-  Eq. 1 and its variants, or one of the benchmark's logit methods (kd_jax.methods: kd, dkd, dist).
+  Eq. 1 and its variants, or any method of the benchmark (kd_jax.methods): the logit methods kd,
+  dkd, dist, and the feature methods fitnet, at, sp, cc, vid, rkd, pkt, nst, crd, ofd, reviewkd,
+  which the step feeds both networks' stage features (CIFAR-zoo models, a teacher ensemble of one)
+  and whose own parameters and state (kd_jax.train.TrainState's method fields) it trains and
+  carries.
 
 `DistillSpec.__post_init__` refuses the combinations that cannot work (for example cached logits with
 images that change every step), so an invalid step cannot be built.
@@ -91,7 +95,7 @@ class DistillSpec:
   """Everything that shapes one compiled distillation step (see the module docstring)."""
   batch_size: int  # rows per step, real + extra
   augment: Callable  # the distillation-data policy (kd_jax/data/augment.py), on the real rows
-  method: Any  # LogitKD or a kd_jax.methods logit method
+  method: Any  # LogitKD or a kd_jax.methods method
   teachers: str = TEACHERS_IN_STEP  # or CACHED_LOGITS
   extra: Optional[Union[OodReplacement, SyntheticImages]] = None
   streamed: bool = False
@@ -105,9 +109,13 @@ class DistillSpec:
     if self.streamed and (self.teachers == CACHED_LOGITS or self.extra is not None):
       raise ValueError("a streamed distillation step runs the teachers in the step, without OOD or "
                        "synthetic images")
-    if self.method.uses_features:
-      raise ValueError(f"method {self.method.name!r} needs stage features, which the step does not "
-                       "feed yet")
+    if self.method.uses_features and self.teachers == CACHED_LOGITS:
+      raise ValueError(f"method {self.method.name!r} reads the teacher's stage features: the "
+                       "teacher runs in the step (no cached logits)")
+    if getattr(self.method, "needs_example_indices", False) and (
+        self.streamed or isinstance(self.extra, OodReplacement)):
+      raise ValueError(f"method {self.method.name!r} needs every row's index in the distillation "
+                       "set, which streamed batches and OOD replacement rows do not have")
     if isinstance(self.extra, SyntheticImages) and not isinstance(self.method, LogitKD):
       raise ValueError("synthetic images are distilled by the paper's objective (LogitKD) only")
     if self.teachers == CACHED_LOGITS and self.extra is not None:

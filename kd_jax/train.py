@@ -24,11 +24,21 @@ _SYNTHETIC_STREAM = 3
 
 @flax.struct.dataclass
 class TrainState:
+  """A model's training state; a distillation method's own parameters and state ride along.
+
+  method_params: the distillation method's trainable parameters (connectors, regressors,
+  embeddings; kd_jax/methods/), updated by the student's optimizer with their own optimizer state
+  method_opt_state; method_state: its non-trainable state (CRD's memory bank). All three are {} for
+  the teachers, the logit methods and checkpoints written before they existed.
+  """
   step: jax.Array  # int32 scalar: optimizer steps taken
   params: Any
   batch_stats: Any  # {} for models without BatchNorm
   opt_state: Any
   rng: jax.Array  # raw uint32 key; data order and augmentation derive from it and `step`
+  method_params: Any = flax.struct.field(default_factory=dict)
+  method_opt_state: Any = flax.struct.field(default_factory=dict)
+  method_state: Any = flax.struct.field(default_factory=dict)
 
 
 def model_variables(state: TrainState) -> dict:
@@ -153,20 +163,33 @@ def _apply_gradients(state: TrainState, tx, grads, batch_stats):
                        opt_state=opt_state), norms
 
 
-def _training_forward(model, state: TrainState, params, x):
+def _apply_method_gradients(state: TrainState, tx, grads, method_state):
+  """The state with the method's parameters updated by the student's optimizer (from their own
+  optimizer state) and its new non-trainable state; the norms of the method's gradient and new
+  parameters."""
+  updates, opt_state = tx.update(grads, state.method_opt_state, state.method_params)
+  params = optax.apply_updates(state.method_params, updates)
+  norms = {"method_grad_norm": optax.tree.norm(grads), "method_param_norm": optax.tree.norm(params)}
+  return state.replace(method_params=params, method_opt_state=opt_state,
+                       method_state=method_state), norms
+
+
+def _training_forward(model, state: TrainState, params, x, **features):
   """Train-mode forward that also returns the updated BatchNorm statistics (if any).
 
   Dropout (VGG-16's original head) draws its masks from a key of its own stream of (state.rng,
   state.step), so a resumed run drops the same units; models without dropout ignore it.
+  `features=True` (CIFAR-zoo models) returns (logits, StageFeatures) in place of the logits.
   """
   variables = {"params": params}
   dropout_key = jax.random.fold_in(jax.random.fold_in(state.rng, _DROPOUT_STREAM), state.step)
   rngs = {"dropout": dropout_key}
   if state.batch_stats:
     variables["batch_stats"] = state.batch_stats
-    logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"], rngs=rngs)
+    logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"], rngs=rngs,
+                                  **features)
     return logits, updates["batch_stats"]
-  return model.apply(variables, x, train=True, rngs=rngs), state.batch_stats
+  return model.apply(variables, x, train=True, rngs=rngs, **features), state.batch_stats
 
 
 def make_supervised_step(model, tx, *, batch_size: int, augment: Callable, mesh,
@@ -221,6 +244,30 @@ def teacher_logits_fn(teacher, method: str):
   return ensemble_logits
 
 
+def teacher_features_fn(teacher):
+  """(stacked teacher variables of one member, x) -> (its logits as an ensemble of one, the
+  MethodInputs feature fields of it: kd_jax.methods.network_features), eval-mode BatchNorm."""
+
+  def run(stacked_variables, x):
+    variables = jax.tree.map(lambda v: v[0], stacked_variables)
+    logits, features = teacher.apply(variables, x, train=False, features=True)
+    return losses.ensemble_log_probs(logits[None]), methods.network_features(features)
+
+  return run
+
+
+def method_inputs(student_logits, student_features, teacher_logits, teacher_features, labels, step,
+                  example_indices=None) -> methods.MethodInputs:
+  """MethodInputs of a step; the features are network_features dicts, or None (logit methods)."""
+  features = {}
+  for role, values in (("student", student_features), ("teacher", teacher_features)):
+    if values is not None:
+      features.update({f"{role}_{key}": value for key, value in values.items()})
+  return methods.MethodInputs(student_logits=student_logits, teacher_logits=teacher_logits,
+                              labels=labels, step=step, example_indices=example_indices,
+                              **features)
+
+
 def make_distill_step(student, teacher, tx, spec: distill.DistillSpec, mesh):
   """Compiled distillation step: teacher-ensemble forward + student forward/backward + update, fused,
   as `spec` (kd_jax/distill.py) describes.
@@ -233,19 +280,28 @@ def make_distill_step(student, teacher, tx, spec: distill.DistillSpec, mesh):
   it, label -1, left out of the logged accuracy) and `generator_variables` (spec.extra SyntheticImages:
   the generator's samples follow the real rows; no gradient reaches the generator) are None otherwise.
 
+  A feature method (spec.method.uses_features) gets both networks' stage features (the teacher an
+  ensemble of one) and the batch's example indices in its MethodInputs; the gradient reaches the
+  student's parameters and the method's (state.method_params, updated by `tx` from
+  state.method_opt_state), and the method's new state becomes state.method_state, in the same
+  compiled program.
+
   The logged `loss` is the objective minus its value for a student that equals the teacher (for the
   paper's loss, tau^2 KL(p_t^tau || p_s^tau) instead of the cross-entropy): 0 at a perfect match, with
-  the same gradient, since the subtracted term does not depend on the student.
+  the same gradient, since the subtracted term does not depend on the student. A feature method's
+  student has no such match (its features are not the teacher's): its loss is logged as it is.
 
   With spec.streamed the step is step(state, teacher_variables, images, labels, mean, std): the batch
   arrives from the host (kd_jax/study/streamed.py; uint8 images, int32 labels) instead of being drawn
-  from on-device data, and goes through the same update.
+  from on-device data, and goes through the same update (without example indices).
 
   The step's two halves (`step` draws the batch, `update` is the rest) are closures over `spec`, so
   the whole compiled program reads in one place; hence the length.
   """
   batch_size, num_ood, num_synthetic = spec.batch_size, spec.num_ood, spec.num_synthetic
+  uses_features = spec.method.uses_features
   ensemble_logits = teacher_logits_fn(teacher, spec.ensemble_method)
+  teacher_features = teacher_features_fn(teacher)
 
   def step(state: TrainState, teacher_inputs, data: DeviceData, ood_images=None,
            generator_variables=None):
@@ -259,10 +315,11 @@ def make_distill_step(student, teacher, tx, spec: distill.DistillSpec, mesh):
       labels = jnp.concatenate([labels[:batch_size - num_ood], jnp.full((num_ood,), -1, jnp.int32)])
     if spec.cached:
       teacher_inputs = teacher_inputs[indices]  # the batch's rows of the cached logits
-    return update(state, teacher_inputs, images, labels, data.mean, data.std, generator_variables)
+    return update(state, teacher_inputs, images, labels, data.mean, data.std, generator_variables,
+                  example_indices=indices)
 
   def update(state: TrainState, teacher_inputs, images, labels, mean, std,
-             generator_variables=None):
+             generator_variables=None, example_indices=None):
     """The step after its batch is drawn: augment, normalize, synthetic images, teachers, student,
     update."""
     augment_key, loss_key, _ = jax.random.split(step_key(state), 3)
@@ -273,32 +330,45 @@ def make_distill_step(student, teacher, tx, spec: distill.DistillSpec, mesh):
       x = jnp.concatenate([x, augment_lib.normalize(synthetic, mean, std, spec.compute_dtype)])
       labels = jnp.concatenate([labels, jnp.full((num_synthetic,), -1, jnp.int32)])
     x = parallel.shard_batch(x, mesh)
+    teacher_feature_maps = None
     if spec.cached:
       teacher_logits = parallel.shard_batch(teacher_inputs, mesh)
+    elif uses_features:
+      teacher_logits, teacher_feature_maps = teacher_features(teacher_inputs, x)
     else:
       teacher_logits = ensemble_logits(teacher_inputs, x)
-    def objective(student_logits):
-      """(the method's loss, its metrics) on this batch."""
+
+    def objective(student_logits, student_features=None, method_params=None):
+      """(the method's loss, (its new state, its metrics)) on this batch."""
       if num_synthetic:
         return distill.mixed_objective(spec.method, student_logits, teacher_logits, labels, loss_key,
-                                       spec.extra), {}
-      inputs = methods.MethodInputs(student_logits=student_logits, teacher_logits=teacher_logits,
-                                    labels=labels, step=state.step)
-      loss, _, method_metrics = spec.method.loss({}, {}, inputs, loss_key)
-      return loss, method_metrics
+                                       spec.extra), (state.method_state, {})
+      inputs = method_inputs(student_logits, student_features, teacher_logits,
+                             teacher_feature_maps, labels, state.step, example_indices)
+      loss, method_state, method_metrics = spec.method.loss(method_params, state.method_state,
+                                                            inputs, loss_key)
+      return loss, (method_state, method_metrics)
 
-    def loss_fn(params):
-      logits, batch_stats = _training_forward(student, state, params, x)
-      loss, method_metrics = objective(logits)
-      return loss, (logits, batch_stats, method_metrics)
+    def loss_fn(params, method_params):
+      outputs, batch_stats = _training_forward(student, state, params, x,
+                                               **({"features": True} if uses_features else {}))
+      logits, features = outputs if uses_features else (outputs, None)
+      student_features = None if features is None else methods.network_features(features)
+      loss, method_outputs = objective(logits, student_features, method_params)
+      return loss, (logits, batch_stats, method_outputs)
 
-    (loss, (logits, batch_stats, method_metrics)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params)
+    (loss, (logits, batch_stats, (method_state, method_metrics))), (grads, method_grads) = (
+        jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(state.params,
+                                                                  state.method_params))
     new_state, norms = _apply_gradients(state, tx, grads, batch_stats)
+    if uses_features:
+      new_state, method_norms = _apply_method_gradients(new_state, tx, method_grads, method_state)
+      norms.update(method_norms)
     # Out-of-distribution images (label -1, replaced or appended) have no accuracy.
     labelled = labels >= 0
     correct = (jnp.argmax(logits, axis=-1) == labels) & labelled
-    step_metrics = {"loss": loss - objective(teacher_logits)[0],
+    matched = 0.0 if uses_features else objective(teacher_logits, method_params={})[0]
+    step_metrics = {"loss": loss - matched,
                     **{f"method_{k}": v for k, v in method_metrics.items()},
                     "accuracy": jnp.sum(correct) / jnp.maximum(jnp.sum(labelled), 1),
                     **metrics.fidelity_metrics(teacher_logits, logits), **norms}

@@ -7,9 +7,10 @@ import shutil
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from kd_jax import KdJaxError, checkpoint
+from kd_jax import KdJaxError, checkpoint, train
 
 
 def _damage(step_dir, kind):
@@ -59,3 +60,19 @@ def test_no_readable_checkpoint_is_one_error(tmp_path):
   _damage(str(tmp_path / "1"), "empty_manifest")
   with pytest.raises(KdJaxError, match=r"no readable checkpoint in .*delete"):
     checkpoint.restore_latest(checkpoint.make_manager(tmp_path), state)
+
+
+def test_a_state_written_before_the_method_fields_restores_them_empty(tmp_path):
+  """A checkpoint of the five fields TrainState had before a distillation method's parameters and
+  state joined it restores into today's TrainState, with those fields {}."""
+  tx = optax.sgd(0.1, momentum=0.9)
+  params = {"w": jnp.arange(3.0)}
+  old = {"step": jnp.int32(7), "params": params, "batch_stats": {}, "opt_state": tx.init(params),
+         "rng": jnp.array([1, 2], jnp.uint32)}
+  checkpoint.save_state(checkpoint.make_manager(str(tmp_path)), 7, old)
+  template = train.TrainState(step=jnp.int32(0), params={"w": jnp.zeros(3)}, batch_stats={},
+                              opt_state=tx.init(params), rng=jnp.zeros(2, jnp.uint32))
+  state, step = checkpoint.restore_latest(checkpoint.make_manager(str(tmp_path)), template)
+  assert step == 7 and int(state.step) == 7
+  np.testing.assert_array_equal(state.params["w"], [0.0, 1.0, 2.0])
+  assert state.method_params == state.method_opt_state == state.method_state == {}

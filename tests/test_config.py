@@ -8,7 +8,7 @@ from kd_jax import config, ensemble, losses
 from kd_jax import config as kd_config
 from kd_jax import augment_policies as policy
 from kd_jax.data import augment, text
-from kd_jax.models import lenet, vgg
+from kd_jax.models import cifar_zoo, lenet, vgg
 
 
 def test_each_choice_list_is_what_its_module_implements():
@@ -19,6 +19,7 @@ def test_each_choice_list_is_what_its_module_implements():
   assert text.SOURCES == config.TEXT_SOURCES
   assert tuple(augment.build_ops(None)) == policy.SINGLE_POLICIES
   assert config.default_config().data.pipeline in config.PIPELINES
+  assert cifar_zoo.CIFAR_MODEL_NAMES == config.CIFAR_ZOO_MODELS
 
 
 def test_the_default_config_validates():

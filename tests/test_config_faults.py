@@ -45,3 +45,53 @@ def test_a_step_schedule_inside_the_phase_validates():
   config.student.steps = 100  # steps override epochs: the epochs' length is known only with the data
   config.student.optimizer.decay_epochs = (500, 600)
   config_lib.validate(config)
+
+
+def _feature_config(method="fitnet"):
+  config = config_lib.default_config()
+  config.teacher.model = config_lib.model_config(name="resnet32x4")
+  config.student.model = config_lib.model_config(name="resnet8x4")
+  config.teacher.ensemble_size = 1
+  config.distill.method = method
+  return config
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c.teacher.update(ensemble_size=3),
+     r"distils the features of one teacher; set config\.teacher\.ensemble_size=1"),
+    (lambda c: c.student.model.update(name="preresnet"),
+     r"config\.student\.model\.name='preresnet' does not return; use a CIFAR-zoo model"),
+    (lambda c: c.teacher.model.update(name="ShuffleV2") or c.distill.update(method="ofd"),
+     r"config\.distill\.method='ofd' takes its margins .*'ShuffleV2' does not have"),
+    (lambda c: c.distill.update(method="crd", ood_mode="replace", ood_ratio=0.25,
+                                ood_data=config_lib.data_config(name="svhn_cropped")),
+     r"'crd' keeps a memory row .* use ood_mode='append'"),
+])
+def test_feature_methods_refuse_what_they_cannot_run_in_one_line(change, message):
+  config = _feature_config()
+  change(config)
+  with pytest.raises(KdJaxError, match=message) as error:
+    config_lib.validate(config)
+  assert "\n" not in str(error.value)
+
+
+def test_every_feature_method_validates_on_zoo_models_and_skips_cached_logits():
+  from kd_jax.study import phases  # pylint: disable=g-import-not-at-top (JAX)
+  for method in config_lib.FEATURE_METHODS:
+    config = _feature_config(method)
+    config.data.augment = "none"  # images that never change: logit methods would cache
+    config_lib.validate(config)
+    assert not phases.caches_teacher_logits(config)
+  config.distill.method = "kd"
+  assert phases.caches_teacher_logits(config)
+
+
+def test_streamed_input_refuses_crd_in_one_line():
+  from kd_jax.study import streamed  # pylint: disable=g-import-not-at-top (JAX)
+  config = _feature_config("crd")
+  config.evaluation.augmented_batches = 0  # streamed runs have no augmented-fidelity batches
+  with pytest.raises(KdJaxError, match=r"'crd' .* streamed batches do not carry") as error:
+    streamed.check_config(config)
+  assert "\n" not in str(error.value)
+  config.distill.method = "fitnet"
+  streamed.check_config(config)

@@ -61,8 +61,13 @@ def test_the_fused_step_minimizes_the_methods_own_loss(method):
 
 def test_the_spec_refuses_what_cannot_work():
   policy = augment.make_policy("none")
-  with pytest.raises(ValueError, match="stage features"):
-    distill.DistillSpec(batch_size=8, augment=policy, method=methods.FitNet())
+  with pytest.raises(ValueError, match="no cached logits"):
+    distill.DistillSpec(batch_size=8, augment=policy, method=methods.FitNet(),
+                        teachers=distill.CACHED_LOGITS)
+  for extra in ({"streamed": True}, {"extra": distill.OodReplacement(2)}):
+    with pytest.raises(ValueError, match="index in the distillation set"):
+      distill.DistillSpec(batch_size=8, augment=policy, method=methods.CRD(num_examples=10),
+                          **extra)
   with pytest.raises(ValueError, match="paper's objective"):
     distill.DistillSpec(batch_size=8, augment=policy, method=methods.KD(),
                         extra=distill.SyntheticImages(sampler=None, count=2))
@@ -78,13 +83,16 @@ def test_the_config_names_its_method_and_the_warm_up_counts_the_runs_epochs():
   config.distill.method_options = {"beta": 2.0}
   method = study_student.distill_method(config, 45)
   assert (method.beta, method.steps_per_epoch, method.alpha) == (2.0, 45, 1.0)
+  config.distill.method, config.distill.method_options = "crd", {"nce_k": 8}
+  assert study_student.distill_method(config, 45, num_examples=900).num_examples == 900
+  config.distill.method = "dkd"
   config.distill.method_options = {"bta": 2.0}
   with pytest.raises(KdJaxError, match="no option bta"):
     study_student.distill_method(config, 45)
 
 
 @pytest.mark.parametrize("method, options, message", [
-    ("fitnet", {}, "stage features"), ("nope", {}, "is not valid"),
+    ("fitnet", {}, "teacher.ensemble_size=1"), ("nope", {}, "is not valid"),
     ("paper", {"beta": 1.0}, "method_options")])
 def test_validation_refuses_methods_it_cannot_run(method, options, message):
   config = tiny_config()
@@ -94,9 +102,11 @@ def test_validation_refuses_methods_it_cannot_run(method, options, message):
     kd_config.validate(config)
 
 
-def test_every_method_is_either_run_by_the_step_or_refused_by_name():
-  assert set(kd_config.DISTILL_METHODS[1:]) | set(kd_config.FEATURE_METHODS) == set(methods.METHODS)
-  assert all(not methods.METHOD_CLASSES[name].uses_features for name in kd_config.DISTILL_METHODS[1:])
+def test_the_step_runs_every_method_and_the_config_knows_which_read_features():
+  assert set(kd_config.DISTILL_METHODS) == {"paper", *methods.METHODS}
+  assert {name for name, cls in methods.METHOD_CLASSES.items() if cls.uses_features} == set(
+      kd_config.FEATURE_METHODS)
+  assert set(kd_config.LOGIT_METHODS) | set(kd_config.FEATURE_METHODS) == set(methods.METHODS)
 
 
 @pytest.mark.e2e

@@ -9,13 +9,12 @@ teachers alike (RepDistiller's train_teacher.py and train_student.py, mdistiller
   students; tau 4; the student's test accuracy evaluated every epoch (781 steps at batch 64; the
   references' loaders keep the last partial batch, 782 steps, where kd_jax drops it).
 
-Variants are `<teacher>-<student>-<method>` (VARIANTS lists the ones this kd_jax can run; ALL_VARIANTS
-every name). Methods: `ce` (the student on the labels alone, the tables' "student" column: the
+Variants are `<teacher>-<student>-<method>` (VARIANTS lists the ones this kd_jax can run, today
+every name of ALL_VARIANTS). Methods: `ce` (the student on the labels alone, the tables' "student" column: the
 paper objective with alpha = 1) and the methods of kd_jax/methods/, each with its reference's CIFAR-100
 defaults (the module docstrings give the formulas, sources and defaults): kd (CE 0.1 + KD 0.9), dkd,
-dist, fitnet, at, sp, cc, vid, rkd, pkt, nst, crd, ofd, reviewkd. The feature methods become variants
-as soon as config.DISTILL_METHODS lists them (the fused step feeds them the networks' stage features);
-until then VARIANTS holds ce, kd, dkd and dist.
+dist, fitnet, at, sp, cc, vid, rkd, pkt, nst, crd, ofd, reviewkd. The fused step feeds the feature
+methods both networks' stage features and trains their own parameters with the student's.
 
 Per-pair loss weights, where a method module's docstring states them (PAIR_OPTIONS):
   dkd beta: 2 for resnet56 -> resnet20 and resnet110 -> resnet32; 6 for vgg13 -> vgg8, vgg13 ->
@@ -116,8 +115,7 @@ def parse_variant(variant, pairs=PAIRS) -> tuple:
 
 
 def runnable(method: str) -> bool:
-  """Whether this kd_jax's fused step runs `method` (feature methods: once DISTILL_METHODS has
-  them)."""
+  """Whether this kd_jax's fused step runs `method` (config.DISTILL_METHODS, or the baseline)."""
   return method == BASELINE or method in kd_config.DISTILL_METHODS
 
 

@@ -11,8 +11,7 @@ teacher and student with the step schedule's decays at the same fractions of tra
 epochs or the training set, scaled to this size (SCALED_OPTIONS): DKD's and ReviewKD's 20 warm-up
 epochs of 240 (-> WARMUP_EPOCHS) and CRD's 16,384 negatives of 50,000 images (-> CRD_NEGATIVES).
 This pair is none of the references' pairs, so no per-pair weight applies: DKD keeps beta 8 and
-ReviewKD weight 5, their defaults. Variants are `resnet20-resnet8-<method>`, the feature methods
-among them once config.DISTILL_METHODS lists them (see cifar100.py).
+ReviewKD weight 5, their defaults. Variants are `resnet20-resnet8-<method>`, one per method.
 
   python sweep.py --config=configs/benchmark/laptop.py --workdir=runs/benchmark/laptop --seeds=0,1,2
   python sweep.py --config=configs/benchmark/laptop.py --workdir=runs/benchmark/laptop --report-only

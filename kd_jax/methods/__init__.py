@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Protocol
 from kd_jax.errors import KdJaxError
 from kd_jax.methods.at import AT
 from kd_jax.methods.cc import CC
-from kd_jax.methods.common import MethodInputs
+from kd_jax.methods.common import MethodInputs, network_features
 from kd_jax.methods.crd import CRD
 from kd_jax.methods.dist import DIST
 from kd_jax.methods.dkd import DKD
@@ -31,7 +31,8 @@ from kd_jax.methods.rkd import RKD
 from kd_jax.methods.sp import SP
 from kd_jax.methods.vid import VID
 
-__all__ = ["METHODS", "METHOD_CLASSES", "Method", "MethodInputs", "check_ensemble", "make_method"]
+__all__ = ["METHODS", "METHOD_CLASSES", "Method", "MethodInputs", "check_ensemble", "make_method",
+           "network_features"]
 
 
 class Method(Protocol):
@@ -56,7 +57,8 @@ class Method(Protocol):
     >= 0), the state for the next step, and a dict of scalars, always with 'ce' and 'distill' (the
     two weighted terms, loss = ce + distill). The teacher's inputs receive no gradient.
   Methods with warm-ups read inputs.step and their steps_per_epoch; CRD reads
-  inputs.example_indices and draws its negatives from rng.
+  inputs.example_indices and draws its negatives from rng, and says so with the class attribute
+  needs_example_indices = True (absent: False), so that a step without indices refuses it.
   """
   name: ClassVar[str]
   uses_features: ClassVar[bool]

@@ -48,6 +48,15 @@ class MethodInputs:
   step: Any = 0
 
 
+def network_features(stage_features) -> dict:
+  """MethodInputs' feature fields of one network, from a CIFAR-zoo model's StageFeatures
+  (kd_jax/models/cifar_layers.py; `model.apply(..., features=True)`): the stage maps after the stem
+  then the pooled feature, and the pre-ReLU stage maps after the stem. Keys 'features' and
+  'preact_features'."""
+  return {"features": (*stage_features.stages[1:], stage_features.pooled),
+          "preact_features": tuple(stage_features.preact_stages[1:])}
+
+
 def as_float(x):
   """x as an array of at least float32 precision (bf16 -> float32; float64 stays)."""
   x = jnp.asarray(x)

@@ -91,6 +91,7 @@ class CRD:
   name: ClassVar[str] = "crd"
   uses_features: ClassVar[bool] = True
   feature_kind: ClassVar[str] = "stages"
+  needs_example_indices: ClassVar[bool] = True  # its memory bank has a row per training example
 
   num_examples: int = 0
   embed_dim: int = 128

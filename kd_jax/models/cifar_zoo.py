@@ -13,12 +13,17 @@ statistics), PyTorch's `sum(p.numel() for p in model.parameters())` for the refe
 
 Every one takes 32x32 RGB images; call it with `features=True` for (logits, StageFeatures)
 (kd_jax/models/cifar_layers.py; each model's docstring says what its stage features are).
+`bn_before_relu` gives the BatchNorm before each stage's final ReLU (OFD's margins), as mdistiller's
+`get_bn_before_relu`; the ShuffleNets have none (mdistiller refuses them as OFD teachers too).
 """
 
 import functools
 from typing import Any
 
 import flax.linen as nn
+
+from kd_jax.config import NO_BN_BEFORE_RELU  # no bn_before_relu (mdistiller's OFD refuses them too)
+from kd_jax.errors import KdJaxError
 
 from kd_jax.models.cifar_resnet import RESNET_FILTERS, RESNET_X4_FILTERS, CifarResNet, CifarResNet50
 from kd_jax.models.cifar_vgg import VGG8_BLOCKS, VGG13_BLOCKS, CifarVGG
@@ -50,3 +55,34 @@ CIFAR_MODEL_NAMES = tuple(CIFAR_MODELS)
 def cifar_model(name: str, num_classes: int, dtype: Any) -> nn.Module:
   """The benchmark model `name` (one of CIFAR_MODEL_NAMES) with `num_classes` outputs."""
   return CIFAR_MODELS[name](num_classes=num_classes, dtype=dtype)
+
+
+def _last_block(params, prefix: str) -> str:
+  """The name of the last module `{prefix}{i}` (largest i) in `params`."""
+  blocks = [k for k in params if k.startswith(prefix) and k[len(prefix):].isdigit()]
+  return max(blocks, key=lambda k: int(k[len(prefix):]))
+
+
+def bn_before_relu(name: str, params) -> tuple:
+  """(means, stds): per stage after the stem, the shift (beta) and scale (gamma) of the BatchNorm
+  right before the stage's final ReLU in model `name`'s `params`, as mdistiller's
+  get_bn_before_relu picks them: the last block's bn2 (CIFAR ResNets) or bn3 (ResNet50); the next
+  stage's first bn1 and the head's bn1 (WRN); each block's last BatchNorm (VGG); the last
+  BatchNorm of blocks 1, 2, 4, 6 (MobileNetV2)."""
+  if name in NO_BN_BEFORE_RELU:
+    raise KdJaxError(f'model {name!r} has no BatchNorm right before its stages\' ReLUs (OFD needs '
+                     'one in the teacher); use another teacher for distill method ofd.')
+  if name.startswith('resnet') or name == 'ResNet50':
+    stages = sorted({k.split('_')[0] for k in params if k.startswith('layer')})
+    leaf = 'bn3' if name == 'ResNet50' else 'bn2'
+    norms = [params[_last_block(params, f'{stage}_')][leaf] for stage in stages]
+  elif name.startswith('wrn'):
+    norms = [params['block2_layer_0']['bn1'], params['block3_layer_0']['bn1'], params['bn1']]
+  elif name.startswith('vgg'):
+    stages = sorted({int(k[5:].split('_')[0]) for k in params if k.startswith('block')})[1:]
+    norms = [params[_last_block(params, f'block{i}_')] for i in stages]
+  elif name == 'MobileNetV2':
+    norms = [params[_last_block(params, f'blocks_{i}_')]['conv_7'] for i in (1, 2, 4, 6)]
+  else:
+    raise KdJaxError(f'model {name!r} is not one of the CIFAR zoo: {", ".join(CIFAR_MODEL_NAMES)}.')
+  return tuple(n['bias'] for n in norms), tuple(n['scale'] for n in norms)

@@ -39,6 +39,11 @@ class DeviceBatches:
   def num_examples(self) -> int:
     return int(self.data.train_images.shape[0])
 
+  @property
+  def example_labels(self):
+    """Every example's label (-1: an appended OOD image), for a method that reads them (CRD)."""
+    return self.data.train_labels
+
   def restore(self, manager, fresh, name: str, total: int, members=None):
     del members  # every member draws from the same data, by its own key
     state, start = checkpoint.restore_latest(manager, fresh)

@@ -18,13 +18,15 @@ from kd_jax import results as results_lib
 from kd_jax import workdir as workdir_lib
 from kd_jax.data import augment as augment_lib
 from kd_jax import augment_policies as policy_lib
+from kd_jax.config import FEATURE_METHODS
 from kd_jax.distill import synthetic_count
 from kd_jax.errors import DivergedError, KdJaxError
 from kd_jax.study_plan import PlannedPhase, StudyPlan
 
 # fold_in tags under the seed's key (a workdir's batches depend on them: never renumber). Teacher i of
 # the main ensemble uses (TEACHERS, i); the independent baseline's ensemble and student get streams of
-# their own; 4 was a retired stream, kept so that evaluations draw the batches they always did.
+# their own; 4 was a retired stream, kept so that evaluations draw the batches they always did. The
+# student key's own tags (BatchNorm re-estimation, a distillation method's init) are study/student.py's.
 TEACHERS, STUDENT, INDEPENDENT_TEACHERS, INDEPENDENT_STUDENT = range(4)
 EVALUATION = 5
 
@@ -96,11 +98,13 @@ def distillation_policy(config):
 
 def caches_teacher_logits(config) -> bool:
   """Whether the ensemble's logits on the distillation set are computed once instead of every step:
-  only when the distillation images never change (no augmentation, no per-step OOD draws)."""
+  only when the distillation images never change (no augmentation, no per-step OOD draws) and the
+  method reads nothing but logits."""
   name = config.distill.augment or config.data.augment
   per_step_ood = bool(config.distill.ood_data.source) and config.distill.ood_mode == "replace"
   return (config.distill.cache_teacher_logits and not policy_lib.parse_policy(name)
-          and not per_step_ood and not config.distill.synthetic_workdir)
+          and not per_step_ood and not config.distill.synthetic_workdir
+          and config.distill.method not in FEATURE_METHODS)
 
 
 def real_batch_size(config) -> int:

@@ -113,6 +113,9 @@ def check_config(config) -> None:
     if used:
       raise KdJaxError(f"config.{key} is not available with streamed input "
                        "(config.data.pipeline); reset it to its default or use data.pipeline=memory.")
+  if config.distill.method == "crd":
+    raise KdJaxError("config.distill.method='crd' keeps a memory row per example and needs each "
+                     "row's index, which streamed batches do not carry; use data.pipeline=memory.")
 
 
 def host_augment(config) -> stream_lib.HostAugment:
@@ -169,6 +172,8 @@ class HostBatches:
   @property
   def num_examples(self) -> int:
     return len(self.data.source.train)
+
+  example_labels = None  # read on the host, batch by batch (CRD, which needs them, is refused)
 
   def _iterator(self, members):
     import grain  # pylint: disable=g-import-not-at-top

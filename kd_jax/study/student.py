@@ -6,15 +6,20 @@ host feed).
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from kd_jax import checkpoint, distill, evaluation, loop, methods, metrics_log, parallel, train
 from kd_jax.data import augment as augment_lib
+from kd_jax.models import cifar_zoo
 from kd_jax.study import phases, teachers as teachers_lib
 
-# fold_in tag under the student's key for the BatchNorm re-estimation pass of an interpolated student.
+# fold_in tags under the student's key: the BatchNorm re-estimation pass of an interpolated student,
+# and the initialization of a distillation method's own parameters and state.
 BATCH_STATS_STREAM = 1
+METHOD_STREAM = 2
 # The original code's floor for the learning rate of a student interpolated towards its teacher.
 INTERPOLATED_LR_FLOOR = 1e-6
 
@@ -33,23 +38,24 @@ def student_optimizer_config(config):
   return cfg
 
 
-def distill_method(config, steps_per_epoch: int):
+def distill_method(config, steps_per_epoch: int, num_examples: int = 1):
   """The method the distillation step minimizes: the paper's objective (config.distill.method
-  'paper': temperature, alpha, loss) or a benchmark logit method of kd_jax/methods/ with its
-  reference defaults and config.distill.method_options; a warm-up counts epochs of
-  `steps_per_epoch` steps. Bad options are one-line errors."""
+  'paper': temperature, alpha, loss) or a benchmark method of kd_jax/methods/ with its reference
+  defaults and config.distill.method_options; a warm-up counts epochs of `steps_per_epoch` steps,
+  and CRD's memory bank holds `num_examples` rows (the distillation set's size). Bad options are
+  one-line errors."""
   cfg = config.distill
   if cfg.method == "paper":
     return distill.LogitKD(temperature=cfg.temperature, alpha=cfg.alpha, kind=cfg.loss)
   options = {"name": cfg.method, **cfg.method_options.to_dict()}
-  if any(field.name == "steps_per_epoch"
-         for field in dataclasses.fields(methods.METHOD_CLASSES[cfg.method])):
-    options["steps_per_epoch"] = steps_per_epoch
+  fields = {field.name for field in dataclasses.fields(methods.METHOD_CLASSES[cfg.method])}
+  run_options = {"steps_per_epoch": steps_per_epoch, "num_examples": num_examples}
+  options.update((key, value) for key, value in run_options.items() if key in fields)
   return methods.make_method(options)
 
 
-def distill_spec(ctx: phases.Context, *, cached: bool, streamed: bool,
-                 steps_per_epoch: int = 1) -> distill.DistillSpec:
+def distill_spec(ctx: phases.Context, *, cached: bool, streamed: bool, steps_per_epoch: int = 1,
+                 num_examples: int = 1) -> distill.DistillSpec:
   """The distillation step's description (kd_jax/distill.py), made once from the run's config."""
   config, cfg = ctx.config, ctx.config.distill
   batch_size = config.student.batch_size
@@ -62,9 +68,42 @@ def distill_spec(ctx: phases.Context, *, cached: bool, streamed: bool,
                                     cfg.synthetic_temperature)
   return distill.DistillSpec(
       batch_size=batch_size, augment=phases.distillation_policy(config),
-      method=distill_method(config, steps_per_epoch),
+      method=distill_method(config, steps_per_epoch, num_examples),
       teachers=distill.CACHED_LOGITS if cached else distill.TEACHERS_IN_STEP, extra=extra,
       streamed=streamed, compute_dtype=ctx.compute_dtype, ensemble_method=config.ensemble_method)
+
+
+def initial_method(ctx: phases.Context, spec: distill.DistillSpec, student, teacher,
+                   student_state: train.TrainState, teacher_variables, rng, example_labels=None):
+  """(params, state) of a feature method ({}, {} for the others), replicated on the mesh: shaped
+  by jax.eval_shape of both networks' feature forward on a batch like the step's, initialized from
+  `rng`. OFD also reads the teacher's BatchNorm before each stage's ReLU
+  (cifar_zoo.bn_before_relu), CRD the distillation set's labels (`example_labels`)."""
+  method = spec.method
+  if not method.uses_features:
+    return {}, {}
+  methods.check_ensemble(method, jax.tree.leaves(teacher_variables)[0].shape[0])
+  teacher_forward = train.teacher_features_fn(teacher)
+
+  def example_inputs(student_variables, teacher_variables, x):
+    logits, features = student.apply(student_variables, x, train=False, features=True)
+    teacher_logits, teacher_features = teacher_forward(teacher_variables, x)
+    rows = jnp.zeros(x.shape[:1], jnp.int32)
+    return train.method_inputs(logits, methods.network_features(features), teacher_logits,
+                               teacher_features, rows, jnp.zeros((), jnp.int32), rows)
+
+  x = jax.ShapeDtypeStruct((spec.batch_size, *ctx.image_shape), ctx.compute_dtype)
+  shapes = jax.eval_shape(example_inputs, train.model_variables(student_state), teacher_variables, x)
+  inputs = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  extra = {}
+  if method.name == "ofd":
+    first = jax.tree.map(lambda v: np.asarray(v[0]), teacher_variables["params"])
+    means, stds = cifar_zoo.bn_before_relu(ctx.config.teacher.model.name, first)
+    extra = {"teacher_bn_mean": means, "teacher_bn_std": stds}
+  elif method.name == "crd":
+    extra = {"example_labels": np.asarray(example_labels)}
+  params, state = method.init(rng, inputs, **extra)
+  return parallel.replicate((params, state), ctx.mesh)
 
 
 def reestimate_batch_stats(ctx: phases.Context, model, state: train.TrainState,
@@ -187,10 +226,16 @@ def distill_student(ctx: phases.Context, student, teacher, teacher_variables, st
   optimizer_cfg = student_optimizer_config(ctx.config)
   tx = train.make_optimizer(optimizer_cfg, total, steps_per_epoch)
   spec = distill_spec(ctx, cached=cached_teacher_logits is not None, streamed=batches.streamed,
-                      steps_per_epoch=steps_per_epoch)
+                      steps_per_epoch=steps_per_epoch, num_examples=batches.num_examples)
   step_fn = train.make_distill_step(student, teacher, tx, spec, ctx.mesh)
   manager = checkpoint.make_manager(student_dir)
   fresh = initial_student(ctx, student, teacher, tx, rng, teacher_variables)
+  if spec.method.uses_features:
+    method_params, method_state = initial_method(
+        ctx, spec, student, teacher, fresh, teacher_variables,
+        jax.random.fold_in(rng, METHOD_STREAM), batches.example_labels)
+    fresh = fresh.replace(method_params=method_params, method_opt_state=tx.init(method_params),
+                          method_state=method_state)
   state, start = batches.restore(manager, fresh, label, total)
   phase = loop.Phase(name=label, total=total, steps_per_epoch=steps_per_epoch,
                      images_per_step=cfg.batch_size,
