@@ -97,12 +97,16 @@ def test_paper_like_results_hold_for_every_claim(paper_like):
                                          suite_lib.load_claims(str(SMALL)),
                                          suite=small_suite(paper_like), commit="abc123")
   assert [c.key for c in claims] == [f"C{i}" for i in range(1, 9)]
-  assert {c.key: c.verdict for c in claims} == {f"C{i}": "holds" for i in range(1, 9)}
+  assert {c.key: c.checks_verdict for c in claims} == {f"C{i}": "holds" for i in range(1, 9)}
+  # C5's experiment is sized down, so even checks that all hold cannot decide it.
+  assert {c.key: c.verdict for c in claims} == {
+      f"C{i}": verdicts.AT_THIS_SCALE if i == 5 else "holds" for i in range(1, 9)}
   out = paper_like / "report"
   for i in range(1, 9):
     assert (out / f"c{i}.png").read_bytes().startswith(b"\x89PNG")
   text = (out / "results.md").read_text()
   assert "Student's t test" in text and "TOST" in text and text.count("**holds**") >= 8
+  assert "Its checks give **holds**; sized down: a width-8" in text
   assert "nan" not in text.lower()
 
 
@@ -279,3 +283,15 @@ def test_a_malformed_runs_table_is_one_clear_error(tmp_path):
     suite_table.read_table(str(bad))
   with pytest.raises(KdJaxError, match="pass --report-only too"):
     suite_lib.run_suite(str(SMALL), str(tmp_path), SEEDS, table=str(bad))
+
+
+def test_the_committed_runs_table_gives_the_committed_reports_verdicts_and_numbers():
+  committed = REPO / "docs" / "reproduction" / "runs.csv"
+  report = (REPO / "docs" / "reproduction" / "results.md").read_text()
+  rows, commits = suite_table.read_table(str(committed))
+  claims = suite_lib.load_claims(str(SMALL))(verdicts.Suite("", (0, 1, 2), rows=rows))
+  for claim in claims:
+    assert f"## {claim.key}: {claim.title}\n\nPaper: {claim.paper}\n\nVerdict: **{claim.verdict}**." \
+        in report, claim.key
+    for check in claim.checks:
+      assert f"| {check.text} |" in report and f"| {check.ours()} | {check.verdict} |" in report

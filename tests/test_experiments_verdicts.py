@@ -88,6 +88,17 @@ def test_only_a_check_that_carries_the_claim_decides_it():
   assert unrun.verdict == verdicts.HOLDS and unrun.problems() == []
 
 
+def test_a_reduced_scale_claim_is_inconclusive_at_this_scale_unless_incomplete():
+  against = verdicts.Cell("b", {0: -0.02, 1: -0.03, 2: -0.04}, {})
+  missing = verdicts.Cell("c", {}, {0: "c/seed0: not run"})
+  claim = lambda *checks: verdicts.Claim("C", "t", "p", list(checks), [],  # noqa: E731
+                                         reduced_scale="a smaller network")
+  contradicted = claim(verdicts.Check("x", against, 0.0, +1))
+  assert contradicted.checks_verdict == verdicts.CONTRADICTS
+  assert contradicted.verdict == verdicts.AT_THIS_SCALE
+  assert claim(verdicts.Check("m", missing, 0.0, +1)).verdict == verdicts.INCOMPLETE
+
+
 def test_one_seed_or_non_finite_values_are_inconclusive_never_a_verdict():
   assert verdicts.decide(np.array([0.5]), 0.0, +1) == verdicts.INCONCLUSIVE
   assert verdicts.decide(np.array([0.5, math.nan, 0.6]), 0.0, +1) == verdicts.INCONCLUSIVE

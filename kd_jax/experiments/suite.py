@@ -114,6 +114,8 @@ def claims_markdown(claim_list, seeds, images: dict, times: dict = None) -> str:
   for claim in claim_list:
     lines += ["", f"## {claim.key}: {claim.title}", "", f"Paper: {claim.paper}", "",
               f"Verdict: **{claim.verdict}**."]
+    if claim.reduced_scale:
+      lines.append(f"Its checks give **{claim.checks_verdict}**; sized down: {claim.reduced_scale}")
     if claim.problems():
       lines.append("Runs missing, unfinished or diverged (left out of every number): " +
                    "; ".join(claim.problems()) + ".")

@@ -21,6 +21,7 @@ from kd_jax.workdir import CONFIG_FILE, RESULTS_FILE, read_results
 LEVEL = 0.95  # confidence of every one-sided test
 
 HOLDS, CONTRADICTS, INCONCLUSIVE, INCOMPLETE = "holds", "contradicts", "inconclusive", "incomplete"
+AT_THIS_SCALE = "inconclusive at this scale"
 
 VERDICT_RULE = (
     "Each claim is split into checks. A check computes one statistic per seed (a metric, or a "
@@ -38,7 +39,9 @@ VERDICT_RULE = (
     "not counted). A claim holds if every check that carries it holds, contradicts only if a check "
     "that carries it contradicts, and is inconclusive otherwise; it is **incomplete** if any run "
     "a carrying check needs is missing, unfinished or has a non-finite metric (diverged): such "
-    "runs are listed by name and never averaged.")
+    "runs are listed by name and never averaged. A claim whose experiment is a sized-down "
+    "version of its faithful one (it says why) is **inconclusive at this scale** whatever its "
+    "checks give, which the table still shows.")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -297,10 +300,19 @@ class Claim:
   table: list  # (row label, {column title: Cell}) for the claim's numbers table
   plot: Callable = None  # (plt, path) -> None: the paper's figure for the claim
   note: str = ""  # how to read our setup against the paper's
+  # Why the experiment is smaller than the claim's faithful version ("" if it is not): its checks
+  # are computed and shown, but they cannot decide the claim.
+  reduced_scale: str = ""
+
+  @property
+  def checks_verdict(self) -> str:
+    """What the carrying checks combine to (VERDICT_RULE), before any reduced-scale caveat."""
+    return combine(check.verdict for check in self.checks if check.carries)
 
   @property
   def verdict(self) -> str:
-    return combine(check.verdict for check in self.checks if check.carries)
+    verdict = self.checks_verdict
+    return AT_THIS_SCALE if self.reduced_scale and verdict != INCOMPLETE else verdict
 
   def problems(self) -> list:
     """The runs missing, unfinished or diverged that the checks carrying the claim need."""
