@@ -9,6 +9,8 @@
   python -m benchmarks.kd_step --estimate-study           # the paper's baseline study, in minutes
   python -m benchmarks.kd_step --side-by-side             # LeNet-5, kd_jax and PyTorch interleaved
   python -m benchmarks.kd_step --side-by-side --model preresnet   # the same for PreResNet-20
+  python -m benchmarks.kd_step --methods --steps 20       # every method's step, relative to kd
+  python -m benchmarks.kd_step --methods kd fitnet crd    # some of them
 
 Every case prints one JSON line (keys: see benchmarks/measure.py RECORD_KEYS) as soon as it is
 measured, and a table at the end. Kinds of case (benchmarks/cases.py):
@@ -44,6 +46,15 @@ logits computed once per run on the train set), with `cache_s`, the table's one-
 `ratio_one_epoch`, the ratio with that cost spread over a single epoch's steps.
 Without torch installed, only the kd_jax columns are filled.
 
+Methods (`--methods [NAMES]`, default every method of kd_jax.config.DISTILL_METHODS but 'paper'):
+the fused distillation step of each method for the laptop benchmark's pair, resnet20 -> resnet8
+on CIFAR-10-shaped data, as a run of configs/benchmark/laptop.py with distill.method=<name> builds
+it (the method's options there, e.g. CRD's nce_k; its batch, 64, and train-set size, 4,000, unless
+--batch / --train-size say otherwise; a feature method's parameters and state initialized as a run
+does), each timed as above. kd is always measured, first, so that every record carries
+`relative_to_kd`, its step time over kd's in the same process; the table ends with one row per
+method.
+
 The study estimate (`--estimate-study`, benchmarks/estimate.py) measures the steps of the paper's
 baseline study and counts them by the library's own study plan.
 """
@@ -59,6 +70,8 @@ from kd_jax import ensemble, parallel, runtime
 from kd_jax.errors import KdJaxError
 from kd_jax.experiments import cli
 
+DEFAULT_BATCH = 128
+BASELINE_METHOD = "kd"  # --methods: every step time is relative to this method's
 
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(
@@ -71,7 +84,8 @@ def parse_args(argv=None):
   parser.add_argument("--m", nargs="+", type=int, default=[3], help="teachers in the ensemble")
   parser.add_argument("--members", nargs="+", type=int, default=[1],
                       help="teachers trained together in one step (--kind teacher)")
-  parser.add_argument("--batch", nargs="+", type=int, default=[128], help="global batch")
+  parser.add_argument("--batch", nargs="+", type=int, default=None,
+                      help="global batch (default 128; --methods: the laptop config's, 64)")
   parser.add_argument("--classes", nargs="+", type=int, default=[100])
   parser.add_argument("--precision", nargs="+", choices=tuple(cases_lib.PRECISIONS),
                       default=["fp32"])
@@ -87,6 +101,10 @@ def parse_args(argv=None):
   parser.add_argument("--epoch-steps", type=int, default=0,
                       help="epoch cases: run only this many steps and extrapolate "
                            "(0 = whole epoch)")
+  parser.add_argument("--methods", nargs="*", choices=cases_lib.ZOO_METHODS, default=None,
+                      metavar="METHOD",
+                      help="each method's distillation step on the laptop benchmark's pair, "
+                           "relative to kd (no names: every method but 'paper')")
   parser.add_argument("--quick", action="store_true", help="a small CPU-sized set of cases")
   parser.add_argument("--full", action="store_true", help="the issue's whole table (for a GPU)")
   parser.add_argument("--large-batch", type=int, default=1024, help="the large batch of --full")
@@ -134,7 +152,8 @@ def grid(args) -> list:
   """The cases that the command line asks for (every combination of the listed values)."""
   cases = []
   for model, kind, depth, m, members, batch, classes, precision, method in itertools.product(
-      args.model or ["preresnet"], args.kind, args.depth, args.m, args.members, args.batch,
+      args.model or ["preresnet"], args.kind, args.depth, args.m, args.members,
+      args.batch or [DEFAULT_BATCH],
       args.classes, args.precision, args.method):
     if kind == "teacher":
       m = 1  # teacher cases ignore m; keep one copy of each
@@ -204,6 +223,39 @@ def run_cases(cases, args):
   print(measure.table(records))
 
 
+def method_names(names) -> list:
+  """The methods --methods times, in order: the baseline first, then `names` (default
+  cases.BENCHMARK_METHODS) without repeats."""
+  return list(dict.fromkeys([BASELINE_METHOD, *(names or cases_lib.BENCHMARK_METHODS)]))
+
+
+def relative_to(record: dict, baseline: dict):
+  """record's step time over baseline's, to 0.01 (None where either was not timed)."""
+  if not record["step_ms"] or not baseline["step_ms"]:
+    return None
+  return round(record["step_ms"] / baseline["step_ms"], 2)
+
+
+def run_methods(args) -> list:
+  """Measures each method's distillation step of the laptop pair (module docstring: Methods);
+  prints its record as it is measured and the table at the end; returns the records."""
+  if args.batch and len(args.batch) > 1:
+    raise KdJaxError("--methods times one batch size; give one --batch.")
+  mesh = parallel.make_mesh()
+  method_cases = cases_lib.method_cases(method_names(args.methods), args.steps, args.warmup,
+                                        batch=args.batch[0] if args.batch else 0,
+                                        train_size=args.train_size)
+  data = cases_lib.case_data(method_cases[0], mesh)  # every case shares the pair's data set
+  records = []
+  for case in method_cases:
+    record = measure.run_case(case, mesh, data)
+    record["relative_to_kd"] = relative_to(record, records[0] if records else record)
+    harness.emit(record, args.out)
+    records.append(record)
+  print(measure.method_table(records))
+  return records
+
+
 def main(argv=None):
   """The command line; a problem with its input (e.g. a batch larger than the train set, or not a
   multiple of the devices) is one line on stderr and exit status 2."""
@@ -216,7 +268,9 @@ def main(argv=None):
 def run(args):
   """Runs the benchmark that `args` (parse_args) ask for."""
   harness.emit({**harness.environment(), "max_pool": args.max_pool}, args.out)
-  if args.side_by_side:
+  if args.methods is not None:
+    run_methods(args)
+  elif args.side_by_side:
     run_side_by_side(args)
   elif args.estimate_study:
     run_estimate(args)

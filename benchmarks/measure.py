@@ -168,3 +168,16 @@ TABLE_HEADERS = {"images_per_second": "img/s", "peak_fraction": "of peak",
 def table(records) -> str:
   """One row per record: the case and its compile and step times."""
   return harness.columns_table(records, TABLE_COLUMNS, TABLE_HEADERS)
+
+
+METHOD_COLUMNS = (("distill_method", 14), ("batch", 5), ("compile_s", 9), ("compiles", 8),
+                  ("step_ms", 9), ("step_ms_min", 9), ("relative_to_kd", 8),
+                  ("images_per_second", 8), ("host_other_busy", 6))
+METHOD_HEADERS = {"distill_method": "method", "step_ms_min": "min_ms",
+                  "relative_to_kd": "vs kd", "images_per_second": "img/s",
+                  "host_other_busy": "busy"}
+
+
+def method_table(records) -> str:
+  """One row per distillation method: its compile and step times, and its step over kd's."""
+  return harness.columns_table(records, METHOD_COLUMNS, METHOD_HEADERS)

@@ -373,3 +373,33 @@ def test_bad_input_is_one_line_and_exit_status_2(monkeypatch, capsys):
   assert exit_info.value.code == 2
   assert capsys.readouterr().err.strip().splitlines() == [
       "error: --batch 64 exceeds the 32 synthetic training images (--train-size); lower it."]
+
+
+def test_method_cases_are_runs_of_the_laptop_config():
+  from configs.benchmark import laptop  # pylint: disable=import-outside-toplevel
+  names = kd_step.method_names(kd_step.parse_args(["--methods"]).methods)
+  assert names[0] == "kd" and "paper" not in names
+  assert set(names) == set(cases.BENCHMARK_METHODS) and len(names) == len(set(names))
+  crd, = cases.method_cases(["crd"], steps=1, warmup=0)
+  assert (crd.batch, crd.train_size, crd.m, crd.classes) == (64, laptop.TRAIN_EXAMPLES, 1, 10)
+  config = cases.case_config(crd)
+  assert (config.teacher.model.name, config.student.model.name) == laptop.PAIRS[0]
+  assert config.distill.method == "crd" and config.distill.method_options.nce_k == laptop.CRD_NEGATIVES
+
+
+def test_methods_mode_times_each_methods_step_relative_to_kd(capsys):
+  """--methods: one record per method of the laptop pair's fused step (kd first, whatever the
+  order asked), each step time over kd's; then the table."""
+  kd_step.run(kd_step.parse_args(["--methods", "fitnet", "crd", "--steps", "1", "--warmup", "0",
+                                  "--batch", "8"]))
+  lines = capsys.readouterr().out.splitlines()
+  records = [json.loads(line) for line in lines if line.startswith('{"backend"')]
+  assert [r["distill_method"] for r in records] == ["kd", "fitnet", "crd"]
+  for record in records:
+    assert (record["teacher_model"], record["student_model"], record["batch"]) == (
+        "resnet20", "resnet8", 8)
+    assert record["compiles"] == 1 and record["step_ms"] > 0
+    np.testing.assert_allclose(record["relative_to_kd"],
+                               record["step_ms"] / records[0]["step_ms"], atol=0.006)
+  assert records[0]["relative_to_kd"] == 1
+  assert [line.split()[0] for line in lines[-3:]] == ["kd", "fitnet", "crd"]
