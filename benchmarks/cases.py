@@ -239,15 +239,10 @@ def with_method(config, spec, student, teacher, state, teacher_variables, tx, da
   """`state` with the distillation method's parameters, their optimizer state and the method's
   state, initialized as a run initializes them (`kd_jax.study.student.initial_method`); unchanged
   for a method that reads logits only."""
-  if not spec.method.uses_features:
-    return state
   ctx = context(config, mesh, data.train_images.shape[1:])
-  params, method_state = study_student.initial_method(
-      ctx, spec, student, teacher, state, teacher_variables,
-      jax.random.fold_in(jax.random.PRNGKey(0), study_student.METHOD_STREAM),
-      example_labels=data.train_labels)
-  return state.replace(method_params=params, method_opt_state=tx.init(params),
-                       method_state=method_state)
+  return study_student.with_method(
+      ctx, spec, student, teacher, state, teacher_variables, tx,
+      jax.random.fold_in(jax.random.PRNGKey(0), study_student.METHOD_STREAM), data.train_labels)
 
 
 def teacher_logits_table(config, net, teacher_variables, data, mesh):

@@ -161,6 +161,21 @@ def initial_student(ctx: phases.Context, student, teacher, tx, rng, teacher_vari
   return state
 
 
+def with_method(ctx: phases.Context, spec, student, teacher, state, teacher_variables, tx, rng,
+                example_labels):
+  """`state` with the distillation method's parameters, their optimizer state (`tx`) and the
+  method's state from `initial_method`; unchanged for a method that reads logits only."""
+  if not spec.method.uses_features:
+    return state
+  params, method_state = initial_method(ctx, spec, student, teacher, state, teacher_variables, rng,
+                                        example_labels)
+  # Replicated like the rest of the state: a single-device optimizer state would give the step a
+  # different input signature from its own replicated output and compile it a second time.
+  return state.replace(method_params=params,
+                       method_opt_state=parallel.replicate(tx.init(params), ctx.mesh),
+                       method_state=method_state)
+
+
 def periodic_evaluation(ctx: phases.Context, student, teacher, teacher_variables):
   """state -> the student's clean test metrics (accuracy, NLL, ECE, agreement, KL), for
   config.evaluation.every_steps (in memory); None when that is 0."""
@@ -230,12 +245,8 @@ def distill_student(ctx: phases.Context, student, teacher, teacher_variables, st
   step_fn = train.make_distill_step(student, teacher, tx, spec, ctx.mesh)
   manager = checkpoint.make_manager(student_dir)
   fresh = initial_student(ctx, student, teacher, tx, rng, teacher_variables)
-  if spec.method.uses_features:
-    method_params, method_state = initial_method(
-        ctx, spec, student, teacher, fresh, teacher_variables,
-        jax.random.fold_in(rng, METHOD_STREAM), batches.example_labels)
-    fresh = fresh.replace(method_params=method_params, method_opt_state=tx.init(method_params),
-                          method_state=method_state)
+  fresh = with_method(ctx, spec, student, teacher, fresh, teacher_variables, tx,
+                      jax.random.fold_in(rng, METHOD_STREAM), batches.example_labels)
   state, start = batches.restore(manager, fresh, label, total)
   phase = loop.Phase(name=label, total=total, steps_per_epoch=steps_per_epoch,
                      images_per_step=cfg.batch_size,
