@@ -79,6 +79,22 @@ def kill_when_exists(path, process, timeout=240):
   process.wait()
 
 
+def assert_killed_student_resumes_to_the_same_result(args, tmp_path, checkpoint: str):
+  """Runs `run.py ARGS` whole, and again killed once the student's `checkpoint` (a step folder
+  name) exists and then rerun: the rerun resumes the student and its results.json equals the
+  whole run's."""
+  whole = run_cli([*args, f"--workdir={tmp_path / 'whole'}"])
+  assert whole.returncode == 0, whole.stderr
+  interrupted = tmp_path / "interrupted"
+  kill_when_exists(interrupted / "student" / checkpoint,
+                   start_run([*args, f"--workdir={interrupted}"]))
+  resumed = run_cli([*args, f"--workdir={interrupted}"])
+  assert resumed.returncode == 0, resumed.stderr
+  assert "[student] resuming at step" in resumed.stdout
+  read = lambda d: json.loads((d / "results.json").read_text())  # noqa: E731
+  assert read(interrupted) == read(tmp_path / "whole")
+
+
 def run_distributed(args, num_processes: int, devices_per_process: int, timeout=300):
   """One run as `num_processes` local processes of JAX's multi-process runtime (`run.py
   --distributed`, a coordinator on a free port), each with `devices_per_process` forced CPU devices.

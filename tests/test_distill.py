@@ -1,6 +1,5 @@
 """kd_jax/distill.py: the step's description, and the method seam of the fused distillation step."""
 
-import json
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import kill_when_exists, run_cli, start_run
+from conftest import assert_killed_student_resumes_to_the_same_result
 from kd_jax import KdJaxError, distill, methods, parallel, train
 from kd_jax import config as kd_config
 from kd_jax.data import augment, placement
@@ -113,12 +112,4 @@ def test_the_step_runs_every_method_and_the_config_knows_which_read_features():
 def test_a_dkd_run_killed_during_its_warm_up_resumes_to_the_same_result(tmp_path):
   args = ["--config=tests/tiny_config.py", "--config.distill.method=dkd",
           "--config.student.steps=40", "--config.checkpoint_every_steps=8"]
-  whole = run_cli([*args, f"--workdir={tmp_path / 'whole'}"])
-  assert whole.returncode == 0, whole.stderr
-  interrupted = tmp_path / "interrupted"
-  kill_when_exists(interrupted / "student" / "16", start_run([*args, f"--workdir={interrupted}"]))
-  resumed = run_cli([*args, f"--workdir={interrupted}"])
-  assert resumed.returncode == 0, resumed.stderr
-  assert "[student] resuming at step" in resumed.stdout
-  read = lambda d: json.loads((d / "results.json").read_text())  # noqa: E731
-  assert read(interrupted) == read(tmp_path / "whole")
+  assert_killed_student_resumes_to_the_same_result(args, tmp_path, "16")

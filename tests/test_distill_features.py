@@ -3,7 +3,6 @@ update is plain SGD on the method's own loss over student and method parameters,
 method trains in it, two devices give one device's step, and a killed run resumes exactly."""
 
 import dataclasses
-import json
 import os
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import REPO, SLOW, kill_when_exists, run_cli, start_run
+from conftest import REPO, SLOW, assert_killed_student_resumes_to_the_same_result
 from kd_jax import config as kd_config
 from kd_jax import distill, methods, parallel, train
 from kd_jax.data import augment, placement
@@ -190,12 +189,4 @@ ZOO = ["--config=tests/tiny_config.py", "--config.teacher.model.name=resnet8",
 def test_a_killed_feature_method_run_resumes_to_the_same_result(tmp_path, method, options):
   args = [*ZOO, f"--config.distill.method={method}",
           f"--config.distill.method_options={options}"]
-  whole = run_cli([*args, f"--workdir={tmp_path / 'whole'}"])
-  assert whole.returncode == 0, whole.stderr
-  interrupted = tmp_path / "interrupted"
-  kill_when_exists(interrupted / "student" / "4", start_run([*args, f"--workdir={interrupted}"]))
-  resumed = run_cli([*args, f"--workdir={interrupted}"])
-  assert resumed.returncode == 0, resumed.stderr
-  assert "[student] resuming at step" in resumed.stdout
-  read = lambda d: json.loads((d / "results.json").read_text())  # noqa: E731
-  assert read(interrupted) == read(tmp_path / "whole")
+  assert_killed_student_resumes_to_the_same_result(args, tmp_path, "4")
