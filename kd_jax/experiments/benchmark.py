@@ -5,7 +5,8 @@
                  and at its best epoch (with that epoch and the test agreement there), test and
                  train agreement, KL, NLL, ECE and linear CKA per stage where runs record them;
                  then the papers' layout, pairs x methods, of the top-1 at the best and last epoch
-                 and of the test agreement
+                 and of the test agreement; then what the runs show about fidelity across methods,
+                 each method against ce and kd by the rule of method_fidelity.py
   benchmark.csv  one row per pair and method: mean and std of each metric (fractions, not percent)
   method_agreement_vs_accuracy.png   test agreement against test accuracy (last epoch), one point
                  per method, a marker per pair (kd_jax/experiments/plots.py)
@@ -21,6 +22,7 @@ import math
 import os
 
 from kd_jax import files
+from kd_jax.experiments import method_fidelity
 from kd_jax.experiments import plots as plots_lib
 from kd_jax.experiments import runs as runs_lib
 from kd_jax.experiments.stats import error_bar, mean_std, mean_std_text
@@ -157,6 +159,9 @@ def markdown_document(variants) -> str:
     if key in titles:
       lines += [f"## {titles[key].title}, by pair and method", "", grid_table(rows, titles[key]),
                 ""]
+  fidelity = method_fidelity.markdown_section(rows)
+  if fidelity:
+    lines.append(fidelity)
   return "\n".join(lines) + "\n"
 
 
