@@ -1,5 +1,6 @@
 """End to end on digits: workdir outputs, results against an independent recomputation, error cases."""
 
+import copy
 import json
 import os
 
@@ -23,6 +24,18 @@ def finished_run(tmp_path_factory):
   config = tiny_config()
   results = study.run(config, workdir)
   return config, workdir, results
+
+
+def test_a_run_with_cached_teacher_logits_matches_one_without(finished_run, tmp_path):
+  """distill.cache_teacher_logits flipped from the finished run's: the same ensemble, and the same
+  student up to float32 summation order."""
+  config, _, results = finished_run
+  flipped = copy.deepcopy(config)
+  flipped.distill.cache_teacher_logits = not config.distill.cache_teacher_logits
+  other = study.run(flipped, str(tmp_path))
+  assert other["ensemble"] == results["ensemble"]
+  for key, value in results["student"].items():
+    assert other["student"][key] == pytest.approx(value, rel=1e-3, abs=1e-4), key
 
 
 def test_workdir_holds_config_metrics_checkpoints_results(finished_run):
