@@ -38,6 +38,27 @@ def phase_tag(phase: str) -> str:
   return re.sub(r"[^A-Za-z0-9_.-]+", "_", phase.replace("/", " of ")).strip("_")
 
 
+def _import_summary_writer():
+  """tensorboardX's SummaryWriter, imported without torch where torch is installed but not imported.
+
+  tensorboardX imports torch, when it can, only to accept torch tensors, which no record holds; that
+  import costs about two seconds of every run's start on a CPU. A None entry in sys.modules makes
+  `import torch` fail at once for the duration of this import (tensorboardX then takes NumPy arrays
+  only), and is removed after it, so a later `import torch` (kd_jax.import_teacher) works as usual.
+  """
+  import sys  # pylint: disable=g-import-not-at-top
+  if "torch" in sys.modules:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    return SummaryWriter
+  sys.modules["torch"] = None
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  finally:
+    if sys.modules.get("torch", 0) is None:
+      del sys.modules["torch"]
+  return SummaryWriter
+
+
 class EventWriter:
   """Writes numeric fields of metrics.jsonl records as scalars; created on the first record."""
 
@@ -49,13 +70,13 @@ class EventWriter:
   def _get(self):
     if self._writer is None and not self._missing:
       try:
-        from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+        summary_writer = _import_summary_writer()
       except ImportError:
         self._missing = True
         print("note: tensorboardX is not installed, so no TensorBoard events are written "
               "(pip install -r requirements.txt); metrics.jsonl has every number", flush=True)
         return None
-      self._writer = SummaryWriter(logdir=self.logdir, flush_secs=30)
+      self._writer = summary_writer(logdir=self.logdir, flush_secs=30)
     return self._writer
 
   def write(self, record: dict) -> None:

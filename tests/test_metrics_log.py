@@ -5,11 +5,13 @@ import glob
 import json
 import os
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import REPO, tiny_config
 from kd_jax import metrics_log, study, train
 from kd_jax import results as results_lib
 
@@ -102,6 +104,27 @@ def test_results_hold_the_best_and_the_last_epoch_of_the_evaluations(watched_run
   with open(os.path.join(workdir, "results.json")) as f:
     assert json.load(f)["student"]["best_test_accuracy"] == student["best_test_accuracy"]
   assert "best" in results_lib.results_table(results).splitlines()[-1]
+
+
+def test_the_event_writer_does_not_import_torch_and_torch_imports_after_it(tmp_path):
+  """tensorboardX imports torch when it can (two seconds of every run's start); the writer keeps it
+  out, and leaves `import torch` working for the code that needs it."""
+  pytest.importorskip("tensorboardX")
+  pytest.importorskip("torch")  # requirements-test.txt installs it
+  code = ("import sys\n"
+          "from kd_jax import metrics_log\n"
+          f"writer = metrics_log.EventWriter({str(tmp_path)!r})\n"
+          "writer.write({'phase': 'student', 'step': 1, 'loss': 0.5})\n"
+          "writer.close()\n"
+          "assert 'torch' not in sys.modules, 'torch was imported'\n"
+          "import torch\n"
+          "print(torch.ones(2).sum().item())\n")
+  result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.split() == ["2.0"]
+  assert [tag for tag, _, _ in _read_events(glob.glob(str(tmp_path / "events.out.*"))[0])] == [
+      "student/loss"]
 
 
 def _write_records(path, records, tail=""):
