@@ -20,6 +20,20 @@ from kd_jax import config as kd_config
 from kd_jax.experiments import verdicts
 from tiny_config import tiny_config  # noqa: F401 (the tests' shared tiny study)
 
+# The tests compile with XLA's backend (LLVM) optimizations off: their models are tiny, so compiling
+# is most of the suite's time on a 2-core machine, and this halves it; the programs and their numbers
+# (within float tolerance) are the same. Set here, before any JAX computation (no import above
+# computes), and in every run.py the tests start; XLA_FLAGS that name the flag (=3 is XLA's default)
+# take precedence.
+TEST_XLA_FLAG = "--xla_backend_optimization_level=0"
+
+
+def with_test_xla_flag(flags: str) -> str:
+  return flags if "xla_backend_optimization_level" in flags else f"{flags} {TEST_XLA_FLAG}".strip()
+
+
+os.environ["XLA_FLAGS"] = with_test_xla_flag(os.environ.get("XLA_FLAGS", ""))
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
@@ -48,6 +62,7 @@ def _run_env(env_extra=None) -> dict:
   # Processes of one test session share compiled programs (the cache is keyed by program and devices).
   env.setdefault("KD_JAX_COMPILATION_CACHE", TEST_COMPILATION_CACHE)
   env.update(env_extra or {})
+  env["XLA_FLAGS"] = with_test_xla_flag(env.get("XLA_FLAGS", ""))
   return env
 
 

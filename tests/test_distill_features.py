@@ -178,7 +178,7 @@ def test_two_devices_take_the_single_devices_feature_step():
 ZOO = ["--config=tests/tiny_config.py", "--config.teacher.model.name=resnet8",
        "--config.student.model.name=resnet8", "--config.teacher.model.width=0",
        "--config.student.model.width=0", "--config.teacher.ensemble_size=1",
-       "--config.teacher.steps=4", "--config.student.steps=12", "--config.checkpoint_every_steps=4"]
+       "--config.teacher.steps=4", "--config.student.steps=8", "--config.checkpoint_every_steps=4"]
 
 
 @pytest.mark.e2e

@@ -72,7 +72,7 @@ def test_with_votes_the_processs_own_flag_alone_does_not_stop_it(tmp_path, monke
   assert ocp.CheckpointManager(str(tmp_path / "ckpt")).all_steps() == [40]
 
 # Enough student steps that the signal lands mid-phase; checkpoints only at the end and on the stop.
-STUDENT_STEPS = 1500
+STUDENT_STEPS = 400
 ARGS = ["--config=tests/tiny_config.py", "--config.teacher.steps=8",
         f"--config.student.steps={STUDENT_STEPS}", "--config.log_every_steps=500",
         "--config.checkpoint_every_steps=100000"]

@@ -33,8 +33,19 @@ def test_workdir_of_the_code_before_the_study_layer_resumes_to_the_same_results(
   expected = json.loads((DATA / "old_workdir_expected_results.json").read_text())
   assert not (workdir / "results.json").exists()  # interrupted: the student stopped at step 8 of 12
   results = study.run(get_config(), str(workdir))
-  assert results == expected
-  assert json.loads((workdir / "results.json").read_text()) == expected
+  # Equal up to float rounding: the expected figures were computed with XLA's default optimization
+  # level, the tests compile without (conftest.py). Counts (accuracy, agreement) move by 1/360.
+  _assert_same_numbers(results, expected)
+  _assert_same_numbers(json.loads((workdir / "results.json").read_text()), expected)
+
+
+def _assert_same_numbers(actual, expected):
+  flat = lambda tree: {jax.tree_util.keystr(path): leaf  # noqa: E731
+                       for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  actual, expected = flat(actual), flat(expected)
+  assert actual.keys() == expected.keys()
+  for key, value in expected.items():
+    assert actual[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
 
 
 @pytest.fixture(scope="module")
