@@ -21,8 +21,8 @@ from kd_jax.experiments import verdicts
 from tiny_config import tiny_config  # noqa: F401 (the tests' shared tiny study)
 
 # The tests compile with XLA's backend (LLVM) optimizations off: their models are tiny, so compiling
-# is most of the suite's time on a 2-core machine, and this halves it; the programs and their numbers
-# (within float tolerance) are the same. Set here, before any JAX computation (no import above
+# is most of the suite's time on a 2-core machine, and it takes about half as long this way; the
+# programs and their numbers (within float tolerance) are the same. Set here, before any JAX computation (no import above
 # computes), and in every run.py the tests start; XLA_FLAGS that name the flag (=3 is XLA's default)
 # take precedence.
 TEST_XLA_FLAG = "--xla_backend_optimization_level=0"

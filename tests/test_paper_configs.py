@@ -21,11 +21,10 @@ from kd_jax.errors import KdJaxError
 
 # Experiment files only: configs/paper/small/ is the laptop suite (tests/test_experiments_suite.py).
 EXPERIMENTS = sorted(m.name for m in pkgutil.iter_modules(configs.paper.__path__) if not m.ispkg)
-# Variants run end to end (the others only build and validate): one per distinct code path. The single
-# augmentation ops are covered by test_augment.py; "all" chains crop, flip, rotation and color jitter.
-# One variant per distinct code path (composed policies, appended OOD data, the teacher's initial
-# weights with CKA; interpolation with BatchNorm re-estimation runs in the lambda = 1 test below); the
-# others also build and validate above, and run with KD_JAX_SLOW_TESTS=1.
+# Variants run end to end, one per distinct code path: composed policies ("all" chains crop, flip,
+# rotation and color jitter; the single ops are covered by test_augment.py), appended OOD data, the
+# teacher's initial weights with CKA; interpolation with BatchNorm re-estimation runs in the lambda = 1
+# test below. The others only build and validate here, and run with KD_JAX_SLOW_TESTS=1.
 RUN = [("augmentation", "all"), ("augmentation", "ood_svhn"), ("table1", "teacher_initial"),
        *[pytest.param(*case, marks=SLOW) for case in (
            ("init_interpolation", "lam0.5"), ("augmentation", "mixup"), ("data_recycling", "d1"),
